@@ -1,0 +1,132 @@
+// The POSIX shared-memory segment that holds the L1 pool (DESIGN.md §2).
+//
+// One server process creates and owns the segment; workers and the file worker attach to it.
+// The segment holds payload bytes only: no metadata, no pointers, nothing a writer could corrupt
+// that the server relies on.
+//
+// Naming: every segment shmkv creates or removes carries the prefix "lmcache_l1_pool_"; that
+// prefix is what makes a segment ours, and nothing without it is ever touched.
+//
+// Liveness: the owner holds an exclusive flock(2) on the segment's own descriptor for its whole
+// life (on macOS, where a shared-memory descriptor cannot be locked, on a lock file named after
+// the segment). A prefixed segment that nobody holds locked is stale: its owner died without
+// unlinking it, and RemoveStaleSegments() may delete it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shmkv/status.h"
+
+namespace shmkv {
+
+inline constexpr std::string_view kSegmentPrefix = "lmcache_l1_pool_";
+
+// Limits a platform puts on shared-memory names.
+struct SegmentNameRules {
+  // Longest name shm_open accepts, counting the leading '/'. Linux: the file name in /dev/shm
+  // may have NAME_MAX (255) bytes, so 256 with the '/'; macOS: 31 bytes with the '/'.
+  size_t max_bytes_with_slash;
+
+  static SegmentNameRules Linux() { return {256}; }
+  static SegmentNameRules MacOS() { return {31}; }
+  static SegmentNameRules ForThisPlatform();
+};
+
+// The name rules of DESIGN.md §2 as one pure function. Returns the full segment name without a
+// leading slash (e.g. "lmcache_l1_pool_foo"), which is what registration reports and what
+// Python's multiprocessing.shared_memory expects.
+//   nullopt or ""          -> "lmcache_l1_pool_<pid>"
+//   "foo", "/foo"          -> "lmcache_l1_pool_foo"
+//   "lmcache_l1_pool_foo"  -> unchanged (never prefixed twice), also with one leading '/'
+// Errors (kInvalidArgument, each saying why): nothing left after the prefix, a '/' after the one
+// leading '/' is stripped, a '\', a NUL byte, or longer than the platform allows.
+Result<std::string> NormalizeSegmentName(std::optional<std::string_view> requested, int pid,
+                                         const SegmentNameRules& rules = SegmentNameRules::ForThisPlatform());
+
+struct SegmentCreateOptions {
+  // Requested name, normalised with NormalizeSegmentName (nullopt: derived from this pid).
+  std::optional<std::string> name;
+  // Pool size in bytes, > 0. Rounded up to the system page size.
+  uint64_t size = 0;
+  // Linux: before creating, fail when /dev/shm has less free space than `size`.
+  bool check_capacity = true;
+  // Fault every page in at create (MADV_POPULATE_WRITE, or touching pages where the kernel lacks
+  // it), so the data path never takes a first-touch fault.
+  bool prefault = true;
+  // Permission bits of the segment: 0600 (only this uid) or 0660 (this group too).
+  mode_t mode = 0600;
+  // Register the mapping with cudaHostRegister when a CUDA runtime and a device are present.
+  bool pin_with_cuda = true;
+};
+
+struct SegmentAttachOptions {
+  // Bytes to map; 0 maps the whole segment. Attaching fails when the segment is smaller.
+  uint64_t size = 0;
+  // Register the mapping with cudaHostRegister when a CUDA runtime and a device are present.
+  bool pin_with_cuda = true;
+};
+
+// A mapped shared-memory segment: move-only RAII over the descriptor, the mapping, the liveness
+// lock and (for the owner) the name.
+//
+// The owner (Create) unlinks the segment when destroyed. An attacher (Attach) never unlinks it,
+// also not when its process dies: an attacher holds nothing but its mapping.
+//
+// Thread-safety: the object itself is not synchronised (one owner thread); the bytes it maps are
+// shared memory and their use is governed by the slot protocol, not by this class.
+class SharedSegment {
+ public:
+  // Creates, sizes, maps, prefaults and locks a new segment. Fails if the name exists.
+  static Result<SharedSegment> Create(const SegmentCreateOptions& options);
+  // Maps an existing segment read-write without owning it. `name` is normalised as above.
+  static Result<SharedSegment> Attach(std::string_view name, const SegmentAttachOptions& options = {});
+
+  SharedSegment(SharedSegment&& other) noexcept;
+  SharedSegment& operator=(SharedSegment&& other) noexcept;
+  SharedSegment(const SharedSegment&) = delete;
+  SharedSegment& operator=(const SharedSegment&) = delete;
+  ~SharedSegment();
+
+  const std::string& name() const { return name_; }
+  std::byte* data() const { return data_; }
+  uint64_t size() const { return size_; }
+  std::span<std::byte> bytes() const { return {data_, static_cast<size_t>(size_)}; }
+  bool is_owner() const { return owner_; }
+  // True when the mapping is registered with CUDA (page-locked for DMA).
+  bool pinned() const { return pinned_; }
+
+ private:
+  SharedSegment() = default;
+  void Reset() noexcept;
+
+  std::string name_;
+  std::byte* data_ = nullptr;
+  uint64_t size_ = 0;
+  int fd_ = -1;       // owner: held open for the liveness lock; attacher: -1
+  int lock_fd_ = -1;  // macOS only: the lock file
+  bool owner_ = false;
+  bool pinned_ = false;
+};
+
+struct SegmentInfo {
+  std::string name;  // full name, no leading slash
+  uint64_t size = 0;
+  bool live = false;  // some process holds its liveness lock
+};
+
+// Every segment whose name carries the prefix, live or stale, sorted by name.
+Result<std::vector<SegmentInfo>> ListSegments();
+
+// Removes every stale prefixed segment (dry_run: removes nothing). Returns the segments removed,
+// or that would be removed. A live segment and a name without the prefix are never touched.
+Result<std::vector<SegmentInfo>> RemoveStaleSegments(bool dry_run);
+
+}  // namespace shmkv

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every check shmkv has, the same way on a developer machine and in CI:
+#   1. installs the Debian packages the project needs (idempotent),
+#   2. checks formatting of every C++ file,
+#   3. builds (RelWithDebInfo) and runs all tests: GoogleTest and pytest through CTest,
+#   4. builds again with AddressSanitizer + UndefinedBehaviorSanitizer (Debug, so the
+#      allocator's internal checks are on) and runs the C++ tests there.
+# Exits non-zero on the first failure. Build trees: build/ and build-asan/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+
+step() { printf '\n== %s ==\n' "$*"; }
+
+step "dependencies"
+scripts/install-deps.sh
+
+step "formatting (clang-format --dry-run -Werror)"
+mapfile -t sources < <(git ls-files --cached --others --exclude-standard -- '*.cc' '*.h' '*.cu')
+clang-format --dry-run -Werror "${sources[@]}"
+echo "${#sources[@]} files formatted"
+
+step "release build and tests"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j "$jobs"
+ctest --test-dir build --output-on-failure -j "$jobs" --timeout 600
+
+step "ASan+UBSan build and tests"
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DSHMKV_SANITIZE=ON -DSHMKV_BUILD_BENCH=OFF \
+  -DSHMKV_BUILD_PYTHON=OFF >/dev/null
+cmake --build build-asan -j "$jobs"
+# The Python suite loads an uninstrumented interpreter; it runs in the release build above.
+SHMKV_TEST_SCALE=${SHMKV_TEST_SCALE:-4} ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 900 -E '^pytest$'
+
+step "all checks passed"

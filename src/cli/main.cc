@@ -1,0 +1,19 @@
+// The `shmkv` command-line tool.
+#include <CLI/CLI.hpp>
+
+#include "cli/commands.h"
+#include "common/log.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"shmkv: node-local KV-cache server tools"};
+  app.require_subcommand(1);
+  std::string log_level = "warn";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
+  int exit_code = 0;
+  shmkv::cli::AddGcCommand(app, &exit_code);
+  app.parse_complete_callback([&] {
+    if (auto s = shmkv::SetLogLevel(log_level); !s.ok()) throw CLI::ValidationError("--log-level", s.message());
+  });
+  CLI11_PARSE(app, argc, argv);
+  return exit_code;
+}

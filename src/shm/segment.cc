@@ -1,0 +1,275 @@
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#if defined(__linux__)
+#include <sys/statvfs.h>
+#endif
+
+#include <cmath>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "common/log.h"
+#include "shm/cuda_pinner.h"
+#include "shm/shm_platform.h"
+#include "shmkv/segment.h"
+#include "shmkv/size.h"
+
+namespace shmkv {
+namespace {
+
+uint64_t PageSize() {
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  return page;
+}
+
+// Owns a mapping until released; keeps error paths of Create/Attach free of partial state.
+class MappingGuard {
+ public:
+  MappingGuard(void* p, size_t n) : p_(p), n_(n) {}
+  ~MappingGuard() {
+    if (p_ != nullptr) ::munmap(p_, n_);
+  }
+  MappingGuard(const MappingGuard&) = delete;
+  MappingGuard& operator=(const MappingGuard&) = delete;
+  void* release() { return std::exchange(p_, nullptr); }
+
+ private:
+  void* p_;
+  size_t n_;
+};
+
+// Unlinks a freshly created name unless dismissed; the owner's error paths use it.
+class UnlinkGuard {
+ public:
+  explicit UnlinkGuard(std::string name) : name_(std::move(name)) {}
+  ~UnlinkGuard() {
+    if (!name_.empty()) {
+      ::shm_unlink(shm::ShmOpenName(name_).c_str());
+      shm::RemoveLivenessFile(name_);
+    }
+  }
+  UnlinkGuard(const UnlinkGuard&) = delete;
+  UnlinkGuard& operator=(const UnlinkGuard&) = delete;
+  void dismiss() { name_.clear(); }
+
+ private:
+  std::string name_;
+};
+
+Status CheckCapacity([[maybe_unused]] const std::string& name, [[maybe_unused]] uint64_t size) {
+#if defined(__linux__)
+  struct statvfs fs {};
+  if (auto r = sys::Call([&] { return ::statvfs(shm::kShmDir, &fs); }); !r.ok()) {
+    return r.ToStatus(fmt::format("statvfs {}", shm::kShmDir));
+  }
+  const uint64_t free_bytes = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+  if (size > free_bytes) {
+    const auto need_gib = static_cast<uint64_t>(std::ceil(static_cast<double>(size) / double(1ULL << 30))) + 1;
+    return Status::Full(fmt::format(
+        "cannot create segment '{}' of {}: {} has only {} free. Enlarge it (in a container: "
+        "docker run --shm-size={}g ...; on a host: mount -o remount,size=... {}) or choose a smaller pool size",
+        name, FormatSize(size), shm::kShmDir, FormatSize(free_bytes), need_gib, shm::kShmDir));
+  }
+#endif
+  return Status::Ok();
+}
+
+Status SizeSegment(int fd, const std::string& name, uint64_t size) {
+#if defined(__linux__)
+  // posix_fallocate reserves the tmpfs pages now, so a too-small /dev/shm fails here and not with
+  // SIGBUS on some later store. It returns the error instead of setting errno.
+  int err = 0;
+  do {
+    err = ::posix_fallocate(fd, 0, static_cast<off_t>(size));
+  } while (err == EINTR);
+  if (err != 0) {
+    Status s = Status::FromErrno(fmt::format("reserving {} for segment '{}'", FormatSize(size), name), err);
+    if (err == ENOSPC) {
+      return Status(
+          StatusCode::kFull,
+          s.message() + fmt::format(" ({} is too small; enlarge it, e.g. docker run --shm-size)", shm::kShmDir), err);
+    }
+    return s;
+  }
+  return Status::Ok();
+#else
+  return sys::Call([&] { return ::ftruncate(fd, static_cast<off_t>(size)); })
+      .ToStatus(fmt::format("ftruncate segment '{}' to {} bytes", name, size));
+#endif
+}
+
+void Prefault(std::byte* data, uint64_t size) {
+#if defined(MADV_POPULATE_WRITE)
+  if (::madvise(data, size, MADV_POPULATE_WRITE) == 0) return;
+    // EINVAL: a kernel older than 5.14; fall through to touching pages.
+#endif
+  const uint64_t page = PageSize();
+  volatile auto* bytes = reinterpret_cast<volatile unsigned char*>(data);
+  for (uint64_t off = 0; off < size; off += page) bytes[off] = bytes[off];
+}
+
+void* Map(int fd, uint64_t size) {
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
+}  // namespace
+
+Result<SharedSegment> SharedSegment::Create(const SegmentCreateOptions& options) {
+  auto normalized = NormalizeSegmentName(options.name, static_cast<int>(::getpid()));
+  if (!normalized.ok()) return normalized.status();
+  const std::string name = std::move(normalized).value();
+  if (options.size == 0) {
+    return Status::InvalidArgument(fmt::format("segment '{}': pool size must be greater than 0", name));
+  }
+  if ((options.mode & ~mode_t{0660}) != 0) {
+    return Status::InvalidArgument(fmt::format("segment '{}': mode {:o} grants more than 0660", name, options.mode));
+  }
+  const uint64_t page = PageSize();
+  const uint64_t size = (options.size + page - 1) / page * page;
+  if (options.check_capacity) SHMKV_RETURN_IF_ERROR(CheckCapacity(name, size));
+
+  const std::string open_name = shm::ShmOpenName(name);
+  auto opened = sys::Call([&] { return ::shm_open(open_name.c_str(), O_CREAT | O_EXCL | O_RDWR, options.mode); });
+  if (!opened.ok()) {
+    if (opened.err == EEXIST) {
+      bool live = false;
+      if (auto existing = shm::OpenExisting(name); existing.ok()) {
+        live = shm::TryLockLiveness(existing->get(), name).status().code() == StatusCode::kBusy;
+      }
+      return Status(StatusCode::kAlreadyExists,
+                    live ? fmt::format("segment '{}' already exists and a live process owns it", name)
+                         : fmt::format("segment '{}' already exists and is stale (its owner died); remove it "
+                                       "with `shmkv gc` (the server also removes stale segments at start)",
+                                       name),
+                    EEXIST);
+    }
+    return Status::FromErrno(fmt::format("creating segment '{}'", name), opened.err);
+  }
+  sys::UniqueFd fd(opened.value);
+  UnlinkGuard unlink_on_error(name);
+  // umask may have narrowed the mode; set exactly what was asked for.
+  SHMKV_RETURN_IF_ERROR(
+      sys::Call([&] { return ::fchmod(fd.get(), options.mode); }).ToStatus(fmt::format("fchmod segment '{}'", name)));
+
+  auto lock = shm::TryLockLiveness(fd.get(), name);
+  if (!lock.ok()) return lock.status().WithContext("taking the liveness lock");
+  // A concurrent `shmkv gc` may have seen the segment between create and lock, found it
+  // unlocked and unlinked it. Then this descriptor names nothing: refuse rather than serve a pool
+  // nobody can attach to.
+  if (!shm::StillNamed(fd.get(), name)) {
+    unlink_on_error.dismiss();  // the name is no longer ours to remove
+    return Status::Busy(
+        fmt::format("segment '{}' was removed by a concurrent cleanup while being created; retry", name));
+  }
+
+  SHMKV_RETURN_IF_ERROR(SizeSegment(fd.get(), name, size));
+  void* mapped = Map(fd.get(), size);
+  if (mapped == nullptr) {
+    return Status::FromErrno(fmt::format("mapping {} of segment '{}'", FormatSize(size), name), errno);
+  }
+  MappingGuard unmap_on_error(mapped, size);
+  auto* data = static_cast<std::byte*>(mapped);
+  if (options.prefault) Prefault(data, size);
+
+  SharedSegment seg;
+  seg.pinned_ = options.pin_with_cuda && CudaHostPinner::Instance().Register(data, size).ok();
+  seg.name_ = name;
+  seg.data_ = static_cast<std::byte*>(unmap_on_error.release());
+  seg.size_ = size;
+  seg.owner_ = true;
+  seg.fd_ = fd.release();
+  seg.lock_fd_ = lock->release();
+  unlink_on_error.dismiss();
+  return seg;
+}
+
+Result<SharedSegment> SharedSegment::Attach(std::string_view requested, const SegmentAttachOptions& options) {
+  if (requested.empty()) return Status::InvalidArgument("attach: a segment name is required");
+  auto normalized = NormalizeSegmentName(requested, static_cast<int>(::getpid()));
+  if (!normalized.ok()) return normalized.status();
+  const std::string name = std::move(normalized).value();
+
+  auto fd = shm::OpenExisting(name);
+  if (!fd.ok()) {
+    if (fd.status().code() == StatusCode::kNotFound) {
+      return Status(StatusCode::kNotFound, fmt::format("segment '{}' does not exist (is the server running?)", name),
+                    ENOENT);
+    }
+    return fd.status();
+  }
+  struct stat st {};
+  SHMKV_RETURN_IF_ERROR(
+      sys::Call([&] { return ::fstat(fd->get(), &st); }).ToStatus(fmt::format("fstat segment '{}'", name)));
+  const auto actual = static_cast<uint64_t>(st.st_size);
+  if (actual == 0) {
+    return Status::NotFound(fmt::format("segment '{}' is empty (its owner is still creating it, or failed)", name));
+  }
+  if (options.size > actual) {
+    return Status::InvalidArgument(
+        fmt::format("segment '{}' holds {} bytes, fewer than the {} requested", name, actual, options.size));
+  }
+  const uint64_t size = options.size == 0 ? actual : options.size;
+  void* mapped = Map(fd->get(), size);
+  if (mapped == nullptr) {
+    return Status::FromErrno(fmt::format("mapping {} of segment '{}'", FormatSize(size), name), errno);
+  }
+  // The descriptor closes here: an attacher keeps only its mapping and no lock, so it can never
+  // make a dead owner's segment look live, nor unlink anything.
+  SharedSegment seg;
+  seg.name_ = name;
+  seg.data_ = static_cast<std::byte*>(mapped);
+  seg.size_ = size;
+  seg.pinned_ = options.pin_with_cuda && CudaHostPinner::Instance().Register(mapped, size).ok();
+  return seg;
+}
+
+SharedSegment::SharedSegment(SharedSegment&& other) noexcept
+    : name_(std::move(other.name_)),
+      data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)),
+      fd_(std::exchange(other.fd_, -1)),
+      lock_fd_(std::exchange(other.lock_fd_, -1)),
+      owner_(std::exchange(other.owner_, false)),
+      pinned_(std::exchange(other.pinned_, false)) {}
+
+SharedSegment& SharedSegment::operator=(SharedSegment&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    name_ = std::move(other.name_);
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+    fd_ = std::exchange(other.fd_, -1);
+    lock_fd_ = std::exchange(other.lock_fd_, -1);
+    owner_ = std::exchange(other.owner_, false);
+    pinned_ = std::exchange(other.pinned_, false);
+  }
+  return *this;
+}
+
+SharedSegment::~SharedSegment() {
+  Reset();
+}
+
+void SharedSegment::Reset() noexcept {
+  if (data_ != nullptr) {
+    if (pinned_) (void)CudaHostPinner::Instance().Unregister(data_);
+    ::munmap(data_, size_);
+  }
+  // Unlink while still holding the liveness lock, so no cleanup can race on a half-dead name.
+  if (owner_) {
+    ::shm_unlink(shm::ShmOpenName(name_).c_str());
+    shm::RemoveLivenessFile(name_);
+  }
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+  if (fd_ >= 0) ::close(fd_);
+  data_ = nullptr;
+  size_ = 0;
+  fd_ = lock_fd_ = -1;
+  owner_ = pinned_ = false;
+}
+
+}  // namespace shmkv

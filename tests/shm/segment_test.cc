@@ -1,0 +1,281 @@
+#include "shmkv/segment.h"
+
+#include <dirent.h>
+#include <sys/statvfs.h>
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "test_util.h"
+
+namespace shmkv {
+namespace {
+
+using testing::Reap;
+using testing::SegmentExists;
+using testing::Spawn;
+using testing::UniqueSegmentName;
+
+constexpr uint64_t kMiB = 1 << 20;
+
+SharedSegment MustCreate(const std::string& name, uint64_t size, bool prefault = true) {
+  SegmentCreateOptions o;
+  o.name = name;
+  o.size = size;
+  o.prefault = prefault;
+  auto r = SharedSegment::Create(o);
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  return std::move(r).value();
+}
+
+// Resident pages of the mapping that starts at `addr`, from /proc/self/smaps (kB).
+long RssKbOfMapping(const void* addr) {
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  char start_hex[32];
+  std::snprintf(start_hex, sizeof start_hex, "%lx-", reinterpret_cast<unsigned long>(addr));
+  bool in_mapping = false;
+  while (std::getline(smaps, line)) {
+    if (line.rfind(start_hex, 0) == 0) in_mapping = true;
+    if (in_mapping && line.rfind("Rss:", 0) == 0) return std::stol(line.substr(4));
+  }
+  return -1;
+}
+
+int CountOpenFds() {
+  int n = 0;
+  if (DIR* d = ::opendir("/proc/self/fd")) {
+    while (::readdir(d)) ++n;
+    ::closedir(d);
+  }
+  return n;
+}
+
+int CountMappings() {
+  std::ifstream maps("/proc/self/maps");
+  return static_cast<int>(std::count(std::istreambuf_iterator<char>(maps), {}, '\n'));
+}
+
+TEST(SharedSegment, CreateMapsTheNameItReportsAndUnlinksOnDestruction) {
+  const std::string name = UniqueSegmentName("create");
+  {
+    SharedSegment seg = MustCreate(name, 4 * kMiB);
+    EXPECT_EQ(seg.name(), name);  // the name reported is the segment that exists
+    EXPECT_TRUE(seg.is_owner());
+    EXPECT_EQ(seg.size(), 4 * kMiB);
+    ASSERT_TRUE(SegmentExists(seg.name()));
+    struct stat st {};
+    ASSERT_EQ(::stat(("/dev/shm/" + name).c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0600u);
+    EXPECT_EQ(static_cast<uint64_t>(st.st_size), 4 * kMiB);
+    std::memset(seg.data(), 0xAB, seg.size());
+    EXPECT_EQ(static_cast<unsigned char>(seg.data()[seg.size() - 1]), 0xAB);
+  }
+  EXPECT_FALSE(SegmentExists(name));
+}
+
+TEST(SharedSegment, ShortNameIsPrefixedAndSizeRoundsUpToPages) {
+  const std::string bare = UniqueSegmentName("bare").substr(kSegmentPrefix.size());
+  SegmentCreateOptions o;
+  o.name = "/" + bare;
+  o.size = 1;
+  auto seg = SharedSegment::Create(o);
+  ASSERT_TRUE(seg.ok()) << seg.status().ToString();
+  EXPECT_EQ(seg->name(), std::string(kSegmentPrefix) + bare);
+  EXPECT_TRUE(SegmentExists(seg->name()));
+  EXPECT_EQ(seg->size(), static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)));
+}
+
+TEST(SharedSegment, CreateIsExclusiveAndSaysTheOwnerIsAlive) {
+  const std::string name = UniqueSegmentName("excl");
+  SharedSegment first = MustCreate(name, kMiB);
+  std::memset(first.data(), 0x5A, kMiB);
+  SegmentCreateOptions o;
+  o.name = name;
+  o.size = kMiB;
+  auto second = SharedSegment::Create(o);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), StatusCode::kAlreadyExists);
+  EXPECT_NE(second.status().message().find(name), std::string::npos);
+  EXPECT_NE(second.status().message().find("live process owns it"), std::string::npos) << second.status().message();
+  // The failed create touched neither the name nor the bytes.
+  EXPECT_TRUE(SegmentExists(name));
+  EXPECT_EQ(static_cast<unsigned char>(first.data()[123]), 0x5A);
+}
+
+TEST(SharedSegment, CapacityCheckNamesBothSizesAndTheContainerHint) {
+  struct statvfs fs {};
+  ASSERT_EQ(::statvfs("/dev/shm", &fs), 0);
+  const uint64_t free_bytes = uint64_t(fs.f_bavail) * fs.f_frsize;
+  const std::string name = UniqueSegmentName("huge");
+  SegmentCreateOptions o;
+  o.name = name;
+  o.size = free_bytes + (64ull << 30);
+  auto r = SharedSegment::Create(o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kFull);
+  const std::string m = r.status().message();
+  EXPECT_NE(m.find(std::to_string(o.size) + " bytes"), std::string::npos) << m;
+  EXPECT_NE(m.find("/dev/shm has only"), std::string::npos) << m;
+  EXPECT_NE(m.find("--shm-size"), std::string::npos) << m;
+  EXPECT_FALSE(SegmentExists(name));
+}
+
+TEST(SharedSegment, FallocateFailureLeavesNoSegmentBehind) {
+  // Skip the early check so posix_fallocate itself meets the full tmpfs: the error must come at
+  // create time (not as a SIGBUS later) and the half-made segment must be gone.
+  struct statvfs fs {};
+  ASSERT_EQ(::statvfs("/dev/shm", &fs), 0);
+  const std::string name = UniqueSegmentName("falloc");
+  SegmentCreateOptions o;
+  o.name = name;
+  o.size = uint64_t(fs.f_bavail) * fs.f_frsize + (64ull << 30);
+  o.check_capacity = false;
+  auto r = SharedSegment::Create(o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kFull) << r.status().ToString();
+  EXPECT_NE(r.status().message().find(name), std::string::npos);
+  EXPECT_FALSE(SegmentExists(name));
+}
+
+TEST(SharedSegment, ZeroSizeAndBadModeAndBadNameAreRejected) {
+  SegmentCreateOptions o;
+  o.name = UniqueSegmentName("zero");
+  o.size = 0;
+  EXPECT_EQ(SharedSegment::Create(o).status().code(), StatusCode::kInvalidArgument);
+  o.size = kMiB;
+  o.mode = 0666;
+  EXPECT_EQ(SharedSegment::Create(o).status().code(), StatusCode::kInvalidArgument);
+  o.mode = 0600;
+  o.name = "bad/name";
+  auto r = SharedSegment::Create(o);
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("bad/name"), std::string::npos);
+}
+
+TEST(SharedSegment, GroupModeIsAppliedDespiteTheUmask) {
+  const mode_t old = ::umask(077);
+  SegmentCreateOptions o;
+  o.name = UniqueSegmentName("mode");
+  o.size = kMiB;
+  o.mode = 0660;
+  auto seg = SharedSegment::Create(o);
+  ::umask(old);
+  ASSERT_TRUE(seg.ok());
+  struct stat st {};
+  ASSERT_EQ(::stat(("/dev/shm/" + seg->name()).c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+}
+
+TEST(SharedSegment, PrefaultMakesEveryPageResident) {
+  SharedSegment warm = MustCreate(UniqueSegmentName("warm"), 64 * kMiB, /*prefault=*/true);
+  SharedSegment cold = MustCreate(UniqueSegmentName("cold"), 64 * kMiB, /*prefault=*/false);
+  EXPECT_EQ(RssKbOfMapping(warm.data()), 64 * 1024);
+  EXPECT_LT(RssKbOfMapping(cold.data()), 64 * 1024 / 4);
+}
+
+TEST(SharedSegment, AttachSharesBytesBothWaysAndNeverUnlinks) {
+  SharedSegment owner = MustCreate(UniqueSegmentName("attach"), 2 * kMiB);
+  std::memcpy(owner.data(), "hello", 5);
+  {
+    auto worker = SharedSegment::Attach(owner.name());
+    ASSERT_TRUE(worker.ok()) << worker.status().ToString();
+    EXPECT_FALSE(worker->is_owner());
+    EXPECT_EQ(worker->size(), owner.size());
+    EXPECT_NE(worker->data(), owner.data());  // a second mapping of the same pages
+    EXPECT_EQ(std::memcmp(worker->data(), "hello", 5), 0);
+    std::memcpy(worker->data() + kMiB, "world", 5);
+  }
+  EXPECT_TRUE(SegmentExists(owner.name()));
+  EXPECT_EQ(std::memcmp(owner.data() + kMiB, "world", 5), 0);
+}
+
+TEST(SharedSegment, AttachByShortNameFindsThePrefixedSegment) {
+  SharedSegment owner = MustCreate(UniqueSegmentName("short"), kMiB);
+  auto worker = SharedSegment::Attach("/" + owner.name().substr(kSegmentPrefix.size()));
+  ASSERT_TRUE(worker.ok()) << worker.status().ToString();
+  EXPECT_EQ(worker->name(), owner.name());
+}
+
+TEST(SharedSegment, AttachErrorsNameTheSegmentAndLeaveNoPartialState) {
+  SharedSegment owner = MustCreate(UniqueSegmentName("partial"), kMiB);
+  const int fds = CountOpenFds();
+  const int maps = CountMappings();
+
+  const std::string missing = UniqueSegmentName("missing");
+  auto r1 = SharedSegment::Attach(missing);
+  ASSERT_FALSE(r1.ok());
+  EXPECT_EQ(r1.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(r1.status().message().find(missing), std::string::npos) << r1.status().message();
+
+  SegmentAttachOptions too_big;
+  too_big.size = 2 * kMiB;
+  auto r2 = SharedSegment::Attach(owner.name(), too_big);
+  ASSERT_FALSE(r2.ok());
+  EXPECT_EQ(r2.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r2.status().message().find(owner.name()), std::string::npos) << r2.status().message();
+
+  auto r3 = SharedSegment::Attach("");
+  EXPECT_EQ(r3.status().code(), StatusCode::kInvalidArgument);
+
+  EXPECT_EQ(CountOpenFds(), fds);
+  EXPECT_EQ(CountMappings(), maps);
+  EXPECT_FALSE(SegmentExists(missing));
+}
+
+TEST(SharedSegment, AChildThatAttachesAndExitsLeavesTheSegmentIntact) {
+  SharedSegment owner = MustCreate(UniqueSegmentName("child_exit"), kMiB);
+  pid_t pid = Spawn([&] {
+    auto w = SharedSegment::Attach(owner.name());
+    if (!w.ok()) return 2;
+    std::memcpy(w->data() + 100, "child", 5);
+    return 0;  // destructors run: munmap only
+  });
+  int status = Reap(pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_TRUE(SegmentExists(owner.name()));
+  EXPECT_EQ(std::memcmp(owner.data() + 100, "child", 5), 0);
+  EXPECT_TRUE(SharedSegment::Attach(owner.name()).ok());
+}
+
+TEST(SharedSegment, AChildKilledWithSigkillLeavesTheSegmentIntact) {
+  SharedSegment owner = MustCreate(UniqueSegmentName("child_kill"), kMiB);
+  pid_t pid = Spawn([&] {
+    auto w = SharedSegment::Attach(owner.name());
+    if (!w.ok()) return 2;
+    std::memcpy(w->data() + 200, "killed", 6);
+    ::raise(SIGKILL);
+    return 0;
+  });
+  int status = Reap(pid);
+  ASSERT_TRUE(WIFSIGNALED(status));
+  EXPECT_EQ(WTERMSIG(status), SIGKILL);
+  EXPECT_TRUE(SegmentExists(owner.name()));
+  EXPECT_EQ(std::memcmp(owner.data() + 200, "killed", 6), 0);
+  // The attacher held no lock: the owner's segment is still reported live, not stale.
+  auto all = ListSegments();
+  ASSERT_TRUE(all.ok());
+  auto it = std::find_if(all->begin(), all->end(), [&](const SegmentInfo& s) { return s.name == owner.name(); });
+  ASSERT_NE(it, all->end());
+  EXPECT_TRUE(it->live);
+}
+
+TEST(SharedSegment, MovedFromSegmentReleasesNothing) {
+  const std::string name = UniqueSegmentName("move");
+  SharedSegment a = MustCreate(name, kMiB);
+  SharedSegment b = std::move(a);
+  EXPECT_EQ(a.data(), nullptr);  // NOLINT(bugprone-use-after-move): checking the moved-from state
+  EXPECT_FALSE(a.is_owner());
+  EXPECT_TRUE(SegmentExists(name));
+  SharedSegment c = MustCreate(UniqueSegmentName("move2"), kMiB);
+  const std::string c_name = c.name();
+  c = std::move(b);  // c's own segment is released (unlinked), b's is kept
+  EXPECT_FALSE(SegmentExists(c_name));
+  EXPECT_TRUE(SegmentExists(name));
+  EXPECT_EQ(c.name(), name);
+}
+
+}  // namespace
+}  // namespace shmkv
