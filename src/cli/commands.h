@@ -7,5 +7,6 @@
 namespace shmkv::cli {
 
 void AddGcCommand(CLI::App& app, int* exit_code);
+void AddStatsCommand(CLI::App& app, int* exit_code);
 
 }  // namespace shmkv::cli

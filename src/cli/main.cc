@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
   int exit_code = 0;
   shmkv::cli::AddGcCommand(app, &exit_code);
+  shmkv::cli::AddStatsCommand(app, &exit_code);
   app.parse_complete_callback([&] {
     if (auto s = shmkv::SetLogLevel(log_level); !s.ok()) throw CLI::ValidationError("--log-level", s.message());
   });

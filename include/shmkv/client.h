@@ -1,0 +1,119 @@
+// The C++ client an inference worker uses: connect, register, map the pool, and move KV chunks
+// in and out of it zero-copy. Protocol: docs/protocol.md.
+//
+// Store:    PrepareStore -> write into each Slot::bytes -> (device sync) -> CommitStore
+// Retrieve: Lookup -> PrepareRetrieve -> read from each Slot::bytes -> (device sync) -> CommitRetrieve
+//
+// Every call has a deadline (ClientOptions::timeout). On expiry it returns kTimeout with a
+// message naming the operation, the instance and the deadline, and drops the connection (a late
+// reply must never be taken for the answer to a later call). When the server restarts, the
+// call in flight returns kDisconnected; the next call reconnects, re-registers and maps the new
+// segment. Slot spans stay valid for as long as their SlotBatch lives, also across a reconnect
+// (the batch holds the mapping it points into), but slots of a previous server generation no
+// longer refer to anything the server knows.
+//
+// Thread-safety: a Client is not thread-safe; use one per thread, or lock around it.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shmkv/segment.h"
+#include "shmkv/status.h"
+
+namespace shmkv {
+
+// What makes the bytes of a chunk mean something: keys of different namespaces never collide.
+struct Namespace {
+  std::string model;        // model name
+  uint32_t world_size = 1;  // tensor-parallel world size
+  uint32_t rank = 0;        // this worker's rank, < world_size
+  std::string dtype;        // KV dtype, e.g. "bfloat16"
+  std::string layout;       // KV layout, e.g. "NHD"
+  std::string salt;         // optional tenant salt
+};
+
+struct ClientOptions {
+  // Path of the server's control socket.
+  std::string socket_path;
+  // Names this worker in server logs and in error messages (default: "pid-<pid>").
+  std::string instance_id;
+  // The namespace this worker's keys live in.
+  Namespace ns;
+  // Deadline of every call, connect and register included.
+  std::chrono::milliseconds timeout{5000};
+  // Register the pool mapping with cudaHostRegister when CUDA is present.
+  bool pin_with_cuda = true;
+};
+
+struct RegistrationInfo {
+  uint64_t session = 0;
+  std::string shm_name;  // exactly the segment the server created
+  uint64_t pool_size = 0;
+  uint64_t alignment = 0;
+  std::string server_version;
+  uint32_t protocol = 0;
+  uint64_t generation = 0;  // changes when the server restarts
+};
+
+enum class SlotStatus : uint8_t { kOk, kExists, kBusy, kFull, kMissing };
+std::string_view SlotStatusName(SlotStatus s);
+
+struct Slot {
+  SlotStatus status = SlotStatus::kMissing;
+  uint64_t offset = 0;         // into the pool
+  uint64_t length = 0;         // bytes of the object
+  std::span<std::byte> bytes;  // the object's bytes in the mapped pool; empty unless kOk
+};
+
+struct SlotBatch {
+  std::vector<Slot> slots;                       // one per key, in key order
+  std::shared_ptr<const SharedSegment> mapping;  // keeps `bytes` valid
+};
+
+class Client {
+ public:
+  static Result<Client> Connect(const ClientOptions& options);
+  // Asks a server for its statistics without registering (for tools).
+  static Result<std::map<std::string, uint64_t>> QueryStats(const std::string& socket_path,
+                                                            std::chrono::milliseconds timeout);
+
+  Client(Client&&) noexcept;
+  Client& operator=(Client&&) noexcept;
+  ~Client();
+
+  const RegistrationInfo& info() const;
+  std::shared_ptr<const SharedSegment> mapping() const;
+
+  Result<SlotBatch> PrepareStore(std::span<const std::string_view> keys, std::span<const uint64_t> sizes);
+  Status CommitStore(std::span<const std::string_view> keys);
+  Result<uint64_t> AbortStore(std::span<const std::string_view> keys);
+  // Number of leading keys present; with `pin`, they stay pinned until retrieved (or the TTL).
+  Result<uint64_t> Lookup(std::span<const std::string_view> keys, bool pin = false);
+  Result<SlotBatch> PrepareRetrieve(std::span<const std::string_view> keys);
+  Status CommitRetrieve(std::span<const std::string_view> keys);
+  // Per key: "removed", "missing" or "busy".
+  Result<std::vector<std::string>> Remove(std::span<const std::string_view> keys);
+  // Removes every unpinned object of this namespace; returns the count.
+  Result<uint64_t> Clear();
+  Result<std::map<std::string, uint64_t>> Stats();
+
+  // One key, one copy in: prepare, copy, commit. kAlreadyExists when present, kBusy, kFull.
+  Status Put(std::string_view key, std::span<const std::byte> data);
+  // One key, one copy out: prepare, copy, release. kNotFound when missing.
+  Result<std::vector<std::byte>> Get(std::string_view key);
+
+ private:
+  struct Impl;
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace shmkv

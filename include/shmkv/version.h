@@ -1,0 +1,5 @@
+#pragma once
+
+namespace shmkv {
+inline constexpr const char* kVersionString = "0.1.0";
+}  // namespace shmkv

@@ -1,0 +1,86 @@
+// The wire format shared by the server and the C++ client (docs/protocol.md is the contract):
+// each message is a 4-byte little-endian length followed by one msgpack map.
+//
+// Thread-safety: free functions and MapReader are re-entrant; a MapReader reads one message.
+#pragma once
+
+#include <msgpack.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shmkv/status.h"
+
+namespace shmkv::wire {
+
+inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr size_t kHeaderBytes = 4;
+inline constexpr uint32_t kDefaultMaxFrame = 64u << 20;
+inline constexpr size_t kMaxKeyBytes = 64;
+
+inline uint32_t ReadLength(const uint8_t* p) {
+  return uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24;
+}
+inline void WriteLength(uint32_t n, uint8_t* p) {
+  p[0] = static_cast<uint8_t>(n);
+  p[1] = static_cast<uint8_t>(n >> 8);
+  p[2] = static_cast<uint8_t>(n >> 16);
+  p[3] = static_cast<uint8_t>(n >> 24);
+}
+
+// A msgpack buffer that starts with room for the length header; Finish() fills it in.
+class FrameBuffer {
+ public:
+  FrameBuffer() { buf_.write("\0\0\0\0", kHeaderBytes); }
+  msgpack::sbuffer& sbuf() { return buf_; }
+  // Returns the whole frame (header + body).
+  std::string_view Finish() {
+    WriteLength(static_cast<uint32_t>(buf_.size() - kHeaderBytes), reinterpret_cast<uint8_t*>(buf_.data()));
+    return {buf_.data(), buf_.size()};
+  }
+
+ private:
+  msgpack::sbuffer buf_;
+};
+
+using Packer = msgpack::packer<msgpack::sbuffer>;
+inline void PackStr(Packer& pk, std::string_view s) {
+  pk.pack_str(static_cast<uint32_t>(s.size()));
+  pk.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
+}
+inline void PackBin(Packer& pk, std::string_view s) {
+  pk.pack_bin(static_cast<uint32_t>(s.size()));
+  pk.pack_bin_body(s.data(), static_cast<uint32_t>(s.size()));
+}
+
+// Typed access to the fields of one msgpack map, with errors that name the field.
+class MapReader {
+ public:
+  // Fails unless `obj` is a map whose keys are strings.
+  static Result<MapReader> From(const msgpack::object& obj);
+
+  bool Has(std::string_view field) const { return Find(field) != nullptr; }
+  const msgpack::object* Find(std::string_view field) const;
+
+  Result<uint64_t> U64(std::string_view field) const;
+  Result<std::string_view> Str(std::string_view field) const;  // str or bin
+  Result<bool> Bool(std::string_view field, std::optional<bool> fallback = std::nullopt) const;
+  // An array of str/bin, each at most `max_bytes` long.
+  Result<std::vector<std::string_view>> Bytes(std::string_view field, size_t max_bytes) const;
+  Result<std::vector<uint64_t>> U64s(std::string_view field) const;
+  Result<MapReader> Map(std::string_view field) const;
+
+ private:
+  // A copy of the map header (size and pointer into the msgpack zone), so a reader stays valid
+  // when the object_handle that owns the zone is moved.
+  explicit MapReader(const msgpack::object_map& m) : map_(m) {}
+  msgpack::object_map map_;
+};
+
+// Reads a string-or-binary msgpack object.
+std::optional<std::string_view> AsBytes(const msgpack::object& o);
+
+}  // namespace shmkv::wire

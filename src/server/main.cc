@@ -1,0 +1,62 @@
+// shmkv-server: the node-local KV-cache server (see README and docs/protocol.md).
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+
+#include <fmt/format.h>
+
+#include "common/log.h"
+#include "server/server.h"
+#include "shmkv/size.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"shmkv-server: owns the L1 shared-memory pool and serves KV-cache workers"};
+  app.set_config("--config", "", "Read options from a TOML/INI file (keys are the long option names)");
+  std::string pool_size_text, shm_name, log_level = "info";
+  shmkv::ServerOptions o;
+  o.socket_path = shmkv::DefaultSocketPath();
+  double reserve_ttl_s = 60, pin_ttl_s = 60;
+  std::string mode_text = "600";
+  bool no_prefault = false;
+  app.add_option("--pool-size", pool_size_text, "Pool size: 512MiB, 4GiB or a byte count")->required();
+  app.add_option("--shm-name", shm_name, "Segment name (prefixed with lmcache_l1_pool_; default: the pid)");
+  app.add_option("--socket", o.socket_path, "Control socket path")->capture_default_str();
+  app.add_option("--socket-mode", mode_text, "Socket and segment permissions: 600 or 660")->capture_default_str();
+  app.add_option("--reserve-ttl", reserve_ttl_s, "Seconds before an uncommitted reservation is freed")
+      ->capture_default_str();
+  app.add_option("--pin-ttl", pin_ttl_s, "Seconds before an unreleased read pin is dropped")->capture_default_str();
+  app.add_option("--max-frame", o.max_frame_bytes, "Largest request frame in bytes")->capture_default_str();
+  app.add_flag("--no-prefault", no_prefault, "Do not fault the pool in at start");
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  auto fail = [](const std::string& what) {
+    fmt::print(stderr, "shmkv-server: {}\n", what);
+    return 1;
+  };
+  if (auto s = shmkv::SetLogLevel(log_level); !s.ok()) return fail(s.message());
+  auto size = shmkv::ParseSize(pool_size_text);
+  if (!size.ok()) return fail("--pool-size: " + size.status().message());
+  o.pool_size = *size;
+  if (!shm_name.empty()) o.shm_name = shm_name;
+  if (mode_text == "600" || mode_text == "0600") {
+    o.socket_mode = 0600;
+  } else if (mode_text == "660" || mode_text == "0660") {
+    o.socket_mode = 0660;
+  } else {
+    return fail("--socket-mode must be 600 or 660, not " + mode_text);
+  }
+  if (reserve_ttl_s <= 0 || pin_ttl_s <= 0) return fail("--reserve-ttl and --pin-ttl must be positive");
+  o.reserve_ttl = std::chrono::milliseconds(static_cast<int64_t>(reserve_ttl_s * 1000));
+  o.pin_ttl = std::chrono::milliseconds(static_cast<int64_t>(pin_ttl_s * 1000));
+  o.prefault = !no_prefault;
+
+  auto server = shmkv::Server::Start(o);
+  if (!server.ok()) return fail(server.status().ToString());
+  fmt::print("shmkv-server ready: segment={} pool_size={} socket={} generation={}\n", (*server)->segment_name(),
+             (*server)->pool_size(), o.socket_path, (*server)->generation());
+  std::fflush(stdout);
+  (*server)->Run();
+  shmkv::Log().info("stopped; segment {} and socket {} removed", (*server)->segment_name(), o.socket_path);
+  return 0;
+}

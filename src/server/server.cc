@@ -1,0 +1,540 @@
+#include "server/server.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <asio.hpp>
+#include <deque>
+#include <random>
+#include <unordered_map>
+
+#include <fmt/format.h>
+
+#include "common/log.h"
+#include "protocol/wire.h"
+#include "server/store.h"
+#include "shmkv/segment.h"
+#include "shmkv/version.h"
+
+namespace shmkv {
+
+using asio::local::stream_protocol;
+
+std::string DefaultSocketPath() {
+  if (const char* dir = std::getenv("XDG_RUNTIME_DIR"); dir != nullptr && *dir != '\0') {
+    return fmt::format("{}/shmkv.sock", dir);
+  }
+  return fmt::format("/tmp/shmkv-{}.sock", ::geteuid());
+}
+
+namespace {
+
+class Connection;
+
+// Renders a key's namespace prefix: 4 bytes of namespace id, big-endian.
+std::string NamespacePrefix(uint32_t ns) {
+  std::string p(4, '\0');
+  p[0] = static_cast<char>(ns >> 24);
+  p[1] = static_cast<char>(ns >> 16);
+  p[2] = static_cast<char>(ns >> 8);
+  p[3] = static_cast<char>(ns);
+  return p;
+}
+
+}  // namespace
+
+struct Server::Impl {
+  ServerOptions options;
+  SharedSegment segment;
+  Store store;
+  uint64_t generation = 0;
+  asio::io_context io{1};
+  stream_protocol::acceptor acceptor{io};
+  asio::signal_set signals{io, SIGINT, SIGTERM};
+  asio::steady_timer lease_timer{io};
+  SessionId next_session = 1;
+  std::unordered_map<std::string, uint32_t> namespaces;  // canonical namespace -> id
+  std::unordered_map<SessionId, std::weak_ptr<Connection>> connections;
+  bool socket_bound = false;
+
+  Impl(ServerOptions o, SharedSegment seg, Store st)
+      : options(std::move(o)), segment(std::move(seg)), store(std::move(st)) {}
+  ~Impl() {
+    if (socket_bound) ::unlink(options.socket_path.c_str());
+  }
+
+  void Accept();
+  void ScheduleLeaseSweep();
+  uint32_t NamespaceId(const std::string& canonical) {
+    auto [it, inserted] = namespaces.try_emplace(canonical, static_cast<uint32_t>(namespaces.size() + 1));
+    return it->second;
+  }
+};
+
+namespace {
+
+// One client connection: reads frames, answers each in order, owns one Store session.
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  Connection(Server::Impl& server, stream_protocol::socket socket, SessionId id)
+      : server_(server), socket_(std::move(socket)), session_(id) {}
+
+  void Start() {
+    server_.store.OpenSession(session_);
+    ReadMore();
+  }
+  void Close() {
+    asio::error_code ignored;
+    socket_.close(ignored);
+  }
+
+ private:
+  void ReadMore() {
+    if (in_.size() - in_end_ < 64 * 1024) in_.resize(std::max<size_t>(in_.size() * 2, in_end_ + 64 * 1024));
+    socket_.async_read_some(asio::buffer(in_.data() + in_end_, in_.size() - in_end_),
+                            [self = shared_from_this()](const asio::error_code& ec, size_t n) { self->OnRead(ec, n); });
+  }
+
+  void OnRead(const asio::error_code& ec, size_t n) {
+    if (ec) return Finish();
+    in_end_ += n;
+    size_t pos = 0;
+    while (in_end_ - pos >= wire::kHeaderBytes) {
+      const uint32_t len = wire::ReadLength(reinterpret_cast<const uint8_t*>(in_.data() + pos));
+      if (len == 0 || len > server_.options.max_frame_bytes) {
+        // The stream cannot be resynchronised after a bad length: answer once, then hang up.
+        SendError(
+            0, Status::Protocol(fmt::format("frame length {} is outside 1..{}", len, server_.options.max_frame_bytes)));
+        closing_ = true;
+        break;
+      }
+      if (in_end_ - pos - wire::kHeaderBytes < len) {
+        if (in_.size() < wire::kHeaderBytes + len) {
+          // Make room for the whole frame after compaction.
+          std::memmove(in_.data(), in_.data() + pos, in_end_ - pos);
+          in_end_ -= pos;
+          pos = 0;
+          in_.resize(wire::kHeaderBytes + len);
+        }
+        break;
+      }
+      Handle(std::string_view(in_.data() + pos + wire::kHeaderBytes, len));
+      pos += wire::kHeaderBytes + len;
+    }
+    if (pos > 0) {
+      std::memmove(in_.data(), in_.data() + pos, in_end_ - pos);
+      in_end_ -= pos;
+    }
+    Flush();
+    if (closing_) return;
+    ReadMore();
+  }
+
+  void Finish() {
+    if (finished_) return;
+    finished_ = true;
+    server_.store.CloseSession(session_);
+    server_.connections.erase(session_);
+    Log().debug("session {} ({}) closed", session_, instance_);
+    Close();
+  }
+
+  void Handle(std::string_view body);
+  Status Dispatch(std::string_view op, const wire::MapReader& req, wire::Packer& pk, int* fields);
+
+  void SendError(uint64_t id, const Status& s) {
+    wire::FrameBuffer fb;
+    wire::Packer pk(fb.sbuf());
+    pk.pack_map(3);
+    wire::PackStr(pk, "id");
+    pk.pack_uint64(id);
+    wire::PackStr(pk, "ok");
+    pk.pack_false();
+    wire::PackStr(pk, "error");
+    pk.pack_map(2);
+    wire::PackStr(pk, "code");
+    wire::PackStr(pk, StatusCodeName(s.code()));
+    wire::PackStr(pk, "message");
+    wire::PackStr(pk, s.message());
+    Queue(fb.Finish());
+  }
+
+  void Queue(std::string_view frame) { out_pending_.append(frame); }
+
+  void Flush() {
+    if (writing_ || out_pending_.empty()) {
+      if (!writing_ && closing_) Finish();
+      return;
+    }
+    writing_ = true;
+    out_flight_.swap(out_pending_);
+    out_pending_.clear();
+    asio::async_write(socket_, asio::buffer(out_flight_),
+                      [self = shared_from_this()](const asio::error_code& ec, size_t) {
+                        self->writing_ = false;
+                        if (ec) return self->Finish();
+                        self->out_flight_.clear();
+                        self->Flush();
+                      });
+  }
+
+  std::vector<std::string_view> Namespaced(const std::vector<std::string_view>& keys) {
+    scratch_.clear();
+    scratch_.reserve(keys.size());
+    for (std::string_view k : keys) {
+      std::string full = prefix_;
+      full.append(k);
+      scratch_.push_back(std::move(full));
+    }
+    return {scratch_.begin(), scratch_.end()};
+  }
+
+  Server::Impl& server_;
+  stream_protocol::socket socket_;
+  SessionId session_;
+  std::string instance_;
+  std::string prefix_;  // namespace prefix; empty until registered
+  bool registered_ = false;
+  std::vector<char> in_;
+  size_t in_end_ = 0;
+  std::string out_pending_, out_flight_;
+  std::vector<std::string> scratch_;
+  bool writing_ = false;
+  bool closing_ = false;
+  bool finished_ = false;
+};
+
+void PackSlots(wire::Packer& pk, const std::vector<SlotResult>& slots) {
+  pk.pack_array(static_cast<uint32_t>(slots.size()));
+  for (const SlotResult& r : slots) {
+    pk.pack_array(3);
+    wire::PackStr(pk, SlotOutcomeName(r.outcome));
+    pk.pack_uint64(r.offset);
+    pk.pack_uint64(r.length);
+  }
+}
+
+void Connection::Handle(std::string_view body) {
+  msgpack::object_handle oh;
+  try {
+    oh = msgpack::unpack(body.data(), body.size());
+  } catch (const std::exception& e) {
+    return SendError(0, Status::Protocol(fmt::format("request is not valid msgpack: {}", e.what())));
+  }
+  auto req = wire::MapReader::From(oh.get());
+  if (!req.ok()) return SendError(0, req.status());
+  uint64_t id = 0;
+  if (const msgpack::object* o = req->Find("id"); o != nullptr && o->type == msgpack::type::POSITIVE_INTEGER) {
+    id = o->via.u64;
+  }
+  auto op = req->Str("op");
+  if (!op.ok()) return SendError(id, op.status());
+
+  // Reply: {"id", "ok": true, ...fields}. Dispatch packs the fields after a placeholder header;
+  // the map size is known only afterwards, so fields go to a side buffer first.
+  msgpack::sbuffer fields_buf;
+  wire::Packer fields(fields_buf);
+  int n_fields = 0;
+  Status s;
+  try {
+    s = Dispatch(*op, *req, fields, &n_fields);
+  } catch (const std::exception& e) {  // msgpack or allocation failures: answer, keep serving
+    s = Status::Internal(fmt::format("{} failed: {}", *op, e.what()));
+  }
+  if (!s.ok()) return SendError(id, s.WithContext(*op));
+  wire::FrameBuffer fb;
+  wire::Packer pk(fb.sbuf());
+  pk.pack_map(static_cast<uint32_t>(2 + n_fields));
+  wire::PackStr(pk, "id");
+  pk.pack_uint64(id);
+  wire::PackStr(pk, "ok");
+  pk.pack_true();
+  fb.sbuf().write(fields_buf.data(), fields_buf.size());
+  Queue(fb.Finish());
+}
+
+Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wire::Packer& pk, int* fields) {
+  auto field = [&](std::string_view name) {
+    wire::PackStr(pk, name);
+    ++*fields;
+  };
+  const auto now = Clock::now();
+  Server::Impl& srv = server_;
+
+  if (op == "register") {
+    auto instance = req.Str("instance_id");
+    if (!instance.ok()) return instance.status();
+    auto ns = req.Map("namespace");
+    if (!ns.ok()) return ns.status();
+    // Canonical namespace: every field that changes the bytes of a chunk, plus the tenant salt.
+    std::string canonical;
+    for (std::string_view f : {"model", "dtype", "layout", "salt"}) {
+      std::string_view v;
+      if (ns->Has(f)) {
+        auto s = ns->Str(f);
+        if (!s.ok()) return s.status();
+        v = *s;
+      }
+      canonical += fmt::format("{}={};", f, v);
+    }
+    for (std::string_view f : {"world_size", "rank"}) {
+      uint64_t v = 0;
+      if (ns->Has(f)) {
+        auto u = ns->U64(f);
+        if (!u.ok()) return u.status();
+        v = *u;
+      }
+      canonical += fmt::format("{}={};", f, v);
+    }
+    if (ns->Has("world_size") && ns->Has("rank") && *ns->U64("rank") >= *ns->U64("world_size")) {
+      return Status::InvalidArgument("namespace rank must be below world_size");
+    }
+    instance_ = std::string(*instance);
+    prefix_ = NamespacePrefix(srv.NamespaceId(canonical));
+    registered_ = true;
+    Log().info("session {} registered: instance '{}', namespace {}", session_, instance_, canonical);
+    field("session");
+    pk.pack_uint64(session_);
+    field("shm_name");
+    wire::PackStr(pk, srv.segment.name());
+    field("pool_size");
+    pk.pack_uint64(srv.segment.size());
+    field("alignment");
+    pk.pack_uint64(kSlotAlignment);
+    field("server_version");
+    wire::PackStr(pk, kVersionString);
+    field("protocol");
+    pk.pack_uint32(wire::kProtocolVersion);
+    field("generation");
+    pk.pack_uint64(srv.generation);
+    return Status::Ok();
+  }
+  if (op == "stats") {
+    const StoreStats s = srv.store.stats();
+    const std::pair<std::string_view, uint64_t> items[] = {
+        {"objects", s.objects},
+        {"used_bytes", s.used_bytes},
+        {"pool_size", s.pool_size},
+        {"reserved_objects", s.reserved_objects},
+        {"pinned_objects", s.pinned_objects},
+        {"sessions", s.sessions},
+        {"evictions", s.evictions},
+        {"evicted_bytes", s.evicted_bytes},
+        {"stores", s.stores},
+        {"lookups", s.lookups},
+        {"lookup_hits", s.lookup_hits},
+        {"retrieves", s.retrieves},
+        {"expired_leases", s.expired_leases},
+        {"generation", srv.generation},
+    };
+    field("stats");
+    pk.pack_map(static_cast<uint32_t>(std::size(items) + 1));
+    for (auto [k, v] : items) {
+      wire::PackStr(pk, k);
+      pk.pack_uint64(v);
+    }
+    wire::PackStr(pk, "shm_name");
+    wire::PackStr(pk, srv.segment.name());
+    return Status::Ok();
+  }
+  if (op == "health") {
+    field("status");
+    wire::PackStr(pk, "serving");
+    field("generation");
+    pk.pack_uint64(srv.generation);
+    return Status::Ok();
+  }
+  if (!registered_) return Status::InvalidArgument("the session is not registered (send 'register' first)");
+
+  if (op == "clear") {
+    field("removed");
+    pk.pack_uint64(srv.store.Clear(prefix_));
+    return Status::Ok();
+  }
+  auto raw_keys = req.Bytes("keys", wire::kMaxKeyBytes);
+  if (!raw_keys.ok()) return raw_keys.status();
+  const std::vector<std::string_view> keys = Namespaced(*raw_keys);
+
+  if (op == "prepare_store") {
+    auto sizes = req.U64s("sizes");
+    if (!sizes.ok()) return sizes.status();
+    auto slots = srv.store.PrepareStore(session_, keys, *sizes, now);
+    if (!slots.ok()) return slots.status();
+    field("slots");
+    PackSlots(pk, *slots);
+    return Status::Ok();
+  }
+  if (op == "commit_store") return srv.store.CommitStore(session_, keys, now);
+  if (op == "abort_store") {
+    field("aborted");
+    pk.pack_uint64(srv.store.AbortStore(session_, keys));
+    return Status::Ok();
+  }
+  if (op == "lookup") {
+    auto pin = req.Bool("pin", false);
+    if (!pin.ok()) return pin.status();
+    field("count");
+    pk.pack_uint64(srv.store.Lookup(session_, keys, *pin, now));
+    return Status::Ok();
+  }
+  if (op == "prepare_retrieve") {
+    field("slots");
+    PackSlots(pk, srv.store.PrepareRetrieve(session_, keys, now));
+    return Status::Ok();
+  }
+  if (op == "commit_retrieve") return srv.store.CommitRetrieve(session_, keys);
+  if (op == "remove") {
+    const auto out = srv.store.Remove(keys);
+    field("results");
+    pk.pack_array(static_cast<uint32_t>(out.size()));
+    for (SlotOutcome o : out) wire::PackStr(pk, o == SlotOutcome::kSlot ? "removed" : SlotOutcomeName(o));
+    return Status::Ok();
+  }
+  return Status::InvalidArgument(fmt::format("unknown operation '{}'", op));
+}
+
+bool PeerAllowed(int fd, uint32_t mode) {
+  struct ucred cred {};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return false;
+  if (cred.uid == ::geteuid() || cred.uid == 0) return true;
+  return (mode & 0060) != 0 && cred.gid == ::getegid();
+}
+
+}  // namespace
+
+void Server::Impl::Accept() {
+  acceptor.async_accept([this](const asio::error_code& ec, stream_protocol::socket socket) {
+    if (ec) {
+      if (ec != asio::error::operation_aborted) Accept();
+      return;
+    }
+    if (!PeerAllowed(socket.native_handle(), options.socket_mode)) {
+      Log().warn("refused a connection from another user");
+    } else {
+      const SessionId id = next_session++;
+      auto conn = std::make_shared<Connection>(*this, std::move(socket), id);
+      connections.emplace(id, conn);
+      conn->Start();
+    }
+    Accept();
+  });
+}
+
+void Server::Impl::ScheduleLeaseSweep() {
+  const auto period = std::clamp(std::min(options.reserve_ttl, options.pin_ttl) / 4, std::chrono::milliseconds(10),
+                                 std::chrono::milliseconds(1000));
+  lease_timer.expires_after(period);
+  lease_timer.async_wait([this](const asio::error_code& ec) {
+    if (ec) return;
+    if (size_t n = store.ExpireLeases(Clock::now()); n > 0) Log().warn("expired {} lease(s) past their TTL", n);
+    ScheduleLeaseSweep();
+  });
+}
+
+namespace {
+
+// Binds the control socket, replacing a stale socket file but never a live server's.
+Status BindSocket(stream_protocol::acceptor& acceptor, const std::string& path, uint32_t mode) {
+  if (path.size() >= sizeof(sockaddr_un::sun_path)) {
+    return Status::InvalidArgument(
+        fmt::format("socket path '{}' is longer than {} bytes", path, sizeof(sockaddr_un::sun_path) - 1));
+  }
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      return Status::AlreadyExists(fmt::format("'{}' exists and is not a socket; refusing to replace it", path));
+    }
+    asio::io_context probe_io;
+    stream_protocol::socket probe(probe_io);
+    asio::error_code ec;
+    probe.connect(stream_protocol::endpoint(path), ec);
+    if (!ec) return Status::AlreadyExists(fmt::format("a server is already listening on '{}'", path));
+    ::unlink(path.c_str());  // a dead server's socket
+  }
+  asio::error_code ec;
+  acceptor.open(stream_protocol(), ec);
+  if (!ec) acceptor.bind(stream_protocol::endpoint(path), ec);
+  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) return Status::IoError(fmt::format("listening on '{}': {}", path, ec.message()));
+  if (::chmod(path.c_str(), mode) != 0) return Status::FromErrno(fmt::format("chmod '{}'", path), errno);
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
+  if (options.socket_mode != 0600 && options.socket_mode != 0660) {
+    return Status::InvalidArgument(fmt::format("socket mode {:o} must be 600 or 660", options.socket_mode));
+  }
+  if (options.socket_path.empty()) return Status::InvalidArgument("a socket path is required");
+  if (options.clean_stale) {
+    auto removed = RemoveStaleSegments(false);
+    if (!removed.ok()) Log().warn("stale segment cleanup failed: {}", removed.status().ToString());
+  }
+  SegmentCreateOptions seg_opts;
+  seg_opts.name = options.shm_name;
+  seg_opts.size = options.pool_size;
+  seg_opts.prefault = options.prefault;
+  seg_opts.mode = options.socket_mode;
+  auto segment = SharedSegment::Create(seg_opts);
+  if (!segment.ok()) return segment.status();
+  StoreOptions store_opts;
+  store_opts.pool_size = segment->size();
+  store_opts.alignment = kSlotAlignment;
+  store_opts.reserve_ttl = options.reserve_ttl;
+  store_opts.pin_ttl = options.pin_ttl;
+  auto store = Store::Create(store_opts);
+  if (!store.ok()) return store.status();
+
+  auto impl = std::make_unique<Impl>(options, std::move(segment).value(), std::move(store).value());
+  std::random_device rd;
+  impl->generation = (uint64_t{rd()} << 32 | rd()) | 1;  // never 0: 0 means "unknown" to clients
+  SHMKV_RETURN_IF_ERROR(BindSocket(impl->acceptor, options.socket_path, options.socket_mode));
+  impl->socket_bound = true;
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Server::~Server() = default;
+
+void Server::Run() {
+  Impl& s = *impl_;
+  s.signals.async_wait([this](const asio::error_code& ec, int sig) {
+    if (!ec) {
+      Log().info("signal {}: shutting down", sig);
+      Stop();
+    }
+  });
+  s.Accept();
+  s.ScheduleLeaseSweep();
+  s.io.run();
+}
+
+void Server::Stop() {
+  asio::post(impl_->io, [this] {
+    Impl& s = *impl_;
+    asio::error_code ignored;
+    s.acceptor.close(ignored);
+    s.signals.cancel(ignored);
+    s.lease_timer.cancel();
+    for (auto& [id, weak] : s.connections) {
+      if (auto c = weak.lock()) c->Close();
+    }
+    s.io.stop();
+  });
+}
+
+const std::string& Server::segment_name() const {
+  return impl_->segment.name();
+}
+uint64_t Server::pool_size() const {
+  return impl_->segment.size();
+}
+uint64_t Server::generation() const {
+  return impl_->generation;
+}
+
+}  // namespace shmkv

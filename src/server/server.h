@@ -1,0 +1,65 @@
+// shmkv-server: owns the L1 segment and serves the control protocol on a Unix socket from one
+// asio event loop. All metadata lives in the Store, in this process's private memory.
+//
+// Thread-safety: Run() drives everything on the calling thread; Stop() may be called from any
+// thread or a signal handler context (it posts to the loop).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "shmkv/status.h"
+
+namespace shmkv {
+
+struct ServerOptions {
+  // Bytes of the L1 pool (the shared-memory segment).
+  uint64_t pool_size = 0;
+  // Segment name, normalised with the lmcache_l1_pool_ prefix; unset: derived from the pid.
+  std::optional<std::string> shm_name;
+  // Path of the control socket.
+  std::string socket_path;
+  // Permission bits of the socket and the segment: 0600 (this uid) or 0660 (also this group).
+  uint32_t socket_mode = 0600;
+  // Reservations neither committed nor aborted within this time are freed.
+  std::chrono::milliseconds reserve_ttl{std::chrono::seconds(60)};
+  // Pins not released within this time are dropped.
+  std::chrono::milliseconds pin_ttl{std::chrono::seconds(60)};
+  // Largest accepted request frame; a larger length prefix closes the connection.
+  uint32_t max_frame_bytes = 64u << 20;
+  // Fault the pool in at start (recommended; off only for quick tests of huge pools).
+  bool prefault = true;
+  // Remove stale lmcache_l1_pool_ segments of dead servers at start.
+  bool clean_stale = true;
+};
+
+class Server {
+ public:
+  // Creates the segment and binds the socket; the server serves once Run() is called.
+  static Result<std::unique_ptr<Server>> Start(const ServerOptions& options);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Serves until Stop() or SIGINT/SIGTERM; returns after a clean shutdown (socket and segment
+  // unlinked when the Server is destroyed).
+  void Run();
+  void Stop();
+
+  const std::string& segment_name() const;
+  uint64_t pool_size() const;
+  uint64_t generation() const;
+
+  struct Impl;  // the event loop and its state (server.cc)
+
+ private:
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+std::string DefaultSocketPath();
+
+}  // namespace shmkv

@@ -1,0 +1,374 @@
+#include "server/store.h"
+
+#include <fmt/format.h>
+
+namespace shmkv {
+
+std::string_view SlotOutcomeName(SlotOutcome o) {
+  switch (o) {
+    case SlotOutcome::kSlot: return "ok";
+    case SlotOutcome::kExists: return "exists";
+    case SlotOutcome::kBusy: return "busy";
+    case SlotOutcome::kFull: return "full";
+    case SlotOutcome::kMissing: return "missing";
+  }
+  return "unknown";
+}
+
+Result<Store> Store::Create(const StoreOptions& options) {
+  auto allocator = SlotAllocator::Create(options.pool_size, options.alignment);
+  if (!allocator.ok()) return allocator.status();
+  return Store(options, std::move(allocator).value());
+}
+
+Store::Store(const StoreOptions& options, SlotAllocator allocator)
+    : options_(options), allocator_(std::move(allocator)) {
+  counters_.pool_size = allocator_.pool_size();
+}
+
+Store::Session* Store::FindSession(SessionId id) {
+  auto it = sessions_.find(id);
+  return it == sessions_.end() ? nullptr : &it->second;
+}
+
+void Store::OpenSession(SessionId session) {
+  sessions_.try_emplace(session);
+}
+
+void Store::CloseSession(SessionId session) {
+  auto sit = sessions_.find(session);
+  if (sit == sessions_.end()) return;
+  Session& s = sit->second;
+  for (auto& [key, when] : s.reservations) {
+    auto it = index_.find(key);
+    if (it != index_.end() && it->second.state == State::kReserved && it->second.writer == session) Erase(it);
+  }
+  for (auto& [key, lease] : s.pins) {
+    auto it = index_.find(key);
+    if (it == index_.end()) continue;
+    const uint32_t n = lease.retrieve_pins + (lease.lookup_pin ? 1 : 0);
+    for (uint32_t i = 0; i < n; ++i) Unpin(it);
+  }
+  sessions_.erase(sit);
+}
+
+void Store::Touch(Index::iterator it) {
+  Object& o = it->second;
+  if (o.in_lru) lru_.splice(lru_.end(), lru_, o.lru);
+}
+
+void Store::Pin(Index::iterator it) {
+  Object& o = it->second;
+  if (o.pins++ == 0 && o.in_lru) {
+    lru_.erase(o.lru);
+    o.in_lru = false;
+  }
+}
+
+void Store::Unpin(Index::iterator it) {
+  Object& o = it->second;
+  if (o.pins == 0) return;
+  if (--o.pins == 0 && o.state == State::kCommitted) {
+    o.lru = lru_.insert(lru_.end(), &it->first);
+    o.in_lru = true;
+  }
+}
+
+void Store::Erase(Index::iterator it) {
+  Object& o = it->second;
+  if (o.in_lru) lru_.erase(o.lru);
+  // The offset came from this allocator and is freed exactly once (the object goes with it).
+  Status freed = allocator_.Free(o.offset);
+  (void)freed;
+  index_.erase(it);
+}
+
+bool Store::EvictOne() {
+  if (lru_.empty()) return false;
+  auto it = index_.find(*lru_.front());
+  counters_.evictions++;
+  counters_.evicted_bytes += it->second.length;
+  Erase(it);
+  return true;
+}
+
+Result<std::vector<SlotResult>> Store::PrepareStore(SessionId session, std::span<const std::string_view> keys,
+                                                    std::span<const uint64_t> sizes, Clock::time_point now) {
+  Session* s = FindSession(session);
+  if (s == nullptr) return Status::InvalidArgument("prepare_store: session is not registered");
+  if (keys.size() != sizes.size()) {
+    return Status::InvalidArgument(
+        fmt::format("prepare_store: {} keys but {} sizes; give one size per key", keys.size(), sizes.size()));
+  }
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (sizes[i] == 0 || sizes[i] > allocator_.pool_size()) {
+      return Status::InvalidArgument(fmt::format("prepare_store: key #{} has size {}; sizes must be 1..{} (the pool)",
+                                                 i, sizes[i], allocator_.pool_size()));
+    }
+  }
+  std::vector<SlotResult> out(keys.size());
+  // Keys already present are touched tail first so the chain's head ends up most recent and is
+  // not evicted to make room for the chain's own tail.
+  for (size_t i = keys.size(); i-- > 0;) {
+    auto it = index_.find(std::string(keys[i]));
+    if (it == index_.end()) continue;
+    out[i].outcome = it->second.state == State::kCommitted ? SlotOutcome::kExists : SlotOutcome::kBusy;
+    Touch(it);
+  }
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (out[i].outcome == SlotOutcome::kExists || out[i].outcome == SlotOutcome::kBusy) continue;
+    std::string key(keys[i]);
+    if (index_.count(key) != 0) {  // the same key twice in one batch
+      out[i].outcome = SlotOutcome::kBusy;
+      continue;
+    }
+    Result<uint64_t> offset = allocator_.Allocate(sizes[i]);
+    while (!offset.ok() && offset.status().code() == StatusCode::kFull && EvictOne()) {
+      offset = allocator_.Allocate(sizes[i]);
+    }
+    if (!offset.ok()) {
+      out[i].outcome = SlotOutcome::kFull;
+      continue;
+    }
+    Object o;
+    o.offset = *offset;
+    o.length = sizes[i];
+    o.writer = session;
+    o.reserved_at = now;
+    s->reservations.emplace(key, now);
+    index_.emplace(std::move(key), o);
+    out[i] = {SlotOutcome::kSlot, o.offset, o.length};
+  }
+  return out;
+}
+
+Status Store::CommitStore(SessionId session, std::span<const std::string_view> keys, Clock::time_point now) {
+  (void)now;
+  Session* s = FindSession(session);
+  if (s == nullptr) return Status::InvalidArgument("commit_store: session is not registered");
+  std::vector<Index::iterator> found;
+  found.reserve(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    auto it = index_.find(std::string(keys[i]));
+    if (it == index_.end() || it->second.state != State::kReserved || it->second.writer != session) {
+      return Status::InvalidArgument(fmt::format(
+          "commit_store: key #{} is not reserved by this session (never prepared, aborted, expired or already "
+          "committed); nothing was committed",
+          i));
+    }
+    found.push_back(it);
+  }
+  // Tail first into the MRU end: the head of the chain ends up most recent.
+  for (size_t i = found.size(); i-- > 0;) {
+    Index::iterator it = found[i];
+    if (it->second.state == State::kCommitted) continue;  // a key listed twice
+    s->reservations.erase(it->first);
+    it->second.state = State::kCommitted;
+    it->second.writer = 0;
+    it->second.lru = lru_.insert(lru_.end(), &it->first);
+    it->second.in_lru = true;
+    counters_.stores++;
+  }
+  return Status::Ok();
+}
+
+size_t Store::AbortStore(SessionId session, std::span<const std::string_view> keys) {
+  Session* s = FindSession(session);
+  if (s == nullptr) return 0;
+  size_t n = 0;
+  for (std::string_view k : keys) {
+    auto it = index_.find(std::string(k));
+    if (it == index_.end() || it->second.state != State::kReserved || it->second.writer != session) continue;
+    s->reservations.erase(it->first);
+    Erase(it);
+    ++n;
+  }
+  return n;
+}
+
+size_t Store::Lookup(SessionId session, std::span<const std::string_view> keys, bool pin, Clock::time_point now) {
+  counters_.lookups++;
+  Session* s = pin ? FindSession(session) : nullptr;
+  size_t n = 0;
+  std::vector<Index::iterator> hits;
+  hits.reserve(keys.size());
+  for (std::string_view k : keys) {
+    auto it = index_.find(std::string(k));
+    if (it == index_.end() || it->second.state != State::kCommitted) break;
+    hits.push_back(it);
+    ++n;
+  }
+  for (size_t i = hits.size(); i-- > 0;) {
+    Touch(hits[i]);
+    if (s != nullptr) {
+      PinLease& lease = s->pins[hits[i]->first];
+      if (!lease.lookup_pin) {
+        lease.lookup_pin = true;
+        Pin(hits[i]);
+      }
+      lease.since = now;
+    }
+  }
+  counters_.lookup_hits += n;
+  return n;
+}
+
+std::vector<SlotResult> Store::PrepareRetrieve(SessionId session, std::span<const std::string_view> keys,
+                                               Clock::time_point now) {
+  std::vector<SlotResult> out(keys.size());
+  Session* s = FindSession(session);
+  if (s == nullptr) return out;  // all missing; the server rejects unregistered sessions earlier
+  for (size_t i = keys.size(); i-- > 0;) {
+    auto it = index_.find(std::string(keys[i]));
+    if (it == index_.end() || it->second.state != State::kCommitted) continue;
+    PinLease& lease = s->pins[it->first];
+    if (lease.lookup_pin) {
+      lease.lookup_pin = false;  // the lookup's pin becomes this retrieve's pin
+    } else {
+      Pin(it);
+    }
+    lease.retrieve_pins++;
+    lease.since = now;
+    Touch(it);
+    out[i] = {SlotOutcome::kSlot, it->second.offset, it->second.length};
+    counters_.retrieves++;
+  }
+  return out;
+}
+
+void Store::ReleasePin(Session& s, const std::string& key, bool all) {
+  auto pit = s.pins.find(key);
+  if (pit == s.pins.end()) return;
+  auto it = index_.find(key);
+  PinLease& lease = pit->second;
+  uint32_t n = all ? lease.retrieve_pins + (lease.lookup_pin ? 1 : 0) : 1;
+  if (!all) {
+    lease.retrieve_pins--;
+  } else {
+    lease.retrieve_pins = 0;
+    lease.lookup_pin = false;
+  }
+  if (it != index_.end()) {
+    for (uint32_t i = 0; i < n; ++i) Unpin(it);
+  }
+  if (lease.retrieve_pins == 0 && !lease.lookup_pin) s.pins.erase(pit);
+}
+
+Status Store::CommitRetrieve(SessionId session, std::span<const std::string_view> keys) {
+  Session* s = FindSession(session);
+  if (s == nullptr) return Status::InvalidArgument("commit_retrieve: session is not registered");
+  // Validate first so a bad batch releases nothing (counting repeats of a key).
+  std::unordered_map<std::string_view, uint32_t> wanted;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    auto pit = s->pins.find(std::string(keys[i]));
+    if (pit == s->pins.end() || pit->second.retrieve_pins < ++wanted[keys[i]]) {
+      return Status::InvalidArgument(
+          fmt::format("commit_retrieve: key #{} is not pinned by a prepare_retrieve of this session; nothing was "
+                      "released",
+                      i));
+    }
+  }
+  for (std::string_view k : keys) ReleasePin(*s, std::string(k), /*all=*/false);
+  return Status::Ok();
+}
+
+std::vector<SlotOutcome> Store::Remove(std::span<const std::string_view> keys) {
+  std::vector<SlotOutcome> out(keys.size(), SlotOutcome::kMissing);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    auto it = index_.find(std::string(keys[i]));
+    if (it == index_.end()) continue;
+    if (it->second.state != State::kCommitted || it->second.pins > 0) {
+      out[i] = SlotOutcome::kBusy;
+      continue;
+    }
+    Erase(it);
+    out[i] = SlotOutcome::kSlot;
+  }
+  return out;
+}
+
+size_t Store::Clear(std::string_view prefix) {
+  size_t n = 0;
+  for (auto it = lru_.begin(); it != lru_.end();) {
+    const std::string* key = *it++;
+    if (key->starts_with(prefix)) {
+      Erase(index_.find(*key));
+      ++n;
+    }
+  }
+  return n;
+}
+
+size_t Store::ExpireLeases(Clock::time_point now) {
+  size_t expired = 0;
+  for (auto& [id, s] : sessions_) {
+    for (auto rit = s.reservations.begin(); rit != s.reservations.end();) {
+      if (now - rit->second < options_.reserve_ttl) {
+        ++rit;
+        continue;
+      }
+      auto it = index_.find(rit->first);
+      if (it != index_.end() && it->second.state == State::kReserved && it->second.writer == id) Erase(it);
+      rit = s.reservations.erase(rit);
+      ++expired;
+    }
+    std::vector<std::string> stale;
+    for (auto& [key, lease] : s.pins) {
+      if (now - lease.since >= options_.pin_ttl) stale.push_back(key);
+    }
+    for (const std::string& key : stale) {
+      ReleasePin(s, key, /*all=*/true);
+      ++expired;
+    }
+  }
+  counters_.expired_leases += expired;
+  return expired;
+}
+
+StoreStats Store::stats() const {
+  StoreStats s = counters_;
+  s.objects = s.reserved_objects = s.pinned_objects = 0;
+  for (const auto& [key, o] : index_) {
+    if (o.state == State::kCommitted) {
+      s.objects++;
+    } else {
+      s.reserved_objects++;
+    }
+    if (o.pins > 0) s.pinned_objects++;
+  }
+  s.used_bytes = allocator_.stats().used_bytes;
+  s.sessions = sessions_.size();
+  return s;
+}
+
+Status Store::CheckInvariants() const {
+  auto fail = [](std::string what) { return Status::Internal("store invariant broken: " + what); };
+  SHMKV_RETURN_IF_ERROR(allocator_.CheckInvariants());
+  if (allocator_.stats().live_slots != index_.size()) {
+    return fail(fmt::format("{} slots allocated but {} objects indexed", allocator_.stats().live_slots, index_.size()));
+  }
+  size_t in_lru = 0;
+  std::unordered_map<std::string_view, uint32_t> pins_by_sessions;
+  std::unordered_map<std::string_view, SessionId> reserved_by;
+  for (const auto& [id, s] : sessions_) {
+    for (const auto& [key, lease] : s.pins) pins_by_sessions[key] += lease.retrieve_pins + (lease.lookup_pin ? 1 : 0);
+    for (const auto& [key, when] : s.reservations) reserved_by[key] = id;
+  }
+  for (const auto& [key, o] : index_) {
+    auto slot = allocator_.SlotSize(o.offset);
+    if (!slot.ok() || *slot < o.length) return fail("object without a slot large enough");
+    const bool should_be_in_lru = o.state == State::kCommitted && o.pins == 0;
+    if (o.in_lru != should_be_in_lru) return fail("LRU membership disagrees with state and pins");
+    in_lru += o.in_lru ? 1 : 0;
+    auto p = pins_by_sessions.find(key);
+    if ((p == pins_by_sessions.end() ? 0u : p->second) != o.pins) return fail("pin count disagrees with sessions");
+    if (o.state == State::kReserved) {
+      auto r = reserved_by.find(key);
+      if (r == reserved_by.end() || r->second != o.writer) return fail("reserved object not held by its writer");
+    }
+  }
+  if (in_lru != lru_.size()) return fail("LRU list holds objects that are not evictable");
+  return Status::Ok();
+}
+
+}  // namespace shmkv
