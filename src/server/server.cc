@@ -262,6 +262,12 @@ Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wir
   };
   const auto now = Clock::now();
   Server::Impl& srv = server_;
+  static constexpr std::string_view kOps[] = {"register",         "stats",           "health",      "clear",
+                                              "prepare_store",    "commit_store",    "abort_store", "lookup",
+                                              "prepare_retrieve", "commit_retrieve", "remove"};
+  if (std::find(std::begin(kOps), std::end(kOps), op) == std::end(kOps)) {
+    return Status::InvalidArgument(fmt::format("unknown operation '{}'", op));
+  }
 
   if (op == "register") {
     auto instance = req.Str("instance_id");

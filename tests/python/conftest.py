@@ -29,3 +29,55 @@ def holder_bin(build_dir) -> str:
 @pytest.fixture
 def segment_name() -> str:
     return f"lmcache_l1_pool_py{os.getpid()}_{next(_counter)}"
+
+
+class ServerProcess:
+    """A real shmkv-server on a private socket and segment, stopped with SIGTERM at teardown."""
+
+    def __init__(self, binary: str, tmp_path: pathlib.Path, name: str, pool_size: str, *extra: str):
+        self.binary, self.socket, self.name = binary, str(tmp_path / f"{name}.sock"), name
+        self.pool_size, self.extra = pool_size, extra
+        self.proc = None
+        self.start()
+
+    def start(self):
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [self.binary, "--pool-size", self.pool_size, "--shm-name", self.name, "--socket", self.socket,
+             "--log-level", "warn", *self.extra],
+            stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line.startswith("shmkv-server ready:"), f"server did not start: {line!r}"
+        self.ready_line = line
+        return self
+
+    def stop(self, sig=None):
+        import signal
+
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig or signal.SIGTERM)
+            self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def server_bin(build_dir) -> str:
+    return str(build_dir / "src" / "shmkv-server")
+
+
+@pytest.fixture
+def shmkv_module(build_dir):
+    import sys
+
+    sys.path.insert(0, str(build_dir / "python"))
+    import shmkv  # noqa: PLC0415
+
+    return shmkv
+
+
+@pytest.fixture
+def server(server_bin, tmp_path, segment_name):
+    s = ServerProcess(server_bin, tmp_path, segment_name, "64MiB")
+    yield s
+    s.stop()
