@@ -33,5 +33,10 @@ cmake --build build-asan -j "$jobs"
 SHMKV_TEST_SCALE=${SHMKV_TEST_SCALE:-4} ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 900 -E '^pytest$'
+# The server end-to-end suite once more, against the sanitized server (the module stays the
+# release one; the server is the process under test).
+SHMKV_BUILD_DIR=build SHMKV_SERVER_BIN=build-asan/src/shmkv-server \
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/python/test_server.py
 
 step "all checks passed"
