@@ -110,15 +110,14 @@ Result<std::vector<SlotResult>> Store::PrepareStore(SessionId session, std::span
   // Keys already present are touched tail first so the chain's head ends up most recent and is
   // not evicted to make room for the chain's own tail.
   for (size_t i = keys.size(); i-- > 0;) {
-    auto it = index_.find(std::string(keys[i]));
+    auto it = index_.find(keys[i]);
     if (it == index_.end()) continue;
     out[i].outcome = it->second.state == State::kCommitted ? SlotOutcome::kExists : SlotOutcome::kBusy;
     Touch(it);
   }
   for (size_t i = 0; i < keys.size(); ++i) {
     if (out[i].outcome == SlotOutcome::kExists || out[i].outcome == SlotOutcome::kBusy) continue;
-    std::string key(keys[i]);
-    if (index_.count(key) != 0) {  // the same key twice in one batch
+    if (index_.find(keys[i]) != index_.end()) {  // the same key twice in one batch
       out[i].outcome = SlotOutcome::kBusy;
       continue;
     }
@@ -135,8 +134,8 @@ Result<std::vector<SlotResult>> Store::PrepareStore(SessionId session, std::span
     o.length = sizes[i];
     o.writer = session;
     o.reserved_at = now;
-    s->reservations.emplace(key, now);
-    index_.emplace(std::move(key), o);
+    s->reservations.emplace(keys[i], now);
+    index_.emplace(keys[i], o);
     out[i] = {SlotOutcome::kSlot, o.offset, o.length};
   }
   return out;
@@ -149,7 +148,7 @@ Status Store::CommitStore(SessionId session, std::span<const std::string_view> k
   std::vector<Index::iterator> found;
   found.reserve(keys.size());
   for (size_t i = 0; i < keys.size(); ++i) {
-    auto it = index_.find(std::string(keys[i]));
+    auto it = index_.find(keys[i]);
     if (it == index_.end() || it->second.state != State::kReserved || it->second.writer != session) {
       return Status::InvalidArgument(fmt::format(
           "commit_store: key #{} is not reserved by this session (never prepared, aborted, expired or already "
@@ -177,7 +176,7 @@ size_t Store::AbortStore(SessionId session, std::span<const std::string_view> ke
   if (s == nullptr) return 0;
   size_t n = 0;
   for (std::string_view k : keys) {
-    auto it = index_.find(std::string(k));
+    auto it = index_.find(k);
     if (it == index_.end() || it->second.state != State::kReserved || it->second.writer != session) continue;
     s->reservations.erase(it->first);
     Erase(it);
@@ -193,7 +192,7 @@ size_t Store::Lookup(SessionId session, std::span<const std::string_view> keys, 
   std::vector<Index::iterator> hits;
   hits.reserve(keys.size());
   for (std::string_view k : keys) {
-    auto it = index_.find(std::string(k));
+    auto it = index_.find(k);
     if (it == index_.end() || it->second.state != State::kCommitted) break;
     hits.push_back(it);
     ++n;
@@ -219,7 +218,7 @@ std::vector<SlotResult> Store::PrepareRetrieve(SessionId session, std::span<cons
   Session* s = FindSession(session);
   if (s == nullptr) return out;  // all missing; the server rejects unregistered sessions earlier
   for (size_t i = keys.size(); i-- > 0;) {
-    auto it = index_.find(std::string(keys[i]));
+    auto it = index_.find(keys[i]);
     if (it == index_.end() || it->second.state != State::kCommitted) continue;
     PinLease& lease = s->pins[it->first];
     if (lease.lookup_pin) {
@@ -236,7 +235,7 @@ std::vector<SlotResult> Store::PrepareRetrieve(SessionId session, std::span<cons
   return out;
 }
 
-void Store::ReleasePin(Session& s, const std::string& key, bool all) {
+void Store::ReleasePin(Session& s, std::string_view key, bool all) {
   auto pit = s.pins.find(key);
   if (pit == s.pins.end()) return;
   auto it = index_.find(key);
@@ -260,7 +259,7 @@ Status Store::CommitRetrieve(SessionId session, std::span<const std::string_view
   // Validate first so a bad batch releases nothing (counting repeats of a key).
   std::unordered_map<std::string_view, uint32_t> wanted;
   for (size_t i = 0; i < keys.size(); ++i) {
-    auto pit = s->pins.find(std::string(keys[i]));
+    auto pit = s->pins.find(keys[i]);
     if (pit == s->pins.end() || pit->second.retrieve_pins < ++wanted[keys[i]]) {
       return Status::InvalidArgument(
           fmt::format("commit_retrieve: key #{} is not pinned by a prepare_retrieve of this session; nothing was "
@@ -268,14 +267,14 @@ Status Store::CommitRetrieve(SessionId session, std::span<const std::string_view
                       i));
     }
   }
-  for (std::string_view k : keys) ReleasePin(*s, std::string(k), /*all=*/false);
+  for (std::string_view k : keys) ReleasePin(*s, k, /*all=*/false);
   return Status::Ok();
 }
 
 std::vector<SlotOutcome> Store::Remove(std::span<const std::string_view> keys) {
   std::vector<SlotOutcome> out(keys.size(), SlotOutcome::kMissing);
   for (size_t i = 0; i < keys.size(); ++i) {
-    auto it = index_.find(std::string(keys[i]));
+    auto it = index_.find(keys[i]);
     if (it == index_.end()) continue;
     if (it->second.state != State::kCommitted || it->second.pins > 0) {
       out[i] = SlotOutcome::kBusy;

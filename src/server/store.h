@@ -35,6 +35,14 @@ namespace shmkv {
 inline constexpr uint64_t kSlotAlignment = 4096;
 
 using SessionId = uint64_t;
+
+// Lets the maps below be searched with a string_view, without building a std::string per key.
+struct KeyHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view k) const { return std::hash<std::string_view>{}(k); }
+};
+template <typename V>
+using KeyMap = std::unordered_map<std::string, V, KeyHash, std::equal_to<>>;
 using Clock = std::chrono::steady_clock;
 
 enum class SlotOutcome : uint8_t {
@@ -137,10 +145,10 @@ class Store {
     Clock::time_point since{};
   };
   struct Session {
-    std::unordered_map<std::string, Clock::time_point> reservations;  // key -> reserved at
-    std::unordered_map<std::string, PinLease> pins;
+    KeyMap<Clock::time_point> reservations;  // key -> reserved at
+    KeyMap<PinLease> pins;
   };
-  using Index = std::unordered_map<std::string, Object>;
+  using Index = KeyMap<Object>;
 
   explicit Store(const StoreOptions& options, SlotAllocator allocator);
 
@@ -150,7 +158,7 @@ class Store {
   void Erase(Index::iterator it);  // frees the slot
   bool EvictOne();
   Session* FindSession(SessionId id);
-  void ReleasePin(Session& s, const std::string& key, bool all);
+  void ReleasePin(Session& s, std::string_view key, bool all);
 
   StoreOptions options_;
   SlotAllocator allocator_;
