@@ -10,6 +10,8 @@ For each queue depth Q and each round:
   fio write:    --rw=write --bs=32M --filesize=32M --nrfiles=N --iodepth=Q --ioengine=io_uring
                 --direct=1 --fallocate=none, into fresh files (deleted beforehand).
   fio read:     the same files, --rw=read.
+  The fio pair runs twice: with fio's defaults, and with --fixedbufs=1 (registered buffers), which
+  is io_uring's fastest O_DIRECT path and the stronger baseline.
 Worker and fio rounds alternate so drift of the disk hits both alike. Reports the median GB/s
 (1 GB = 1e9 bytes) of the rounds and the ratio worker / fio, as a Markdown table on stdout.
 
@@ -59,11 +61,11 @@ class Worker:
         self.proc.stdout.close()
 
 
-def fio(fio_dir: str, rw: str, objects: int, obj_bytes: int, queue_depth: int) -> float:
+def fio(fio_dir: str, rw: str, objects: int, obj_bytes: int, queue_depth: int, fixedbufs: bool) -> float:
     cmd = ["fio", "--name=shmkv_fw", f"--directory={fio_dir}", f"--rw={rw}", f"--bs={obj_bytes}",
            f"--filesize={obj_bytes}", f"--nrfiles={objects}", f"--size={objects * obj_bytes}",
            f"--iodepth={queue_depth}", "--ioengine=io_uring", "--direct=1", "--fallocate=none",
-           "--output-format=json"]
+           "--output-format=json"] + (["--fixedbufs=1"] if fixedbufs else [])
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True).stdout
     job = json.loads(out[out.index("{"):])["jobs"][0]
     return job["write" if rw == "write" else "read"]["bw_bytes"] / 1e9
@@ -128,7 +130,7 @@ def main() -> int:
 
         results = {}
         for q in depths:
-            wr, rd, fwr, frd = [], [], [], []
+            wr, rd, fwr, frd, xwr, xrd = [], [], [], [], [], []
             worker = Worker(worker_bin, worker_root, q)
             assert worker.call(f"ATTACH {seg_name} {seg_size} {base}") == "OK"
             for r in range(args.rounds):
@@ -154,22 +156,29 @@ def main() -> int:
                 assert bytes(shm.buf[dst:dst + n * obj]) == bytes(shm.buf[0:n * obj]), "READ returned other bytes"
 
                 clear(fio_dir)
-                fwr.append(fio(fio_dir, "write", n, obj, q))
-                frd.append(fio(fio_dir, "read", n, obj, q))
+                fwr.append(fio(fio_dir, "write", n, obj, q, fixedbufs=False))
+                frd.append(fio(fio_dir, "read", n, obj, q, fixedbufs=False))
+                clear(fio_dir)
+                xwr.append(fio(fio_dir, "write", n, obj, q, fixedbufs=True))
+                xrd.append(fio(fio_dir, "read", n, obj, q, fixedbufs=True))
                 log(f"qd {q} round {r + 1}: worker write {wr[-1]:.2f} read {rd[-1]:.2f} | "
-                    f"fio write {fwr[-1]:.2f} read {frd[-1]:.2f} GB/s")
+                    f"fio write {fwr[-1]:.2f} read {frd[-1]:.2f} | "
+                    f"fio fixedbufs write {xwr[-1]:.2f} read {xrd[-1]:.2f} GB/s")
             worker.close()
             results[q] = {k: statistics.median(v) for k, v in
-                          (("write", wr), ("read", rd), ("fio_write", fwr), ("fio_read", frd))}
+                          (("write", wr), ("read", rd), ("fio_write", fwr), ("fio_read", frd),
+                           ("fix_write", xwr), ("fix_read", xrd))}
 
         print(f"{n} objects of {args.object_mib} MiB per pass, O_DIRECT, {fstype} under {args.dir}, "
               f"median of {args.rounds} rounds, GB/s = 1e9 bytes/s\n")
-        print("| queue depth | direction | shmkv-file-worker GB/s | fio io_uring GB/s | worker / fio |")
-        print("|---|---|---|---|---|")
+        print("| queue depth | direction | shmkv-file-worker GB/s | fio io_uring GB/s | worker / fio "
+              "| fio io_uring --fixedbufs GB/s | worker / fio --fixedbufs |")
+        print("|---|---|---|---|---|---|---|")
         for q, m in results.items():
             for d in ("write", "read"):
                 label = "WRITE (pool → file)" if d == "write" else "READ (file → pool)"
-                print(f"| {q} | {label} | {m[d]:.2f} | {m['fio_' + d]:.2f} | {m[d] / m['fio_' + d]:.2f} |")
+                f, x = m["fio_" + d], m["fix_" + d]
+                print(f"| {q} | {label} | {m[d]:.2f} | {f:.2f} | {m[d] / f:.2f} | {x:.2f} | {m[d] / x:.2f} |")
         return 0
     finally:
         if shm is not None:

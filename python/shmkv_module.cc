@@ -193,11 +193,10 @@ PYBIND11_MODULE(shmkv, m) {
   m.attr("Error") = g_error;
   m.attr("TimeoutError") = g_timeout_error;
 
-  py::class_<SlotBuffer>(m, "_SlotBuffer", py::buffer_protocol())
-      .def_buffer([](SlotBuffer& b) {
-        return py::buffer_info(b.data, 1, py::format_descriptor<uint8_t>::format(), 1, {static_cast<ssize_t>(b.size)},
-                               {ssize_t{1}}, b.readonly);
-      });
+  py::class_<SlotBuffer>(m, "_SlotBuffer", py::buffer_protocol()).def_buffer([](SlotBuffer& b) {
+    return py::buffer_info(b.data, 1, py::format_descriptor<uint8_t>::format(), 1, {static_cast<ssize_t>(b.size)},
+                           {ssize_t{1}}, b.readonly);
+  });
 
   py::class_<PyClient>(m, "Client")
       .def(py::init<const std::string&, double, const std::string&, const std::string&, uint32_t, uint32_t,
