@@ -117,7 +117,7 @@ Session::~Session() = default;
 
 Session::End Session::Serve(int in_fd, int out_fd) {
   std::thread writer([this, out_fd] { WriteLoop(out_fd); });
-  std::optional<End> end = ReadLoop(in_fd);
+  const End end = ReadLoop(in_fd);
   {
     std::lock_guard lock(shared_->mu);
     shared_->reader_done = true;
@@ -125,10 +125,10 @@ Session::End Session::Serve(int in_fd, int out_fd) {
   shared_->cv.notify_all();
   writer.join();  // returns once every reply is written, so every dispatched command has finished
   attachment_.reset();
-  return end.value_or(End::kIoError);
+  return end;
 }
 
-std::optional<Session::End> Session::ReadLoop(int in_fd) {
+Session::End Session::ReadLoop(int in_fd) {
   std::string buf;
   bool discarding = false;  // inside an overlong line: drop bytes up to its newline
   const auto auth_deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.auth_timeout_ms);
@@ -146,7 +146,7 @@ std::optional<Session::End> Session::ReadLoop(int in_fd) {
         PushReady(ErrorReply(fmt::format("line too long (more than {} bytes)", kMaxLineBytes)));
         continue;
       }
-      if (auto end = HandleLine(line)) return end;
+      if (auto end = HandleLine(line)) return *end;
     }
     buf.erase(0, start);
     if (!discarding && buf.size() > kMaxLineBytes + 1) {

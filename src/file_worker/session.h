@@ -72,7 +72,7 @@ class Session {
   void PushReady(std::string reply);
   void Dispatch(Op op, Footprint footprint);
   std::string Attach(const Command& cmd);
-  std::optional<End> ReadLoop(int in_fd);
+  End ReadLoop(int in_fd);
   void WriteLoop(int out_fd);
 
   const FileStore& store_;

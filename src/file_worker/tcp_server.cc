@@ -149,6 +149,7 @@ Status TcpServer::Run(const FileStore& store, ThreadPool& pool, const Options& o
     sys::UniqueFd cfd(a.value);
     const int one = 1;
     (void)::setsockopt(cfd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    reap(false);  // a client that ended while we waited in poll must not count against the limit
     if (clients.size() >= options.max_clients) {
       const std::string msg = ErrorReply(fmt::format("too many clients (at most {})", options.max_clients));
       (void)::send(cfd.get(), msg.data(), msg.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
