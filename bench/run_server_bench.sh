@@ -14,7 +14,9 @@
 #   free    no pinning: the scheduler picks, and a run may land on either of the above
 # Environment: LAYOUTS (default "split shared free"), REPS (repetitions per benchmark, default 5;
 # medians are reported), MIN_TIME (seconds per repetition, default 0.5), REDIS_N (requests per
-# redis-benchmark run, default 200000), OUT_DIR (keep the raw JSON and logs there).
+# redis-benchmark run, default 200000), OUT_DIR (keep the raw JSON and logs there), WAIT_QUIET
+# (seconds to wait, before each layout, for the 1-minute load average to drop below 0.5; default
+# 0: do not wait).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,6 +27,7 @@ LAYOUTS=${LAYOUTS:-split shared free}
 REPS=${REPS:-5}
 MIN_TIME=${MIN_TIME:-0.5}
 REDIS_N=${REDIS_N:-200000}
+WAIT_QUIET=${WAIT_QUIET:-0}
 PYTHON=/usr/bin/python3
 
 for tool in "$bench" "$server"; do
@@ -75,7 +78,8 @@ redis_rps() {  # layout clients requests cpu
   done >"$out/redis-$layout-c$clients.txt"
 }
 
-for layout in $LAYOUTS; do
+read -r -a layouts <<<"$LAYOUTS"
+for layout in "${layouts[@]}"; do
   case $layout in
     split) client_cpu=0 server_cpu=1 redis_cpus=1 ;;
     shared) client_cpu=0 server_cpu=0 redis_cpus=0 ;;
@@ -83,6 +87,11 @@ for layout in $LAYOUTS; do
     *) echo "unknown layout '$layout' (split, shared, free)" >&2; exit 1 ;;
   esac
   taskset -a -p -c "$redis_cpus" "$redis_pid" >/dev/null
+  for ((waited = 0; waited < WAIT_QUIET; waited += 10)); do
+    awk '{ exit !($1 < 0.5) }' /proc/loadavg && break
+    ((waited % 60 == 0)) && echo "waiting for a quiet machine (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    sleep 10
+  done
   echo "== layout $layout: server_bench (REPS=$REPS, MIN_TIME=$MIN_TIME s)" >&2
   timeout 1800 "$bench" --shmkv_server_bin="$server" --redis_socket="$redis_sock" \
     --client_cpu="$client_cpu" --server_cpu="$server_cpu" \
@@ -96,8 +105,13 @@ for layout in $LAYOUTS; do
   redis_rps "$layout" 1 "$((REDIS_N / 4))" "$client_cpu"
 done
 
-"$PYTHON" - "$out" $LAYOUTS <<'EOF'
-import json, statistics, sys
+# Read-only git queries (GIT_OPTIONAL_LOCKS=0: status never rewrites the index).
+rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '(no git)')
+[[ -n $(GIT_OPTIONAL_LOCKS=0 git -C "$root" status --porcelain --untracked-files=no -- src include 2>/dev/null) ]] &&
+  rev+=" + uncommitted changes in src/ or include/"
+echo "shmkv $rev, $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)), Linux $(uname -r), $(redis-server --version | cut -d' ' -f1-3)"
+"$PYTHON" - "$out" "${layouts[@]}" <<'EOF'
+import json, math, statistics, sys
 
 out, layouts = sys.argv[1], sys.argv[2:]
 DESCRIBE = {
@@ -115,7 +129,13 @@ def gb(v):
 def cv(c):
     return f" (cv {100 * c:.0f}%)" if c is not None and c >= 0.05 else ""
 
+def r2(ratio, goal):
+    # Two decimals, three where two would round a miss up to the goal (0.995 -> "0.995").
+    return f"{ratio:.3f}" if ratio < goal and round(ratio, 2) >= goal else f"{ratio:.2f}"
+
 def verdict(ratio, goal):
+    if math.isnan(ratio):
+        return f"≥ {goal}: n/a (not measured)"
     return f"≥ {goal}: **{'met' if ratio >= goal else 'not met'}**"
 
 for layout in layouts:
@@ -123,7 +143,10 @@ for layout in layouts:
         doc = json.load(f)
     runs = doc["benchmarks"]
     load = ", ".join(f"{x:.2f}" for x in doc["context"].get("load_avg", []))
-    med = {b["run_name"]: b for b in runs if b.get("aggregate_name") == "median" and "error_occurred" not in b}
+    ok = [b for b in runs if not b.get("error_occurred")]
+    # Medians of the repetitions; with REPS=1 there are no aggregates, only the one run.
+    med = {b["run_name"]: b for b in ok if b.get("run_type") == "iteration"}
+    med.update({b["run_name"]: b for b in ok if b.get("aggregate_name") == "median"})
     cvs = {b["run_name"]: b for b in runs if b.get("aggregate_name") == "cv"}
     errors = sorted({b["run_name"] + ": " + b.get("error_message", "") for b in runs if b.get("error_occurred")})
 
@@ -140,8 +163,9 @@ for layout in layouts:
             vals = [float(x) for x in f.read().split()]
         return (statistics.median(vals) if vals else float("nan")), vals
 
-    raw = "RawPingPong/req:80/rep:40/real_time"
-    polled = "RawPingPongPolled/req:80/rep:40/real_time"
+    raw = next((n for n in med if n.startswith("RawPingPong/")), "RawPingPong")
+    polled = next((n for n in med if n.startswith("RawPingPongPolled/")), "RawPingPongPolled")
+    req, rep = (raw.split("/")[1:3] + ["?", "?"])[:2] if "/" in raw else ("?", "?")
     pair1 = "StoreCommit/batch:1/real_time"
     pair256 = "StoreCommit/batch:256/real_time"
     raw_rt = m(raw, "round_trips_per_s")
@@ -161,14 +185,14 @@ for layout in layouts:
     print("Control path (medians; rates are wall-clock; with 8 clients, the sum over the 8)\n")
     print("| measure | shmkv | baseline | ratio | goal |")
     print("|---|---|---|---|---|")
-    print(f"| raw Unix-socket ping-pong, 80 B request / 40 B reply, blocking read+write | | {k(raw_rt)} rt/s{cv(c(raw, 'round_trips_per_s'))} | | |")
+    print(f"| raw Unix-socket ping-pong between 2 processes, {req.split(':')[-1]} B request / {rep.split(':')[-1]} B reply, blocking write+read | | {k(raw_rt)} rt/s{cv(c(raw, 'round_trips_per_s'))} | | |")
     print(f"| 1-key prepare_store+commit_store: **pairs/s** | {k(pair_ops)} pairs/s | | | |")
-    print(f"| same, **round trips/s** (2 per pair) vs raw ping-pong round trips/s | {k(pair_rt)} rt/s{cv(c(pair1, 'round_trips_per_s'))} | {k(raw_rt)} rt/s | **{pair_rt / raw_rt:.2f}** | {verdict(pair_rt / raw_rt, 0.8)} |")
+    print(f"| same, **round trips/s** (2 per pair) vs raw ping-pong round trips/s | {k(pair_rt)} rt/s{cv(c(pair1, 'round_trips_per_s'))} | {k(raw_rt)} rt/s | **{r2(pair_rt / raw_rt, 0.8)}** | {verdict(pair_rt / raw_rt, 0.8)} |")
     print(f"| 1-key lookup (1 round trip), 1 client, vs raw ping-pong | {k(look1)} rt/s | {k(raw_rt)} rt/s | {look1 / raw_rt:.2f} | (reference) |")
     print(f"| diagnostic: ping-pong waiting like shmkv (poll / epoll) vs raw ping-pong | {k(polled_rt)} rt/s | {k(raw_rt)} rt/s | {polled_rt / raw_rt:.2f} | |")
     print(f"| 256-key prepare_store + 256-key commit_store, **µs per key** | {us_per_key:.2f} µs/key{cv(c(pair256, 'items_per_second'))} | | | |")
-    print(f"| 8 clients: lookup round trips/s vs `redis-benchmark -c 8 -t get -d 16` GETs/s | {k(look8)} rt/s{cv(c('Lookup/real_time/threads:8', 'round_trips_per_s'))} | {k(rb8)} GET/s | **{look8 / rb8:.2f}** | {verdict(look8 / rb8, 1)} |")
-    print(f"| 8 clients: prepare_retrieve+commit_retrieve pairs/s vs redis-benchmark GETs/s | {k(ret8_ops)} pairs/s | {k(rb8)} GET/s | **{ret8_ops / rb8:.2f}** | {verdict(ret8_ops / rb8, 1)} |")
+    print(f"| 8 clients: lookup round trips/s vs `redis-benchmark -c 8 -t get -d 16` GETs/s | {k(look8)} rt/s{cv(c('Lookup/real_time/threads:8', 'round_trips_per_s'))} | {k(rb8)} GET/s | **{r2(look8 / rb8, 1)}** | {verdict(look8 / rb8, 1)} |")
+    print(f"| 8 clients: prepare_retrieve+commit_retrieve pairs/s vs redis-benchmark GETs/s | {k(ret8_ops)} pairs/s | {k(rb8)} GET/s | **{r2(ret8_ops / rb8, 1)}** | {verdict(ret8_ops / rb8, 1)} |")
     print(f"| 8 clients: the same pairs as round trips/s vs redis-benchmark GETs/s | {k(ret8_rt)} rt/s | {k(rb8)} GET/s | {ret8_rt / rb8:.2f} | (reference) |")
     print(f"| 8 clients: lookup vs hiredis GET from 8 blocking threads (the shmkv client's model) | {k(look8)} rt/s | {k(hget8)} GET/s | {look8 / hget8:.2f} | (reference) |")
     print(f"| 1 client: lookup vs `redis-benchmark -c 1` / hiredis, GETs/s | {k(look1)} rt/s | {k(rb1)} / {k(hget1)} GET/s | {look1 / rb1:.2f} / {look1 / hget1:.2f} | (reference) |")
@@ -186,7 +210,7 @@ for layout in layouts:
         red = m(f"DataRedis/mib:{mib}/real_time", "bytes_per_second")
         slot = m(f"DataSlotMemcpy/mib:{mib}/real_time", "bytes_per_second")
         moves = m(s0, "slot_moves")
-        print(f"| {mib} MiB | {gb(shm)}{cv(c(s0, 'bytes_per_second'))} | {gb(shm_rm)} | {gb(cpy)}{cv(c(f'DataMemcpy/mib:{mib}/real_time', 'bytes_per_second'))} | **{shm / cpy:.2f}**: {'met' if shm / cpy >= 0.9 else 'not met'} | {gb(red)} | **{shm / red:.1f}**: {'met' if shm / red >= 3 else 'not met'} | {gb(slot)} ({slot / cpy:.2f} of memcpy) |")
+        print(f"| {mib} MiB | {gb(shm)}{cv(c(s0, 'bytes_per_second'))} | {gb(shm_rm)} | {gb(cpy)}{cv(c(f'DataMemcpy/mib:{mib}/real_time', 'bytes_per_second'))} | **{r2(shm / cpy, 0.9)}**: {'met' if shm / cpy >= 0.9 else 'not met'} | {gb(red)} | **{shm / red:.1f}**: {'met' if shm / red >= 3 else 'not met'} | {gb(slot)} ({slot / cpy:.2f} of memcpy) |")
     moves = [m(f"DataShmkv/mib:{mib}/remove:{r}/real_time", "slot_moves") for mib in (1, 8, 32) for r in (0, 1)]
     if any(v != 0 for v in moves):
         print(f"\nnote: the slot moved between iterations in some runs (slot_moves medians {moves})")

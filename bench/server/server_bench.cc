@@ -5,8 +5,9 @@
 // threads they are the sum over all N clients.
 //
 // Control path
-//   RawPingPong/req:80/rep:40  two processes on a Unix socketpair, blocking write + read each way:
+//   RawPingPong/req:72/rep:24  two processes on a Unix socketpair, blocking write + read each way:
 //                              the kernel's floor for one round trip of prepare/commit-sized frames
+//   RawPingPongPolled/...      diagnostic: the same, waiting in poll() / epoll_wait like shmkv does
 //   StoreCommit/batch:B        prepare_store + commit_store of B keys (two round trips; 4 KiB objects)
 //   Lookup/threads:N           lookup of one stored key (one round trip), N clients
 //   RetrievePair/threads:N     prepare_retrieve, copy 16 B out of the slot, commit_retrieve, N clients
@@ -15,15 +16,18 @@
 //   DataShmkv/mib:M/remove:R   prepare_store, memcpy into the slot, commit_store, prepare_retrieve,
 //                              memcpy out of the slot, commit_retrieve; then remove the key (timed
 //                              when R is 1, untimed when 0) so the next iteration reuses the slot
+//   DataSlotMemcpy/mib:M       diagnostic: the same two memcpys to and from one slot, no calls
 //   DataMemcpy/mib:M           the same two memcpys through a private buffer
 //   DataRedis/mib:M            hiredis SET then GET of the same bytes, copied out of the reply
 //
-//   build/bench/server/server_bench [--shmkv_server_bin=PATH] [--redis_socket=PATH] [benchmark flags]
+//   build/bench/server/server_bench [--shmkv_server_bin=PATH] [--redis_socket=PATH]
+//                                   [--client_cpu=N] [--server_cpu=N] [benchmark flags]
 //
-// SHMKV_SERVER_BIN and SHMKV_BENCH_REDIS_SOCKET stand in for the two flags. The server binary
-// defaults to ../../src/shmkv-server next to this binary (the build tree). Without a Redis socket
-// the Redis cases are skipped. bench/run_server_bench.sh starts Redis, runs this and
-// redis-benchmark, and prints the table of docs/performance-server.md.
+// SHMKV_SERVER_BIN and SHMKV_BENCH_REDIS_SOCKET stand in for the first two flags. The server
+// binary defaults to ../../src/shmkv-server next to this binary (the build tree). Without a Redis
+// socket the Redis cases are skipped. --client_cpu pins this process (its client threads
+// included), --server_cpu the server and the echo process (see PinTo). bench/run_server_bench.sh
+// starts Redis, runs this and redis-benchmark, and prints the table of docs/performance-server.md.
 #include <benchmark/benchmark.h>
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
@@ -314,9 +318,9 @@ void RawPingPong(benchmark::State& state) {
   ::waitpid(child, nullptr, 0);
   SetRoundTrips(state, 1, 1);
 }
-// Request/reply sizes of the one-key prepare_store (≈79/40 B with the 4-byte header) and
-// commit_store (≈69/17 B) frames, rounded to one size each way.
-BENCHMARK(RawPingPong)->ArgNames({"req", "rep"})->Args({80, 40})->UseRealTime();
+// Frame sizes of the one-key calls, 4-byte header included (strace of StoreCommit/batch:1):
+// prepare_store 76 B request / 26-34 B reply, commit_store 65 B / 13 B; one size each way.
+BENCHMARK(RawPingPong)->ArgNames({"req", "rep"})->Args({72, 24})->UseRealTime();
 
 // Diagnostic: the same ping-pong, but waiting the way shmkv does. The client side sends, tries a
 // non-blocking recv, then poll()s with a timeout (as Client's Channel does); the echo side sleeps
@@ -379,7 +383,7 @@ void RawPingPongPolled(benchmark::State& state) {
   ::waitpid(child, nullptr, 0);
   SetRoundTrips(state, 1, 1);
 }
-BENCHMARK(RawPingPongPolled)->ArgNames({"req", "rep"})->Args({80, 40})->UseRealTime();
+BENCHMARK(RawPingPongPolled)->ArgNames({"req", "rep"})->Args({72, 24})->UseRealTime();
 
 void StoreCommit(benchmark::State& state) {
   const auto batch = static_cast<size_t>(state.range(0));
