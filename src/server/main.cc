@@ -18,6 +18,8 @@ int main(int argc, char** argv) {
   double reserve_ttl_s = 60, pin_ttl_s = 60;
   std::string mode_text = "600";
   bool no_prefault = false;
+  std::string disk_dir, disk_size_text, file_worker;
+  bool disk_write_through = false;
   app.add_option("--pool-size", pool_size_text, "Pool size: 512MiB, 4GiB or a byte count")->required();
   app.add_option("--shm-name", shm_name, "Segment name (prefixed with lmcache_l1_pool_; default: the pid)");
   app.add_option("--socket", o.socket_path, "Control socket path")->capture_default_str();
@@ -27,6 +29,13 @@ int main(int argc, char** argv) {
   app.add_option("--pin-ttl", pin_ttl_s, "Seconds before an unreleased read pin is dropped")->capture_default_str();
   app.add_option("--max-frame", o.max_frame_bytes, "Largest request frame in bytes")->capture_default_str();
   app.add_flag("--no-prefault", no_prefault, "Do not fault the pool in at start");
+  app.add_option("--disk-dir", disk_dir, "Enable the L2 disk tier with its files under DIR (docs/l2-tier.md)");
+  app.add_option("--disk-size", disk_size_text,
+                 "L2 size bound: 64GiB or a byte count (default: files found + 90% of the free space)");
+  app.add_flag("--disk-write-through", disk_write_through,
+               "Write every committed object to L2 (default: write-behind once L1 is half full)");
+  app.add_option("--file-worker", file_worker,
+                 "shmkv-file-worker binary for L2 (default: next to this executable, else on PATH)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
@@ -50,6 +59,22 @@ int main(int argc, char** argv) {
   o.reserve_ttl = std::chrono::milliseconds(static_cast<int64_t>(reserve_ttl_s * 1000));
   o.pin_ttl = std::chrono::milliseconds(static_cast<int64_t>(pin_ttl_s * 1000));
   o.prefault = !no_prefault;
+  if (disk_dir.empty() && (!disk_size_text.empty() || disk_write_through || !file_worker.empty())) {
+    return fail("--disk-size, --disk-write-through and --file-worker need --disk-dir");
+  }
+  if (!disk_dir.empty()) {
+    shmkv::DiskTierOptions d;
+    d.dir = disk_dir;
+    d.write_through = disk_write_through;
+    d.worker_binary = file_worker;
+    if (!disk_size_text.empty()) {
+      auto ds = shmkv::ParseSize(disk_size_text);
+      if (!ds.ok()) return fail("--disk-size: " + ds.status().message());
+      if (*ds == 0) return fail("--disk-size must be positive");
+      d.capacity = *ds;
+    }
+    o.disk = d;
+  }
 
   auto server = shmkv::Server::Start(o);
   if (!server.ok()) return fail(server.status().ToString());

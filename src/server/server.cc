@@ -14,6 +14,7 @@
 
 #include "common/log.h"
 #include "protocol/wire.h"
+#include "server/disk_tier.h"
 #include "server/store.h"
 #include "shmkv/segment.h"
 #include "shmkv/version.h"
@@ -58,6 +59,7 @@ struct Server::Impl {
   std::unordered_map<std::string, uint32_t> namespaces;  // canonical namespace -> id
   std::unordered_map<SessionId, std::weak_ptr<Connection>> connections;
   bool socket_bound = false;
+  std::unique_ptr<DiskTier> disk;  // L2; declared after io and store, so destroyed before them
 
   Impl(ServerOptions o, SharedSegment seg, Store st)
       : options(std::move(o)), segment(std::move(seg)), store(std::move(st)) {}
@@ -74,6 +76,8 @@ struct Server::Impl {
 };
 
 namespace {
+
+void PackSlots(wire::Packer& pk, const std::vector<SlotResult>& slots);
 
 // One client connection: reads frames, answers each in order, owns one Store session.
 class Connection : public std::enable_shared_from_this<Connection> {
@@ -122,14 +126,32 @@ class Connection : public std::enable_shared_from_this<Connection> {
       }
       Handle(std::string_view(in_.data() + pos + wire::kHeaderBytes, len));
       pos += wire::kHeaderBytes + len;
+      if (deferred_) break;  // replies keep request order: the rest waits for this one
     }
     if (pos > 0) {
       std::memmove(in_.data(), in_.data() + pos, in_end_ - pos);
       in_end_ -= pos;
     }
     Flush();
-    if (closing_) return;
+    if (closing_ || deferred_) return;
     ReadMore();
+  }
+
+  // A prepare_retrieve whose disk loads have settled: pin and answer, then serve what queued up.
+  void FinishDeferredRetrieve(uint64_t id, const std::vector<std::string>& keys,
+                              const std::vector<std::string>& pinned) {
+    if (!finished_) {
+      std::vector<std::string_view> views(keys.begin(), keys.end());
+      msgpack::sbuffer fields_buf;
+      wire::Packer fields(fields_buf);
+      wire::PackStr(fields, "slots");
+      PackSlots(fields, server_.store.PrepareRetrieve(session_, views, Clock::now()));
+      QueueReply(id, fields_buf, 1);
+    }
+    for (const std::string& k : pinned) server_.store.IoUnpin(k);
+    if (finished_) return;
+    deferred_ = false;
+    OnRead({}, 0);
   }
 
   void Finish() {
@@ -142,6 +164,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   void Handle(std::string_view body);
+  void QueueReply(uint64_t id, const msgpack::sbuffer& fields, int n_fields);
   Status Dispatch(std::string_view op, const wire::MapReader& req, wire::Packer& pk, int* fields);
 
   void SendError(uint64_t id, const Status& s) {
@@ -204,6 +227,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool writing_ = false;
   bool closing_ = false;
   bool finished_ = false;
+  bool deferred_ = false;    // a reply waits for L2 loads; frames after it are not handled yet
+  uint64_t current_id_ = 0;  // id of the request being dispatched
 };
 
 void PackSlots(wire::Packer& pk, const std::vector<SlotResult>& slots) {
@@ -238,12 +263,18 @@ void Connection::Handle(std::string_view body) {
   wire::Packer fields(fields_buf);
   int n_fields = 0;
   Status s;
+  current_id_ = id;
   try {
     s = Dispatch(*op, *req, fields, &n_fields);
   } catch (const std::exception& e) {  // msgpack or allocation failures: answer, keep serving
     s = Status::Internal(fmt::format("{} failed: {}", *op, e.what()));
   }
   if (!s.ok()) return SendError(id, s.WithContext(*op));
+  if (deferred_) return;  // answered by FinishDeferredRetrieve
+  QueueReply(id, fields_buf, n_fields);
+}
+
+void Connection::QueueReply(uint64_t id, const msgpack::sbuffer& fields_buf, int n_fields) {
   wire::FrameBuffer fb;
   wire::Packer pk(fb.sbuf());
   pk.pack_map(static_cast<uint32_t>(2 + n_fields));
@@ -299,6 +330,7 @@ Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wir
     }
     instance_ = std::string(*instance);
     prefix_ = NamespacePrefix(srv.NamespaceId(canonical));
+    if (srv.disk) srv.disk->RegisterNamespace(prefix_, canonical);
     registered_ = true;
     Log().info("session {} registered: instance '{}', namespace {}", session_, instance_, canonical);
     field("session");
@@ -335,9 +367,20 @@ Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wir
         {"expired_leases", s.expired_leases},
         {"generation", srv.generation},
     };
+    std::vector<std::pair<std::string_view, uint64_t>> l2;
+    if (srv.disk) {
+      l2 = srv.disk->Stats();
+      l2.insert(l2.end(), {{"l2_dirty_objects", s.dirty_objects},
+                           {"l2_dirty_bytes", s.dirty_bytes},
+                           {"l2_evicted_dirty", s.evicted_dirty}});
+    }
     field("stats");
-    pk.pack_map(static_cast<uint32_t>(std::size(items) + 1));
+    pk.pack_map(static_cast<uint32_t>(std::size(items) + l2.size() + 1));
     for (auto [k, v] : items) {
+      wire::PackStr(pk, k);
+      pk.pack_uint64(v);
+    }
+    for (auto [k, v] : l2) {
       wire::PackStr(pk, k);
       pk.pack_uint64(v);
     }
@@ -356,7 +399,8 @@ Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wir
 
   if (op == "clear") {
     field("removed");
-    pk.pack_uint64(srv.store.Clear(prefix_));
+    const size_t removed = srv.store.Clear(prefix_);
+    pk.pack_uint64(srv.disk ? removed + srv.disk->ClearNamespace(prefix_) : removed);
     return Status::Ok();
   }
   auto raw_keys = req.Bytes("keys", wire::kMaxKeyBytes);
@@ -366,13 +410,18 @@ Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wir
   if (op == "prepare_store") {
     auto sizes = req.U64s("sizes");
     if (!sizes.ok()) return sizes.status();
-    auto slots = srv.store.PrepareStore(session_, keys, *sizes, now);
+    auto slots = srv.disk ? srv.disk->PrepareStore(session_, keys, *sizes, now)
+                          : srv.store.PrepareStore(session_, keys, *sizes, now);
     if (!slots.ok()) return slots.status();
     field("slots");
     PackSlots(pk, *slots);
     return Status::Ok();
   }
-  if (op == "commit_store") return srv.store.CommitStore(session_, keys, now);
+  if (op == "commit_store") {
+    Status st = srv.store.CommitStore(session_, keys, now);
+    if (srv.disk) srv.disk->Pump();
+    return st;
+  }
   if (op == "abort_store") {
     field("aborted");
     pk.pack_uint64(srv.store.AbortStore(session_, keys));
@@ -382,17 +431,33 @@ Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wir
     auto pin = req.Bool("pin", false);
     if (!pin.ok()) return pin.status();
     field("count");
-    pk.pack_uint64(srv.store.Lookup(session_, keys, *pin, now));
+    size_t n = srv.store.Lookup(session_, keys, *pin, now);
+    // L2 continues the prefix: keys on disk count as hits (they are loaded by prepare_retrieve).
+    if (srv.disk && n < keys.size()) n += srv.disk->CountOnDisk(std::span(keys).subspan(n));
+    pk.pack_uint64(n);
     return Status::Ok();
   }
   if (op == "prepare_retrieve") {
+    if (srv.disk && srv.disk->NeedsLoad(keys)) {
+      deferred_ = true;
+      std::vector<std::string> owned(keys.begin(), keys.end());
+      srv.disk->Load(owned, [self = shared_from_this(), id = current_id_, owned](std::vector<std::string> pinned) {
+        self->FinishDeferredRetrieve(id, owned, pinned);
+      });
+      return Status::Ok();
+    }
     field("slots");
     PackSlots(pk, srv.store.PrepareRetrieve(session_, keys, now));
     return Status::Ok();
   }
   if (op == "commit_retrieve") return srv.store.CommitRetrieve(session_, keys);
   if (op == "remove") {
-    const auto out = srv.store.Remove(keys);
+    auto out = srv.store.Remove(keys);
+    if (srv.disk) {
+      for (size_t i = 0; i < out.size(); ++i) {
+        if (out[i] != SlotOutcome::kBusy && srv.disk->Remove(keys[i])) out[i] = SlotOutcome::kSlot;
+      }
+    }
     field("results");
     pk.pack_array(static_cast<uint32_t>(out.size()));
     for (SlotOutcome o : out) wire::PackStr(pk, o == SlotOutcome::kSlot ? "removed" : SlotOutcomeName(o));
@@ -492,12 +557,18 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
   store_opts.alignment = kSlotAlignment;
   store_opts.reserve_ttl = options.reserve_ttl;
   store_opts.pin_ttl = options.pin_ttl;
+  store_opts.track_dirty = options.disk.has_value();
   auto store = Store::Create(store_opts);
   if (!store.ok()) return store.status();
 
   auto impl = std::make_unique<Impl>(options, std::move(segment).value(), std::move(store).value());
   std::random_device rd;
   impl->generation = (uint64_t{rd()} << 32 | rd()) | 1;  // never 0: 0 means "unknown" to clients
+  if (options.disk) {
+    auto disk = DiskTier::Start(impl->io, impl->store, impl->segment.name(), impl->segment.size(), *options.disk);
+    if (!disk.ok()) return disk.status().WithContext("L2 disk tier");
+    impl->disk = std::move(disk).value();
+  }
   SHMKV_RETURN_IF_ERROR(BindSocket(impl->acceptor, options.socket_path, options.socket_mode));
   impl->socket_bound = true;
   return std::unique_ptr<Server>(new Server(std::move(impl)));

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 
+#include "server/disk_tier_options.h"
 #include "shmkv/status.h"
 
 namespace shmkv {
@@ -34,6 +35,8 @@ struct ServerOptions {
   bool prefault = true;
   // Remove stale lmcache_l1_pool_ segments of dead servers at start.
   bool clean_stale = true;
+  // The L2 disk tier (docs/l2-tier.md); unset: L1 only.
+  std::optional<DiskTierOptions> disk;
 };
 
 class Server {

@@ -77,6 +77,10 @@ void Store::Unpin(Index::iterator it) {
 void Store::Erase(Index::iterator it) {
   Object& o = it->second;
   if (o.in_lru) lru_.erase(o.lru);
+  if (o.in_dirty) {
+    dirty_.erase(o.dirty);
+    dirty_bytes_ -= o.length;
+  }
   // The offset came from this allocator and is freed exactly once (the object goes with it).
   Status freed = allocator_.Free(o.offset);
   (void)freed;
@@ -88,6 +92,7 @@ bool Store::EvictOne() {
   auto it = index_.find(*lru_.front());
   counters_.evictions++;
   counters_.evicted_bytes += it->second.length;
+  if (it->second.in_dirty) counters_.evicted_dirty++;
   Erase(it);
   return true;
 }
@@ -166,6 +171,11 @@ Status Store::CommitStore(SessionId session, std::span<const std::string_view> k
     it->second.writer = 0;
     it->second.lru = lru_.insert(lru_.end(), &it->first);
     it->second.in_lru = true;
+    if (options_.track_dirty) {
+      it->second.dirty = dirty_.insert(dirty_.end(), &it->first);
+      it->second.in_dirty = true;
+      dirty_bytes_ += it->second.length;
+    }
     counters_.stores++;
   }
   return Status::Ok();
@@ -324,6 +334,89 @@ size_t Store::ExpireLeases(Clock::time_point now) {
   return expired;
 }
 
+bool Store::IsCommitted(std::string_view key) const {
+  auto it = index_.find(key);
+  return it != index_.end() && it->second.state == State::kCommitted;
+}
+
+bool Store::Contains(std::string_view key) const {
+  return index_.find(key) != index_.end();
+}
+
+std::vector<IoSlot> Store::TakeDirty(size_t max_objects) {
+  std::vector<IoSlot> out;
+  while (out.size() < max_objects && !dirty_.empty()) {
+    auto it = index_.find(*dirty_.front());
+    Object& o = it->second;
+    dirty_.pop_front();
+    o.in_dirty = false;
+    dirty_bytes_ -= o.length;
+    o.writing = true;
+    o.io_pins++;
+    Pin(it);
+    out.push_back({it->first, o.offset, o.length});
+  }
+  return out;
+}
+
+void Store::FinishWrite(std::string_view key, bool requeue) {
+  auto it = index_.find(key);
+  if (it == index_.end() || !it->second.writing) return;
+  Object& o = it->second;
+  o.writing = false;
+  if (requeue) {
+    o.dirty = dirty_.insert(dirty_.begin(), &it->first);
+    o.in_dirty = true;
+    dirty_bytes_ += o.length;
+  }
+  o.io_pins--;
+  Unpin(it);
+}
+
+Result<uint64_t> Store::ReserveForLoad(std::string_view key, uint64_t length) {
+  if (length == 0 || length > allocator_.pool_size()) {
+    return Status::InvalidArgument(
+        fmt::format("load of {} bytes does not fit a pool of {}", length, allocator_.pool_size()));
+  }
+  if (index_.find(key) != index_.end()) return Status::AlreadyExists("the key is already in L1");
+  Result<uint64_t> offset = allocator_.Allocate(length);
+  while (!offset.ok() && offset.status().code() == StatusCode::kFull && EvictOne()) {
+    offset = allocator_.Allocate(length);
+  }
+  if (!offset.ok()) return offset.status();
+  Object o;
+  o.offset = *offset;
+  o.length = length;
+  o.writer = kLoaderSession;
+  index_.emplace(std::string(key), o);
+  return *offset;
+}
+
+void Store::FinishLoad(std::string_view key, bool ok) {
+  auto it = index_.find(key);
+  if (it == index_.end() || it->second.state != State::kReserved || it->second.writer != kLoaderSession) return;
+  if (!ok) return Erase(it);
+  it->second.state = State::kCommitted;
+  it->second.writer = 0;
+  it->second.lru = lru_.insert(lru_.end(), &it->first);
+  it->second.in_lru = true;
+}
+
+bool Store::IoPin(std::string_view key) {
+  auto it = index_.find(key);
+  if (it == index_.end() || it->second.state != State::kCommitted) return false;
+  it->second.io_pins++;
+  Pin(it);
+  return true;
+}
+
+void Store::IoUnpin(std::string_view key) {
+  auto it = index_.find(key);
+  if (it == index_.end() || it->second.io_pins == 0) return;
+  it->second.io_pins--;
+  Unpin(it);
+}
+
 StoreStats Store::stats() const {
   StoreStats s = counters_;
   s.objects = s.reserved_objects = s.pinned_objects = 0;
@@ -337,6 +430,8 @@ StoreStats Store::stats() const {
   }
   s.used_bytes = allocator_.stats().used_bytes;
   s.sessions = sessions_.size();
+  s.dirty_objects = dirty_.size();
+  s.dirty_bytes = dirty_bytes_;
   return s;
 }
 
@@ -347,6 +442,7 @@ Status Store::CheckInvariants() const {
     return fail(fmt::format("{} slots allocated but {} objects indexed", allocator_.stats().live_slots, index_.size()));
   }
   size_t in_lru = 0;
+  size_t dirty_count = 0;
   std::unordered_map<std::string_view, uint32_t> pins_by_sessions;
   std::unordered_map<std::string_view, SessionId> reserved_by;
   for (const auto& [id, s] : sessions_) {
@@ -360,13 +456,18 @@ Status Store::CheckInvariants() const {
     if (o.in_lru != should_be_in_lru) return fail("LRU membership disagrees with state and pins");
     in_lru += o.in_lru ? 1 : 0;
     auto p = pins_by_sessions.find(key);
-    if ((p == pins_by_sessions.end() ? 0u : p->second) != o.pins) return fail("pin count disagrees with sessions");
-    if (o.state == State::kReserved) {
+    if ((p == pins_by_sessions.end() ? 0u : p->second) + o.io_pins != o.pins) {
+      return fail("pin count disagrees with sessions");
+    }
+    if (o.in_dirty && (o.state != State::kCommitted || o.writing)) return fail("dirty object not committed");
+    dirty_count += o.in_dirty ? 1 : 0;
+    if (o.state == State::kReserved && o.writer != kLoaderSession) {
       auto r = reserved_by.find(key);
       if (r == reserved_by.end() || r->second != o.writer) return fail("reserved object not held by its writer");
     }
   }
   if (in_lru != lru_.size()) return fail("LRU list holds objects that are not evictable");
+  if (dirty_count != dirty_.size()) return fail("dirty queue disagrees with the objects");
   return Status::Ok();
 }
 

@@ -35,6 +35,8 @@ namespace shmkv {
 inline constexpr uint64_t kSlotAlignment = 4096;
 
 using SessionId = uint64_t;
+// The owner of slots being filled from a lower tier (no client session has id 0).
+inline constexpr SessionId kLoaderSession = 0;
 
 // Lets the maps below be searched with a string_view, without building a std::string per key.
 struct KeyHash {
@@ -70,6 +72,9 @@ struct StoreOptions {
   std::chrono::milliseconds reserve_ttl{std::chrono::seconds(60)};
   // A pin (from PrepareRetrieve or Lookup with pin) not released within this time is dropped.
   std::chrono::milliseconds pin_ttl{std::chrono::seconds(60)};
+  // With a lower tier (L2, docs/l2-tier.md): committed objects start dirty (not yet copied down)
+  // and are queued for write-behind, oldest commit first.
+  bool track_dirty = false;
 };
 
 struct StoreStats {
@@ -86,6 +91,17 @@ struct StoreStats {
   uint64_t lookup_hits = 0;  // keys found by lookups
   uint64_t retrieves = 0;    // slots handed out by PrepareRetrieve
   uint64_t expired_leases = 0;
+  uint64_t dirty_objects = 0;  // committed, not yet on a lower tier (track_dirty only)
+  uint64_t dirty_bytes = 0;
+  uint64_t evicted_dirty = 0;  // evicted before a lower tier had a copy: dropped
+};
+
+// A committed object handed to a lower tier for I/O: its slot stays allocated (io-pinned, so
+// neither eviction nor remove can free it) until the tier calls FinishWrite / IoUnpin.
+struct IoSlot {
+  std::string key;
+  uint64_t offset = 0;
+  uint64_t length = 0;
 };
 
 class Store {
@@ -123,6 +139,25 @@ class Store {
   // Drops reservations and pins older than their TTL; returns how many leases expired.
   size_t ExpireLeases(Clock::time_point now);
 
+  // ---- Lower-tier hooks (used by DiskTier; docs/l2-tier.md). ----
+  bool IsCommitted(std::string_view key) const;
+  uint64_t used_bytes() const { return allocator_.stats().used_bytes; }
+  uint64_t pool_size() const { return allocator_.pool_size(); }
+  bool Contains(std::string_view key) const;  // in any state
+  // Up to `max_objects` of the oldest dirty objects, io-pinned and marked as being written.
+  std::vector<IoSlot> TakeDirty(size_t max_objects);
+  // Ends a write taken by TakeDirty: unpins; `requeue` puts the object back at the head of the
+  // dirty queue (the write failed), otherwise it is clean (dropping it later loses nothing).
+  void FinishWrite(std::string_view key, bool requeue);
+  // Reserves a slot for bytes coming up from a lower tier, evicting as needed; the object is
+  // invisible (reserved, owned by no session) until FinishLoad. kFull when nothing fits.
+  Result<uint64_t> ReserveForLoad(std::string_view key, uint64_t length);
+  // ok: the object becomes committed and clean; otherwise its slot is freed, nothing visible.
+  void FinishLoad(std::string_view key, bool ok);
+  // An extra pin owned by no session (keeps a loaded object until its retrieve has pinned it).
+  bool IoPin(std::string_view key);
+  void IoUnpin(std::string_view key);
+
   StoreStats stats() const;
   // Cross-checks index, LRU, sessions and allocator. O(objects); for tests.
   Status CheckInvariants() const;
@@ -138,6 +173,10 @@ class Store {
     Clock::time_point reserved_at{};
     std::list<const std::string*>::iterator lru{};  // valid when committed and unpinned
     bool in_lru = false;
+    uint32_t io_pins = 0;                             // pins of a lower tier, part of `pins`
+    std::list<const std::string*>::iterator dirty{};  // valid when in_dirty
+    bool in_dirty = false;                            // queued for write-behind
+    bool writing = false;                             // taken by TakeDirty, not yet finished
   };
   struct PinLease {
     uint32_t retrieve_pins = 0;  // from PrepareRetrieve
@@ -163,7 +202,9 @@ class Store {
   StoreOptions options_;
   SlotAllocator allocator_;
   Index index_;
-  std::list<const std::string*> lru_;  // front = least recently used
+  std::list<const std::string*> lru_;    // front = least recently used
+  std::list<const std::string*> dirty_;  // track_dirty: front = oldest commit not yet written
+  uint64_t dirty_bytes_ = 0;
   std::unordered_map<SessionId, Session> sessions_;
   StoreStats counters_;
 };

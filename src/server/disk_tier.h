@@ -1,0 +1,106 @@
+// DiskTier: the L2 local-disk tier of shmkv-server (DESIGN.md §7, docs/l2-tier.md).
+//
+// It owns a shmkv-file-worker child in PIPE mode (FileWorkerLink) attached to the pool, and the
+// disk index (DiskIndex). It never blocks the event loop on disk I/O:
+//  - write-behind: committed objects are dirty (Store::TakeDirty hands out the oldest first);
+//    the tier WRITEs them in the background, keeping each slot io-pinned until the worker
+//    replies, after which the L1 copy is clean and eviction drops it without losing anything.
+//    Demote mode writes once L1 is past its watermark; --disk-write-through writes every commit.
+//    A dirty object that must be evicted before its write is dropped and counted (evicted_dirty).
+//  - loads: prepare_retrieve of keys that are only on disk reserves L1 slots, READs into them,
+//    and calls back when every load has settled; a failed load frees its slot (never visible).
+//  - its own bound and LRU: before a WRITE, the least recently used files are DELETEd.
+// When the worker dies, the tier turns unavailable (logged once, counted in stats) and L1
+// serves on; objects only on disk are no longer counted as hits.
+//
+// Keys given to the tier are the Store's (4-byte namespace id + raw key); RegisterNamespace maps
+// the id to the namespace digest that names the folder on disk.
+//
+// Thread-safety: none; every method runs on the server's event-loop thread.
+#pragma once
+
+#include <asio.hpp>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "server/disk_index.h"
+#include "server/disk_tier_options.h"
+#include "server/file_worker_link.h"
+#include "server/store.h"
+#include "shmkv/status.h"
+
+namespace shmkv {
+
+class DiskTier {
+ public:
+  static Result<std::unique_ptr<DiskTier>> Start(asio::io_context& io, Store& store, const std::string& shm_name,
+                                                 uint64_t shm_size, const DiskTierOptions& options);
+  ~DiskTier();
+  DiskTier(const DiskTier&) = delete;
+  DiskTier& operator=(const DiskTier&) = delete;
+
+  void RegisterNamespace(std::string_view store_prefix, std::string_view canonical_namespace);
+
+  bool available() const { return worker_ && worker_->alive(); }
+  // lookup: how many leading keys of `keys` (those after the L1 hits) are on disk; touches them.
+  size_t CountOnDisk(std::span<const std::string_view> keys);
+  // prepare_store with L2: a key on disk (and not in L1) is `exists`, the rest go to the Store.
+  Result<std::vector<SlotResult>> PrepareStore(SessionId session, std::span<const std::string_view> keys,
+                                               std::span<const uint64_t> sizes, Clock::time_point now);
+  // prepare_retrieve: true when some key is on disk only, so a Load is needed first.
+  bool NeedsLoad(std::span<const std::string_view> keys) const;
+  // Loads every disk-only key of `keys` into L1 and calls `done` once all have settled (loaded
+  // or failed), with the keys it io-pinned for the caller: release them with Store::IoUnpin
+  // after the retrieve has pinned them. Stops at the first key that cannot be loaded: later
+  // keys would not extend the prefix.
+  void Load(std::vector<std::string> keys, std::function<void(std::vector<std::string> pinned)> done);
+  // remove: drops the disk copy; true when there was one.
+  bool Remove(std::string_view store_key);
+  // clear: drops every disk copy of the namespace; returns how many.
+  size_t ClearNamespace(std::string_view store_prefix);
+  // Starts background writes when the policy says so. Cheap when there is nothing to do.
+  void Pump();
+
+  std::vector<std::pair<std::string_view, uint64_t>> Stats() const;
+
+ private:
+  struct Counters {
+    uint64_t hits = 0, loads = 0, load_bytes = 0, writes = 0, write_bytes = 0, write_errors = 0, read_errors = 0,
+             deletes = 0, skipped_too_large = 0, load_full = 0, worker_deaths = 0;
+  };
+  struct LoadWaiter;
+
+  DiskTier(asio::io_context& io, Store& store, DiskTierOptions options, uint64_t capacity);
+  std::string DiskKey(std::string_view store_key) const;  // empty when the namespace is unknown
+  std::string StoreKey(std::string_view disk_key) const;  // empty when the namespace is unknown here
+  void StartWrite(IoSlot slot);
+  void DeleteFile(const std::string& disk_key);
+  void OnWorkerDeath(const std::string& why);
+  void PauseWrites();
+
+  asio::io_context& io_;
+  Store& store_;
+  DiskTierOptions options_;
+  DiskIndex index_;
+  std::unique_ptr<FileWorkerLink> worker_;
+  std::unordered_map<std::string, std::string> digest_by_prefix_;  // store prefix -> ns digest
+  std::unordered_map<std::string, std::string> prefix_by_digest_;
+  // Loads in flight: store key -> callbacks waiting for it (the first started the READ).
+  std::unordered_map<std::string, std::vector<std::function<void(bool)>>> loading_;
+  size_t writes_in_flight_ = 0;
+  bool writes_paused_ = false;
+  bool waiting_for_room_ = false;  // a write waits for an earlier one to free its reservation
+  asio::steady_timer backoff_timer_;
+  Counters c_;
+  std::shared_ptr<bool> alive_token_ = std::make_shared<bool>(true);
+};
+
+}  // namespace shmkv

@@ -1,0 +1,82 @@
+// FileWorkerLink: a shmkv-file-worker child in PIPE mode, driven asynchronously from the server's
+// event loop (docs/l2-tier.md). Commands are pipelined on the worker's stdin; its replies come
+// back in command order on its stdout, each completing the oldest pending callback. The loop
+// never waits on disk I/O.
+//
+// The worker's death (EOF or an error on its stdout) fails every pending callback with
+// kUnavailable and calls the death handler once; the link stays dead (no restart).
+//
+// Thread-safety: none; every method runs on the io_context's one thread.
+#pragma once
+
+#include <sys/types.h>
+
+#include <asio.hpp>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "shmkv/status.h"
+
+namespace shmkv {
+
+struct FileWorkerOptions {
+  std::string binary;  // path of shmkv-file-worker
+  std::string root;    // --root
+  size_t queue_depth = 4;
+  std::string log_level = "warn";
+};
+
+class FileWorkerLink {
+ public:
+  // `OK <n>` gives n, `OK` gives 0, `ERROR <reason>` gives kIoError with the reason, a dead
+  // worker gives kUnavailable.
+  using Callback = std::function<void(Result<uint64_t>)>;
+  using DeathHandler = std::function<void(const std::string& why)>;
+
+  // Spawns the worker and attaches it to the segment (a blocking handshake with a deadline:
+  // this runs before the server serves). `base_addr` 0: a command's data_ptr is the pool offset.
+  static Result<std::unique_ptr<FileWorkerLink>> Start(asio::io_context& io, const FileWorkerOptions& options,
+                                                       const std::string& shm_name, uint64_t shm_size,
+                                                       DeathHandler on_death);
+  // Closes the worker's stdin (it finishes the commands in flight and exits), waits for it
+  // briefly, then kills it.
+  ~FileWorkerLink();
+  FileWorkerLink(const FileWorkerLink&) = delete;
+  FileWorkerLink& operator=(const FileWorkerLink&) = delete;
+
+  // Sends one command line (without '\n'). On a dead link the callback runs from the loop
+  // with kUnavailable.
+  void Send(std::string line, Callback done);
+
+  bool alive() const { return alive_; }
+  pid_t pid() const { return pid_; }
+  size_t in_flight() const { return pending_.size(); }
+
+ private:
+  FileWorkerLink(asio::io_context& io, pid_t pid, int to_worker, int from_worker, DeathHandler on_death);
+  void ReadReplies();
+  void WriteMore();
+  void Die(const std::string& why);
+
+  asio::io_context& io_;
+  pid_t pid_;
+  asio::posix::stream_descriptor to_worker_;
+  asio::posix::stream_descriptor from_worker_;
+  DeathHandler on_death_;
+  std::deque<Callback> pending_;
+  std::string out_pending_, out_flight_;
+  asio::streambuf in_;
+  bool writing_ = false;
+  bool alive_ = true;
+  // Guards callbacks that outlive the link (asio handlers run after destruction otherwise).
+  std::shared_ptr<bool> token_ = std::make_shared<bool>(true);
+};
+
+// The default worker binary: next to `server_exe` (or in its file_worker/ subfolder, the build
+// tree's layout), else `shmkv-file-worker` from PATH.
+std::string DefaultFileWorkerBinary();
+
+}  // namespace shmkv
