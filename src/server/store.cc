@@ -57,9 +57,11 @@ void Store::Touch(Index::iterator it) {
   if (o.in_lru) lru_.splice(lru_.end(), lru_, o.lru);
 }
 
+// Session pins take an object out of the LRU. Io pins (a lower tier's, counted in both `pins`
+// and `io_pins`) leave it in place, so background I/O never reorders eviction; EvictOne skips it.
 void Store::Pin(Index::iterator it) {
   Object& o = it->second;
-  if (o.pins++ == 0 && o.in_lru) {
+  if (o.pins++ - o.io_pins == 0 && o.in_lru) {
     lru_.erase(o.lru);
     o.in_lru = false;
   }
@@ -67,8 +69,8 @@ void Store::Pin(Index::iterator it) {
 
 void Store::Unpin(Index::iterator it) {
   Object& o = it->second;
-  if (o.pins == 0) return;
-  if (--o.pins == 0 && o.state == State::kCommitted) {
+  if (o.pins - o.io_pins == 0) return;
+  if (--o.pins - o.io_pins == 0 && o.state == State::kCommitted) {
     o.lru = lru_.insert(lru_.end(), &it->first);
     o.in_lru = true;
   }
@@ -88,8 +90,13 @@ void Store::Erase(Index::iterator it) {
 }
 
 bool Store::EvictOne() {
-  if (lru_.empty()) return false;
-  auto it = index_.find(*lru_.front());
+  auto lit = lru_.begin();
+  Index::iterator it;
+  for (;; ++lit) {
+    if (lit == lru_.end()) return false;
+    it = index_.find(**lit);
+    if (it->second.io_pins == 0) break;  // a lower tier is copying it: its slot must stay
+  }
   counters_.evictions++;
   counters_.evicted_bytes += it->second.length;
   if (it->second.in_dirty) counters_.evicted_dirty++;
@@ -300,7 +307,7 @@ size_t Store::Clear(std::string_view prefix) {
   size_t n = 0;
   for (auto it = lru_.begin(); it != lru_.end();) {
     const std::string* key = *it++;
-    if (key->starts_with(prefix)) {
+    if (key->starts_with(prefix) && index_.find(*key)->second.io_pins == 0) {
       Erase(index_.find(*key));
       ++n;
     }
@@ -353,7 +360,7 @@ std::vector<IoSlot> Store::TakeDirty(size_t max_objects) {
     dirty_bytes_ -= o.length;
     o.writing = true;
     o.io_pins++;
-    Pin(it);
+    o.pins++;
     out.push_back({it->first, o.offset, o.length});
   }
   return out;
@@ -370,7 +377,7 @@ void Store::FinishWrite(std::string_view key, bool requeue) {
     dirty_bytes_ += o.length;
   }
   o.io_pins--;
-  Unpin(it);
+  o.pins--;
 }
 
 Result<uint64_t> Store::ReserveForLoad(std::string_view key, uint64_t length) {
@@ -406,7 +413,7 @@ bool Store::IoPin(std::string_view key) {
   auto it = index_.find(key);
   if (it == index_.end() || it->second.state != State::kCommitted) return false;
   it->second.io_pins++;
-  Pin(it);
+  it->second.pins++;
   return true;
 }
 
@@ -414,7 +421,7 @@ void Store::IoUnpin(std::string_view key) {
   auto it = index_.find(key);
   if (it == index_.end() || it->second.io_pins == 0) return;
   it->second.io_pins--;
-  Unpin(it);
+  it->second.pins--;
 }
 
 StoreStats Store::stats() const {
@@ -452,7 +459,7 @@ Status Store::CheckInvariants() const {
   for (const auto& [key, o] : index_) {
     auto slot = allocator_.SlotSize(o.offset);
     if (!slot.ok() || *slot < o.length) return fail("object without a slot large enough");
-    const bool should_be_in_lru = o.state == State::kCommitted && o.pins == 0;
+    const bool should_be_in_lru = o.state == State::kCommitted && o.pins == o.io_pins;
     if (o.in_lru != should_be_in_lru) return fail("LRU membership disagrees with state and pins");
     in_lru += o.in_lru ? 1 : 0;
     auto p = pins_by_sessions.find(key);

@@ -1,0 +1,162 @@
+// The L2 tier's naming, directory scan and DiskIndex (src/server/disk_index.h), on real files.
+#include "server/disk_index.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+namespace shmkv {
+namespace {
+
+namespace fs = std::filesystem;
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "shmkv-disk-index-XXXXXX").string();
+    path_ = ::mkdtemp(tmpl.data());
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+void WriteFile(const fs::path& p, size_t bytes) {
+  fs::create_directories(p.parent_path());
+  std::ofstream(p, std::ios::binary) << std::string(bytes, 'x');
+}
+
+std::string Ns(std::string_view text) {
+  return NamespaceDigest(text);
+}
+
+TEST(DiskNaming, PathsAreHexOfDigestsNeverClientText) {
+  const std::string dk = Ns("model=m;") + std::string("../\x00/etc", 8);
+  const std::string path = DiskPath(dk);
+  EXPECT_EQ(path, HexEncode(Ns("model=m;")) + "/2e2e2f002f657463");
+  EXPECT_EQ(path.find(".."), std::string::npos);
+  EXPECT_EQ(path.size(), 32u + 1 + 16);
+  auto back = ParseDiskPath(path);
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(*back, dk);
+}
+
+TEST(DiskNaming, NamespaceDigestIsStableAndDistinct) {
+  EXPECT_EQ(Ns("a"), Ns("a"));
+  EXPECT_NE(Ns("a"), Ns("b"));
+  EXPECT_EQ(Ns("a").size(), kNamespaceDigestBytes);
+  // SHA-256("abc") begins ba7816bf 8f01cfea 414140de 5dae2223: stable across hosts and runs.
+  EXPECT_EQ(HexEncode(Ns("abc")), "ba7816bf8f01cfea414140de5dae2223");
+}
+
+TEST(DiskNaming, ParseRejectsEverythingDiskPathCannotProduce) {
+  const std::string ns = HexEncode(Ns("x"));
+  EXPECT_FALSE(ParseDiskPath(ns + "/").has_value());                          // empty key
+  EXPECT_FALSE(ParseDiskPath(ns + "/abc").has_value());                       // odd length
+  EXPECT_FALSE(ParseDiskPath(ns + "/ABCD").has_value());                      // upper case
+  EXPECT_FALSE(ParseDiskPath(ns + "/zz").has_value());                        // not hex
+  EXPECT_FALSE(ParseDiskPath(ns + "/" + std::string(130, 'a')).has_value());  // key over 64 bytes
+  EXPECT_FALSE(ParseDiskPath(ns.substr(2) + "/ab").has_value());              // short namespace
+  EXPECT_FALSE(ParseDiskPath(ns + "/ab/cd").has_value());
+  EXPECT_FALSE(ParseDiskPath(ns + "/.shmkv-tmp-1234").has_value());
+  EXPECT_TRUE(ParseDiskPath(ns + "/" + std::string(128, 'a')).has_value());
+}
+
+TEST(DiskScan, FindsObjectsOldestFirstRemovesTornTempsIgnoresForeign) {
+  TempDir dir;
+  const std::string ns = HexEncode(Ns("n"));
+  WriteFile(fs::path(dir.path()) / ns / "6f6c64", 10);  // "old"
+  WriteFile(fs::path(dir.path()) / ns / "6e6577", 20);  // "new"
+  // Explicit modification times: the LRU order must come from them, not from readdir order.
+  struct timespec times[2] = {{0, UTIME_OMIT}, {1000, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, (fs::path(dir.path()) / ns / "6f6c64").c_str(), times, 0), 0);
+  times[1] = {2000, 0};
+  ASSERT_EQ(::utimensat(AT_FDCWD, (fs::path(dir.path()) / ns / "6e6577").c_str(), times, 0), 0);
+  WriteFile(fs::path(dir.path()) / ns / ".shmkv-tmp-0123456789abcdef", 5);
+  WriteFile(fs::path(dir.path()) / ".shmkv-tmp-00", 5);
+  WriteFile(fs::path(dir.path()) / ns / "README", 5);  // not hex
+  WriteFile(fs::path(dir.path()) / ns / "6162", 0);    // empty: never a valid object
+  WriteFile(fs::path(dir.path()) / "notanamespace" / "6162", 5);
+  fs::create_symlink("/etc/passwd", fs::path(dir.path()) / ns / "6c696e6b");
+
+  auto scan = ScanDiskDir(dir.path());
+  ASSERT_TRUE(scan.ok()) << scan.status().ToString();
+  ASSERT_EQ(scan->files.size(), 2u);
+  EXPECT_EQ(scan->files[0].disk_key, Ns("n") + "old");
+  EXPECT_EQ(scan->files[0].size, 10u);
+  EXPECT_EQ(scan->files[1].disk_key, Ns("n") + "new");
+  EXPECT_EQ(scan->temp_removed, 2u);
+  EXPECT_EQ(scan->ignored, 4u);  // README, empty file, symlink, foreign folder
+  EXPECT_FALSE(fs::exists(fs::path(dir.path()) / ns / ".shmkv-tmp-0123456789abcdef"));
+  EXPECT_TRUE(fs::exists(fs::path(dir.path()) / ns / "README"));
+  EXPECT_TRUE(fs::is_symlink(fs::path(dir.path()) / ns / "6c696e6b"));
+}
+
+TEST(DiskScan, CreatesAMissingDirectoryAndReportsAnUnusableOne) {
+  TempDir dir;
+  auto fresh = ScanDiskDir(dir.path() + "/a/b");
+  ASSERT_TRUE(fresh.ok());
+  EXPECT_TRUE(fresh->files.empty());
+  EXPECT_TRUE(fs::is_directory(dir.path() + "/a/b"));
+  WriteFile(fs::path(dir.path()) / "file", 1);
+  auto bad = ScanDiskDir(dir.path() + "/file");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("/file"), std::string::npos);
+}
+
+TEST(DiskIndex, ReserveEvictsLeastRecentlyUsedToStayWithinCapacity) {
+  DiskIndex idx(100);
+  idx.Insert("a", 40);
+  idx.Insert("b", 40);
+  idx.Touch("a");  // b is now the least recently used
+  std::vector<std::string> victims;
+  ASSERT_EQ(idx.Reserve(30, &victims), DiskIndex::Reservation::kOk);
+  EXPECT_EQ(victims, std::vector<std::string>{"b"});
+  EXPECT_FALSE(idx.Contains("b"));
+  idx.Unreserve(30);
+  idx.Insert("c", 30);
+  EXPECT_EQ(idx.bytes(), 70u);
+  EXPECT_EQ(idx.objects(), 2u);
+  EXPECT_TRUE(idx.CheckInvariants().ok());
+}
+
+TEST(DiskIndex, TooLargeAndWaitingForWritesInFlight) {
+  DiskIndex idx(100);
+  std::vector<std::string> victims;
+  EXPECT_EQ(idx.Reserve(101, &victims), DiskIndex::Reservation::kTooLarge);
+  ASSERT_EQ(idx.Reserve(60, &victims), DiskIndex::Reservation::kOk);
+  // Only the other write's reservation is in the way: nothing to delete, wait for it.
+  EXPECT_EQ(idx.Reserve(60, &victims), DiskIndex::Reservation::kWait);
+  EXPECT_TRUE(victims.empty());
+  idx.Unreserve(60);
+  EXPECT_EQ(idx.Reserve(60, &victims), DiskIndex::Reservation::kOk);
+  EXPECT_EQ(idx.reserved(), 60u);
+}
+
+TEST(DiskIndex, TrimAndNamespaceListing) {
+  DiskIndex idx(50);
+  const std::string n1 = Ns("1"), n2 = Ns("2");
+  idx.Insert(n1 + "x", 30);
+  idx.Insert(n2 + "y", 30);
+  idx.Insert(n1 + "z", 30);
+  EXPECT_EQ(idx.TrimToCapacity(), (std::vector<std::string>{n1 + "x", n2 + "y"}));
+  EXPECT_EQ(idx.bytes(), 30u);
+  idx.Insert(n2 + "w", 10);
+  EXPECT_EQ(idx.KeysOfNamespace(n2), std::vector<std::string>{n2 + "w"});
+  EXPECT_TRUE(idx.Erase(n2 + "w"));
+  EXPECT_FALSE(idx.Erase(n2 + "w"));
+  EXPECT_TRUE(idx.CheckInvariants().ok());
+}
+
+}  // namespace
+}  // namespace shmkv
