@@ -356,3 +356,46 @@ def test_disk_flags_need_disk_dir_and_a_missing_worker_is_a_clear_error(server_b
                         str(tmp_path / "no-such-worker")], capture_output=True, text=True, timeout=10)
     assert r.returncode != 0 and "starting the file worker" in r.stderr and "no-such-worker" in r.stderr
     assert not pathlib.Path(f"/dev/shm/{segment_name}").exists()
+
+
+def test_a_stalled_disk_never_blocks_the_loop(l2, shmkv_module, tmp_path):
+    """The worker is stopped (SIGSTOP): its writes and reads hang. Other clients are still served,
+    eviction drops dirty objects instead of waiting (counted), and a retrieve waiting for a load
+    completes with the right bytes once the disk is back."""
+    import threading
+
+    disk = tmp_path / "disk"
+    srv = l2(disk, "--disk-write-through", pool="8MiB")
+    a = client(shmkv_module, srv)
+    a.put(b"w0", payload(0, MiB))
+    settled(a)
+    children = pathlib.Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
+    worker = int(children[0])
+    # Push w0 out of L1 (clean, so it is just dropped): it now lives on disk only.
+    for i in range(1, 9):
+        a.put(b"x%d" % i, payload(i, MiB))
+        settled(a)
+    assert a.lookup([b"w0"]) == 1 and a.stats()["objects"] < 9
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        got = {}
+        t = threading.Thread(target=lambda: got.setdefault("w0", a.get(b"w0")))
+        t.start()  # its prepare_retrieve waits for a READ that cannot run yet
+        b = client(shmkv_module, srv)
+        t0 = time.monotonic()
+        for i in range(10, 22):  # 12 MiB through an 8 MiB pool while at most 4 writes hang
+            assert b.put(b"y%d" % i, payload(i, MiB)) is not False
+            assert sha(b.get(b"y%d" % i)) == sha(payload(i, MiB))
+        assert time.monotonic() - t0 < 8  # served without waiting for the disk
+        st = b.stats()
+        assert st["l2_writes_in_flight"] >= 1 and st["l2_evicted_dirty"] >= 1, st
+        assert t.is_alive()  # still waiting for its load
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    t.join(timeout=10)
+    assert not t.is_alive()
+    assert got["w0"] is not None and sha(got["w0"]) == sha(payload(0, MiB))
+    st = settled(b)
+    assert st["l2_write_errors"] == 0 and st["l2_read_errors"] == 0 and st["l2_available"] == 1, st
+    a.close()
+    b.close()
