@@ -89,11 +89,14 @@ size_t DiskTier::CountOnDisk(std::span<const std::string_view> keys) {
   size_t n = 0;
   for (std::string_view k : keys) {
     const std::string dk = DiskKey(k);
-    if (dk.empty() || !index_.Contains(dk)) break;
-    index_.Touch(dk);
+    if (!dk.empty() && index_.Contains(dk)) {
+      index_.Touch(dk);
+      c_.hits++;
+    } else if (!store_.IsCommitted(k)) {
+      break;
+    }
     ++n;
   }
-  c_.hits += n;
   return n;
 }
 

@@ -50,7 +50,8 @@ class DiskTier {
   void RegisterNamespace(std::string_view store_prefix, std::string_view canonical_namespace);
 
   bool available() const { return worker_ && worker_->alive(); }
-  // lookup: how many leading keys of `keys` (those after the L1 hits) are on disk; touches them.
+  // lookup, after the Store's run of L1 hits: how many leading keys of `keys` are on disk or
+  // committed in L1 (a prefix may alternate between the tiers); touches the disk ones.
   size_t CountOnDisk(std::span<const std::string_view> keys);
   // prepare_store with L2: a key on disk (and not in L1) is `exists`, the rest go to the Store.
   Result<std::vector<SlotResult>> PrepareStore(SessionId session, std::span<const std::string_view> keys,

@@ -399,3 +399,29 @@ def test_a_stalled_disk_never_blocks_the_loop(l2, shmkv_module, tmp_path):
     assert st["l2_write_errors"] == 0 and st["l2_read_errors"] == 0 and st["l2_available"] == 1, st
     a.close()
     b.close()
+
+
+def test_prefix_alternating_between_l1_and_disk_counts_whole(l2, shmkv_module, tmp_path):
+    disk = tmp_path / "disk"
+    srv = l2(disk, "--disk-write-through", pool="16MiB")
+    c = client(shmkv_module, srv)
+    c.put(b"b", payload(2, MiB))
+    settled(c)
+    c.close()
+    srv.stop()
+    # Demote mode, L1 far below its watermark: a and c are never written, they live in L1 only.
+    srv2 = l2(disk, pool="16MiB")
+    c2 = client(shmkv_module, srv2)
+    c2.put(b"a", payload(1, MiB))
+    c2.put(b"c", payload(3, MiB))
+    st = c2.stats()
+    assert st["l2_writes"] == 0 and st["l2_dirty_objects"] == 2 and st["objects"] == 2, st
+    keys = [b"a", b"b", b"c", b"d"]
+    assert c2.lookup(keys) == 3  # a (L1), b (disk), c (L1); d nowhere
+    views = c2.prepare_retrieve(keys)
+    assert views[3] is None
+    assert [sha(v) for v in views[:3]] == [sha(payload(i, MiB)) for i in (1, 2, 3)]
+    c2.commit_retrieve(keys[:3])
+    st = c2.stats()
+    assert st["l2_hits"] == 1 and st["l2_loads"] == 1, st
+    c2.close()
