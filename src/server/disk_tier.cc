@@ -63,11 +63,12 @@ Result<std::unique_ptr<DiskTier>> DiskTier::Start(asio::io_context& io, Store& s
 }
 
 DiskTier::DiskTier(asio::io_context& io, Store& store, DiskTierOptions options, uint64_t capacity)
-    : io_(io), store_(store), options_(std::move(options)), index_(capacity), backoff_timer_(io) {}
+    : io_(io), store_(store), options_(std::move(options)), index_(capacity), backoff_timer_(io), drain_timer_(io) {}
 
 DiskTier::~DiskTier() {
   *alive_token_ = false;
   backoff_timer_.cancel();
+  drain_timer_.cancel();
   worker_.reset();  // the worker finishes the writes in flight before it exits
 }
 
@@ -294,9 +295,46 @@ void DiskTier::StartWrite(IoSlot slot) {
               DiskPath(dk), len, r.ok() ? fmt::format("wrote {} bytes", *r) : r.status().message(),
               options_.error_backoff.count());
           PauseWrites();
+          if (drained_) {  // shutting down: a failing disk is not waited for
+            Log().warn("stopping with {} dirty byte(s) not written to L2: writes fail", store_.dirty_bytes());
+            drain_timer_.cancel();
+            asio::post(io_, std::exchange(drained_, nullptr));
+          }
         }
         Pump();
+        CheckDrained();
       });
+}
+
+void DiskTier::Drain(std::chrono::milliseconds limit, std::function<void()> done) {
+  if (!options_.write_through || !available() || writes_paused_) {
+    if (writes_paused_ && store_.dirty_bytes() > 0) {
+      Log().warn("stopping with {} dirty byte(s) not written to L2: writes fail", store_.dirty_bytes());
+    }
+    asio::post(io_, std::move(done));
+    return;
+  }
+  drained_ = std::move(done);
+  drain_timer_.expires_after(limit);
+  drain_timer_.async_wait([this, token = alive_token_, limit](const asio::error_code& ec) {
+    if (ec || !*token || !drained_) return;
+    Log().warn("stopping with {} dirty byte(s) not written to L2 after {} ms (the disk is too slow or failing)",
+               store_.dirty_bytes(), limit.count());
+    auto finish = std::move(drained_);
+    drained_ = nullptr;
+    finish();
+  });
+  Pump();
+  CheckDrained();
+}
+
+void DiskTier::CheckDrained() {
+  if (!drained_) return;
+  if (available() && (writes_in_flight_ > 0 || store_.dirty_bytes() > 0)) return;
+  drain_timer_.cancel();
+  auto done = std::move(drained_);
+  drained_ = nullptr;
+  asio::post(io_, std::move(done));
 }
 
 void DiskTier::PauseWrites() {
@@ -315,6 +353,7 @@ void DiskTier::OnWorkerDeath(const std::string& why) {
       "L2 disk tier unavailable: {}. L1 keeps serving; objects only on disk are not served until the server is "
       "restarted with the same --disk-dir",
       why);
+  CheckDrained();
 }
 
 std::vector<std::pair<std::string_view, uint64_t>> DiskTier::Stats() const {

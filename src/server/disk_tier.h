@@ -69,6 +69,10 @@ class DiskTier {
   size_t ClearNamespace(std::string_view store_prefix);
   // Starts background writes when the policy says so. Cheap when there is nothing to do.
   void Pump();
+  // Shutdown: with write-through, writes every dirty object first (at most `limit`), then calls
+  // `done`; otherwise calls `done` at once. Writes in flight always finish (the worker completes
+  // them when its input ends).
+  void Drain(std::chrono::milliseconds limit, std::function<void()> done);
 
   std::vector<std::pair<std::string_view, uint64_t>> Stats() const;
 
@@ -86,6 +90,7 @@ class DiskTier {
   void DeleteFile(const std::string& disk_key);
   void OnWorkerDeath(const std::string& why);
   void PauseWrites();
+  void CheckDrained();
 
   asio::io_context& io_;
   Store& store_;
@@ -100,6 +105,8 @@ class DiskTier {
   bool writes_paused_ = false;
   bool waiting_for_room_ = false;  // a write waits for an earlier one to free its reservation
   asio::steady_timer backoff_timer_;
+  asio::steady_timer drain_timer_;
+  std::function<void()> drained_;  // set while Drain waits
   Counters c_;
   std::shared_ptr<bool> alive_token_ = std::make_shared<bool>(true);
 };

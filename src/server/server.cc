@@ -600,7 +600,9 @@ void Server::Stop() {
     for (auto& [id, weak] : s.connections) {
       if (auto c = weak.lock()) c->Close();
     }
-    s.io.stop();
+    if (!s.disk) return s.io.stop();
+    // Write-through promises that committed objects reach the disk: let the queue drain first.
+    s.disk->Drain(std::chrono::seconds(5), [&s] { s.io.stop(); });
   });
 }
 

@@ -142,6 +142,7 @@ class Store {
   // ---- Lower-tier hooks (used by DiskTier; docs/l2-tier.md). ----
   bool IsCommitted(std::string_view key) const;
   uint64_t used_bytes() const { return allocator_.stats().used_bytes; }
+  uint64_t dirty_bytes() const { return dirty_bytes_; }
   uint64_t pool_size() const { return allocator_.pool_size(); }
   bool Contains(std::string_view key) const;  // in any state
   // Up to `max_objects` of the oldest dirty objects, io-pinned and marked as being written.

@@ -288,7 +288,11 @@ def test_disk_full_clear_error_and_l1_keeps_serving(l2, shmkv_module, tmp_path):
             assert (mnt / n).stat().st_size == MiB
         assert st["l2_available"] == 1
         c.close()
-        srv.stop()
+        t0 = time.monotonic()
+        assert srv.stop() == 0
+        # Write-through drains its queue at SIGTERM, but a failing disk is not waited for.
+        assert time.monotonic() - t0 < 3
+        assert "not written to L2: writes fail" in srv.log()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
@@ -424,4 +428,28 @@ def test_prefix_alternating_between_l1_and_disk_counts_whole(l2, shmkv_module, t
     c2.commit_retrieve(keys[:3])
     st = c2.stats()
     assert st["l2_hits"] == 1 and st["l2_loads"] == 1, st
+    c2.close()
+
+
+def test_write_through_drains_the_queue_on_sigterm(l2, shmkv_module, tmp_path):
+    disk = tmp_path / "disk"
+    srv = l2(disk, "--disk-write-through", pool="64MiB")
+    c = client(shmkv_module, srv)
+    worker = int(pathlib.Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()[0])
+    keys = [b"drain-%d" % i for i in range(20)]
+    os.kill(worker, signal.SIGSTOP)  # writes pile up: at most 4 in flight, the rest queued
+    try:
+        for i, k in enumerate(keys):
+            c.put(k, payload(i, MiB))
+        st = c.stats()
+        assert st["l2_dirty_objects"] >= 10, st
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    c.close()
+    assert srv.stop() == 0  # SIGTERM at once: the server writes the queue before it exits
+    srv2 = l2(disk, pool="64MiB")
+    c2 = client(shmkv_module, srv2)
+    assert c2.stats()["l2_objects"] == 20
+    assert c2.lookup(keys) == 20
+    assert sha(c2.get(keys[-1])) == sha(payload(19, MiB))
     c2.close()
