@@ -12,6 +12,10 @@
 // prefix order and is touched tail first, so within a chain the head is the most recently used
 // and the tail is evicted before it; lookups keep returning the longest possible prefix.
 //
+// With a lower tier (track_dirty), committed objects are dirty until the tier has copied them;
+// a tier's io pins keep a slot alive during its I/O without moving the object in the LRU
+// (eviction skips it). See docs/l2-tier.md.
+//
 // Keys given to the Store are already namespaced (the server prepends the session's namespace).
 //
 // Thread-safety: none; one thread owns a Store.
@@ -172,7 +176,7 @@ class Store {
     uint32_t pins = 0;
     SessionId writer = 0;  // reserved objects only
     Clock::time_point reserved_at{};
-    std::list<const std::string*>::iterator lru{};  // valid when committed and unpinned
+    std::list<const std::string*>::iterator lru{};  // valid when committed and no session pins it
     bool in_lru = false;
     uint32_t io_pins = 0;                             // pins of a lower tier, part of `pins`
     std::list<const std::string*>::iterator dirty{};  // valid when in_dirty
