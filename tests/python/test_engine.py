@@ -158,3 +158,20 @@ def test_namespaces_keep_models_and_ranks_apart(shmkv_module, server):
             assert r1.lookup(toks) == 0
         with pytest.raises(ValueError, match="rank 2"):
             connector(shmkv_module, server, world_size=2, rank=2)
+
+
+def test_log_level_of_an_embedding_process_comes_from_the_environment(build_dir, server):
+    import os
+    import subprocess
+    import sys
+
+    code = (f"import sys; sys.path.insert(0, {str(build_dir / 'python')!r}); import shmkv; "
+            f"c = shmkv.Client({server.socket!r}); c.close()")
+
+    def stderr_with(level):
+        env = dict(os.environ, SHMKV_LOG_LEVEL=level)
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                              timeout=60).stderr
+
+    assert "[info]" in stderr_with("info")  # the CUDA pinning decision is logged at info
+    assert "[info]" not in stderr_with("warn")
