@@ -1,12 +1,17 @@
 // Python bindings over the C++ client. Slots are exposed zero-copy: each is a memoryview over
 // the mapped pool, kept alive by the buffer object it views (which holds the mapping), so numpy
 // and torch.frombuffer views stay valid even after the client reconnects or closes.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
 #include <mutex>
+#include <optional>
 
+#include "shmkv/chunk_hash.h"
 #include "shmkv/client.h"
+#include "shmkv/paged_kv.h"
 
 namespace py = pybind11;
 
@@ -181,15 +186,251 @@ class PyClient {
   std::vector<std::string> last_statuses_;
 };
 
+// ---- chunk digests ---------------------------------------------------------------------------
+
+// Token ids as uint32: a list of ints or any integer array; anything outside [0, 2^32) is an error.
+std::vector<uint32_t> TokenIds(const py::handle& tokens) {
+  auto arr = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(tokens);
+  if (!arr) throw py::type_error("token_ids must be a sequence of ints or an integer array");
+  if (arr.ndim() != 1)
+    throw py::value_error("token_ids must be one-dimensional, got " + std::to_string(arr.ndim()) + " dimensions");
+  std::vector<uint32_t> out(static_cast<size_t>(arr.size()));
+  const int64_t* p = arr.data();
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (p[i] < 0 || p[i] > 0xFFFFFFFFll) {
+      throw py::value_error("token_ids[" + std::to_string(i) + "] = " + std::to_string(p[i]) +
+                            " is not a token id (must be in [0, 2**32))");
+    }
+    out[i] = static_cast<uint32_t>(p[i]);
+  }
+  return out;
+}
+
+ChunkDigest RootFromBytes(const py::bytes& root) {
+  std::string_view r = Keys({root})[0];
+  ChunkDigest d{};
+  if (r.size() != d.size())
+    throw py::value_error("root must be 32 bytes (a chain_root), got " + std::to_string(r.size()));
+  std::memcpy(d.data(), r.data(), d.size());
+  return d;
+}
+
+py::bytes DigestBytes(const ChunkDigest& d) {
+  return py::bytes(reinterpret_cast<const char*>(d.data()), d.size());
+}
+
+// ---- paged-KV transfer -----------------------------------------------------------------------
+
+// What the kernels need of one array: numpy arrays and memoryviews come through the buffer
+// protocol; torch tensors (CPU or CUDA, bfloat16 included, which has no buffer format) through
+// data_ptr/shape/dtype. Either way no byte is copied.
+struct ArrayRef {
+  std::byte* data = nullptr;
+  std::vector<int64_t> shape;
+  size_t itemsize = 0;
+  size_t nbytes = 0;
+  std::string dtype;
+  bool cuda = false;
+  std::optional<py::buffer_info> view;  // keeps a buffer export alive
+};
+
+std::string FormatDtype(std::string format, size_t itemsize) {
+  if (!format.empty() && (format[0] == '<' || format[0] == '=' || format[0] == '@')) format.erase(0, 1);
+  if (format == "e") return "float16";
+  if (format == "f") return "float32";
+  if (format == "d") return "float64";
+  if (format == "B" || format == "c") return "uint8";
+  if (format == "b") return "int8";
+  if (format == "H") return "uint16";
+  if (format == "h") return "int16";
+  return "format '" + format + "' (" + std::to_string(itemsize) + " bytes)";
+}
+
+std::string ShapeText(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+ArrayRef GetArray(const py::handle& obj, bool writable, const std::string& what) {
+  ArrayRef a;
+  if (py::hasattr(obj, "data_ptr") && py::hasattr(obj, "element_size")) {  // a torch.Tensor
+    if (!obj.attr("is_contiguous")().cast<bool>()) throw py::value_error(what + " is not contiguous");
+    std::string device = py::str(obj.attr("device").attr("type"));
+    if (device != "cpu" && device != "cuda")
+      throw py::value_error(what + " is on device '" + device + "'; shmkv handles cpu and cuda");
+    a.cuda = device == "cuda";
+    a.dtype = py::str(obj.attr("dtype"));
+    if (a.dtype.rfind("torch.", 0) == 0) a.dtype.erase(0, 6);
+    for (const py::handle& d : obj.attr("shape")) a.shape.push_back(d.cast<int64_t>());
+    a.itemsize = obj.attr("element_size")().cast<size_t>();
+    a.nbytes = obj.attr("numel")().cast<size_t>() * a.itemsize;
+    a.data = reinterpret_cast<std::byte*>(obj.attr("data_ptr")().cast<uintptr_t>());
+    return a;
+  }
+  if (!PyObject_CheckBuffer(obj.ptr()))
+    throw py::type_error(what + " is neither a buffer (numpy array, memoryview) nor a torch tensor");
+  py::buffer buf = py::reinterpret_borrow<py::buffer>(obj);
+  py::buffer_info info;
+  try {
+    info = buf.request(writable);
+  } catch (py::error_already_set&) {
+    throw py::value_error(what + (writable ? " is read-only; it must be writable" : " cannot be read as a buffer"));
+  } catch (std::exception&) {
+    throw py::value_error(what + (writable ? " is read-only; it must be writable" : " cannot be read as a buffer"));
+  }
+  if (!PyBuffer_IsContiguous(info.view(), 'C')) throw py::value_error(what + " is not C-contiguous");
+  a.data = static_cast<std::byte*>(info.ptr);
+  a.shape.assign(info.shape.begin(), info.shape.end());
+  a.itemsize = static_cast<size_t>(info.itemsize);
+  a.nbytes = static_cast<size_t>(info.size) * a.itemsize;
+  a.dtype = FormatDtype(info.format, a.itemsize);
+  a.view.emplace(std::move(info));
+  return a;
+}
+
+// The engine cache: every layer the same shape and dtype; the geometry read off the shape.
+struct KvCacheRef {
+  std::vector<ArrayRef> layers;
+  PagedKvCache cache;
+  bool cuda = false;
+};
+
+KvCacheRef GetKvCache(const py::sequence& kv_caches, const std::string& layout_name, uint32_t chunk_tokens,
+                      const std::string& expect_dtype, bool writable) {
+  KvCacheRef r;
+  Result<KvLayout> layout = ParseKvLayout(layout_name);
+  if (!layout.ok()) throw py::value_error(layout.status().message());
+  if (kv_caches.size() == 0) throw py::value_error("kv_caches is empty: one tensor per layer is needed");
+  for (size_t i = 0; i < kv_caches.size(); ++i) {
+    r.layers.push_back(GetArray(kv_caches[i], writable, "kv_caches[" + std::to_string(i) + "]"));
+  }
+  const ArrayRef& first = r.layers[0];
+  const size_t want_rank = *layout == KvLayout::kMLA ? 3 : 5;
+  if (first.shape.size() != want_rank) {
+    throw py::value_error("kv_caches[0] has shape " + ShapeText(first.shape) + "; layout " + layout_name + " needs " +
+                          (want_rank == 3              ? "[num_blocks, block_size, head_dim]"
+                           : *layout == KvLayout::kNHD ? "[2, num_blocks, block_size, num_kv_heads, head_size]"
+                                                       : "[2, num_blocks, num_kv_heads, block_size, head_size]"));
+  }
+  if (want_rank == 5 && first.shape[0] != 2) {
+    throw py::value_error("kv_caches[0] has shape " + ShapeText(first.shape) +
+                          "; its first dimension must be 2 (K and V)");
+  }
+  if (!expect_dtype.empty() && first.dtype != expect_dtype) {
+    throw py::value_error("kv_caches dtype " + first.dtype + " does not match the expected dtype " + expect_dtype);
+  }
+  for (size_t i = 1; i < r.layers.size(); ++i) {
+    const ArrayRef& l = r.layers[i];
+    std::string what = "kv_caches[" + std::to_string(i) + "]";
+    if (l.shape != first.shape)
+      throw py::value_error(what + " has shape " + ShapeText(l.shape) + " but kv_caches[0] has " +
+                            ShapeText(first.shape));
+    if (l.dtype != first.dtype)
+      throw py::value_error(what + " has dtype " + l.dtype + " but kv_caches[0] has " + first.dtype);
+    if (l.cuda != first.cuda) throw py::value_error(what + " is on another device than kv_caches[0]");
+  }
+  KvGeometry& g = r.cache.geometry;
+  g.layout = *layout;
+  g.num_layers = static_cast<uint32_t>(r.layers.size());
+  g.element_size = static_cast<uint32_t>(first.itemsize);
+  g.chunk_tokens = chunk_tokens;
+  const auto& s = first.shape;
+  auto u32 = [](int64_t v) { return static_cast<uint32_t>(v); };
+  if (*layout == KvLayout::kMLA) {
+    g.num_blocks = static_cast<uint64_t>(s[0]), g.block_size = u32(s[1]), g.num_kv_heads = 1, g.head_size = u32(s[2]);
+  } else if (*layout == KvLayout::kNHD) {
+    g.num_blocks = static_cast<uint64_t>(s[1]), g.block_size = u32(s[2]), g.num_kv_heads = u32(s[3]),
+    g.head_size = u32(s[4]);
+  } else {
+    g.num_blocks = static_cast<uint64_t>(s[1]), g.num_kv_heads = u32(s[2]), g.block_size = u32(s[3]),
+    g.head_size = u32(s[4]);
+  }
+  Status v = g.Validate();
+  if (!v.ok()) throw py::value_error(v.message());
+  for (ArrayRef& l : r.layers) r.cache.layers.push_back(l.data);
+  r.cuda = first.cuda;
+  return r;
+}
+
+std::vector<int64_t> IntList(const py::handle& seq, const std::string& what) {
+  auto arr = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(seq);
+  if (!arr || arr.ndim() != 1) throw py::value_error(what + " must be a one-dimensional sequence of ints");
+  return std::vector<int64_t>(arr.data(), arr.data() + arr.size());
+}
+
+// Chunk buffers: slot memoryviews, numpy arrays or CPU tensors, each exactly chunk_bytes long.
+std::vector<ArrayRef> GetChunks(const py::sequence& bufs, bool writable, const char* name) {
+  std::vector<ArrayRef> out;
+  for (size_t i = 0; i < bufs.size(); ++i) {
+    std::string what = std::string(name) + "[" + std::to_string(i) + "]";
+    if (bufs[i].is_none()) throw py::value_error(what + " is None (a key without a slot has no chunk to copy)");
+    out.push_back(GetArray(bufs[i], writable, what));
+    if (out.back().cuda) throw py::value_error(what + " is a CUDA tensor; chunk buffers are host memory (pool slots)");
+  }
+  return out;
+}
+
+void Gather(const py::sequence& kv_caches, const py::handle& block_ids, const py::handle& chunk_indices,
+            const py::sequence& out, const std::string& layout, uint32_t chunk_tokens, const std::string& dtype,
+            unsigned threads, uintptr_t stream) {
+  KvCacheRef kv = GetKvCache(kv_caches, layout, chunk_tokens, dtype, /*writable=*/false);
+  std::vector<int64_t> blocks = IntList(block_ids, "block_ids");
+  std::vector<int64_t> idx64 = IntList(chunk_indices, "chunk_indices");
+  std::vector<uint32_t> idx;
+  for (size_t i = 0; i < idx64.size(); ++i) {
+    if (idx64[i] < 0 || idx64[i] > 0xFFFFFFFFll) {
+      throw py::value_error("chunk_indices[" + std::to_string(i) + "] = " + std::to_string(idx64[i]) +
+                            " is negative or too large");
+    }
+    idx.push_back(static_cast<uint32_t>(idx64[i]));
+  }
+  std::vector<ArrayRef> chunks = GetChunks(out, /*writable=*/true, "out");
+  std::vector<std::span<std::byte>> spans;
+  for (const ArrayRef& c : chunks) spans.emplace_back(c.data, c.nbytes);
+  Status s;
+  {
+    py::gil_scoped_release nogil;
+    s = kv.cuda ? GatherChunksCuda(kv.cache, blocks, idx, spans, reinterpret_cast<void*>(stream))
+                : GatherChunks(kv.cache, blocks, idx, spans, TransferOptions{threads});
+  }
+  if (s.code() == StatusCode::kInvalidArgument) throw py::value_error(s.message());
+  Check(s);
+}
+
+void Scatter(const py::sequence& in, const py::sequence& kv_caches, const py::handle& block_ids,
+             uint64_t skip_first_n_tokens, const std::string& layout, uint32_t chunk_tokens, const std::string& dtype,
+             unsigned threads, uintptr_t stream) {
+  KvCacheRef kv = GetKvCache(kv_caches, layout, chunk_tokens, dtype, /*writable=*/true);
+  std::vector<int64_t> blocks = IntList(block_ids, "block_ids");
+  std::vector<ArrayRef> chunks = GetChunks(in, /*writable=*/false, "chunks");
+  std::vector<std::span<const std::byte>> spans;
+  for (const ArrayRef& c : chunks) spans.emplace_back(c.data, c.nbytes);
+  Status s;
+  {
+    py::gil_scoped_release nogil;
+    s = kv.cuda ? ScatterChunksCuda(spans, kv.cache, blocks, skip_first_n_tokens, reinterpret_cast<void*>(stream))
+                : ScatterChunks(spans, kv.cache, blocks, skip_first_n_tokens, TransferOptions{threads});
+  }
+  if (s.code() == StatusCode::kInvalidArgument) throw py::value_error(s.message());
+  Check(s);
+}
+
+uint64_t ChunkNbytes(const py::sequence& kv_caches, const std::string& layout, uint32_t chunk_tokens) {
+  return GetKvCache(kv_caches, layout, chunk_tokens, "", /*writable=*/false).cache.geometry.chunk_bytes();
+}
+
 }  // namespace
 }  // namespace shmkv
 
-PYBIND11_MODULE(shmkv, m) {
+PYBIND11_MODULE(_native, m) {
   using namespace shmkv;
   m.doc() = "shmkv: zero-copy client of the node-local KV-cache server";
   g_error = py::reinterpret_borrow<py::object>(PyErr_NewException("shmkv.Error", PyExc_RuntimeError, nullptr));
   py::tuple bases = py::make_tuple(g_error, py::reinterpret_borrow<py::object>(PyExc_TimeoutError));
   g_timeout_error = py::reinterpret_steal<py::object>(PyErr_NewException("shmkv.TimeoutError", bases.ptr(), nullptr));
+  g_error.attr("__module__") = "shmkv";
+  g_timeout_error.attr("__module__") = "shmkv";
   m.attr("Error") = g_error;
   m.attr("TimeoutError") = g_timeout_error;
 
@@ -220,4 +461,39 @@ PYBIND11_MODULE(shmkv, m) {
       .def_property_readonly("last_statuses", &PyClient::last_statuses)
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](PyClient& c, py::args) { c.Close(); });
+
+  m.attr("DEFAULT_CHUNK_TOKENS") = kDefaultChunkTokens;
+  m.def(
+      "chain_root",
+      [](const std::string& model, uint32_t world_size, const std::string& dtype, const std::string& layout,
+         const std::string& salt) {
+        Namespace ns{model, world_size, 0, dtype, layout, salt};
+        return DigestBytes(ChainRoot(ns));
+      },
+      py::arg("model"), py::arg("world_size") = 1, py::arg("dtype") = "", py::arg("layout") = "", py::arg("salt") = "",
+      "d[-1] of the digest chain of a deployment (docs/chunk-hashing.md); 32 bytes.");
+  m.def(
+      "chunk_digests",
+      [](const py::bytes& root, const py::handle& token_ids, uint32_t chunk_tokens, bool include_partial) {
+        ChunkDigest r = RootFromBytes(root);
+        std::vector<uint32_t> tokens = TokenIds(token_ids);
+        if (chunk_tokens == 0) throw py::value_error("chunk_tokens must be positive, got 0");
+        std::vector<ChunkDigest> ds = Check(ChunkDigests(r, tokens, chunk_tokens, include_partial));
+        py::list out;
+        for (const ChunkDigest& d : ds) out.append(DigestBytes(d));
+        return out;
+      },
+      py::arg("root"), py::arg("token_ids"), py::arg("chunk_tokens") = kDefaultChunkTokens,
+      py::arg("include_partial") = false, "The chained SHA-256 digest of every full chunk of token_ids.");
+  m.def("gather", &Gather, py::arg("kv_caches"), py::arg("block_ids"), py::arg("chunk_indices"), py::arg("out"),
+        py::kw_only(), py::arg("layout") = "NHD", py::arg("chunk_tokens") = kDefaultChunkTokens, py::arg("dtype") = "",
+        py::arg("threads") = 0u, py::arg("stream") = uintptr_t{0},
+        "Copies chunk chunk_indices[i] of the paged KV cache into out[i] (docs/paged-kv.md).");
+  m.def("scatter", &Scatter, py::arg("chunks"), py::arg("kv_caches"), py::arg("block_ids"),
+        py::arg("skip_first_n_tokens") = 0, py::kw_only(), py::arg("layout") = "NHD",
+        py::arg("chunk_tokens") = kDefaultChunkTokens, py::arg("dtype") = "", py::arg("threads") = 0u,
+        py::arg("stream") = uintptr_t{0}, "Copies chunks[i] (chunk i of the sequence) back into the paged KV cache.");
+  m.def("chunk_nbytes", &ChunkNbytes, py::arg("kv_caches"), py::kw_only(), py::arg("layout") = "NHD",
+        py::arg("chunk_tokens") = kDefaultChunkTokens, "Bytes of one chunk object of this cache's geometry.");
+  m.def("cuda_kernels_compiled", &PagedKvCudaCompiled);
 }

@@ -2,6 +2,9 @@
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 
+#include <cstdlib>
+#include <string_view>
+
 #include <fmt/format.h>
 
 namespace shmkv {
@@ -10,6 +13,12 @@ spdlog::logger& Log() {
   static std::shared_ptr<spdlog::logger> logger = [] {
     auto l = spdlog::stderr_color_mt("shmkv");
     l->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%n] [%^%l%$] %v");
+    // Processes that embed the client (inference workers) have no --log-level flag: the
+    // environment sets their level. An unknown name keeps the default rather than failing.
+    if (const char* env = std::getenv("SHMKV_LOG_LEVEL"); env != nullptr) {
+      auto parsed = spdlog::level::from_str(env);
+      if (parsed != spdlog::level::off || std::string_view(env) == "off") l->set_level(parsed);
+    }
     return l;
   }();
   return *logger;

@@ -1,0 +1,25 @@
+"""shmkv: zero-copy client of the node-local KV-cache server.
+
+Low level (one call per protocol operation): :class:`Client`.
+Engine level (one object per worker rank; token ids and paged KV caches in, chunks handled for
+you): :class:`KVConnector`. Paged-KV copies: :func:`gather`, :func:`scatter`. Chunk keys:
+:func:`chain_root`, :func:`chunk_digests` (docs/chunk-hashing.md).
+"""
+from ._native import (  # noqa: F401
+    DEFAULT_CHUNK_TOKENS,
+    Client,
+    Error,
+    TimeoutError,
+    chain_root,
+    chunk_digests,
+    chunk_nbytes,
+    cuda_kernels_compiled,
+    gather,
+    scatter,
+)
+from .engine import KVConnector, StoreResult  # noqa: F401
+
+__all__ = [
+    "Client", "Error", "TimeoutError", "KVConnector", "StoreResult", "chain_root", "chunk_digests", "chunk_nbytes",
+    "gather", "scatter", "cuda_kernels_compiled", "DEFAULT_CHUNK_TOKENS",
+]

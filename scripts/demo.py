@@ -1,0 +1,371 @@
+#!/usr/bin/python3
+"""The shmkv demo: a server, several simulated inference-engine workers, multi-turn chats.
+
+Started by scripts/demo.sh (which installs and builds first). It
+
+1. starts shmkv-server on a private socket with embedded defaults (only the pool size is given);
+2. starts N worker processes, each an "engine" with a paged KV cache (per layer
+   [2, num_blocks, block_size, kv_heads, head_size], bfloat16 by default) and a shmkv.KVConnector;
+3. plays multi-turn conversations that share system prompts: for every request a worker looks up
+   the prompt, retrieves the stored prefix into freshly allocated (scattered) blocks, checks every
+   retrieved element against the values it must have, "computes" the rest, and stores the whole
+   sequence; the next turn of the conversation goes to whichever worker is free;
+4. shows a progress bar, prints a summary, writes a PNG chart, stops the server and checks that
+   no segment is left behind.
+
+Any wrong byte makes the demo fail (exit 1). Run `scripts/demo.sh --help` for the knobs.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import pathlib
+import queue
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="shmkv end-to-end demo: simulated vLLM workers sharing a KV cache.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--build-dir", default=str(ROOT / "build"), help="where shmkv is built")
+    p.add_argument("--output-dir", default=str(ROOT / "demo-output"), help="where the PNG chart goes")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (engine ranks of separate instances)")
+    p.add_argument("--conversations", type=int, default=24, help="conversations to play")
+    p.add_argument("--turns", type=int, default=4, help="turns per conversation")
+    p.add_argument("--system-prompts", type=int, default=4, help="distinct system prompts the conversations share")
+    p.add_argument("--system-tokens", type=int, default=1536, help="tokens per system prompt")
+    p.add_argument("--user-tokens", type=int, default=384, help="mean tokens of a user message")
+    p.add_argument("--reply-tokens", type=int, default=256, help="mean tokens of a model reply")
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--kv-heads", type=int, default=8)
+    p.add_argument("--head-size", type=int, default=128)
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--chunk-tokens", type=int, default=256)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--pool-size", default="1GiB", help="shmkv pool size (smaller than the working set: eviction shows)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--quick", action="store_true", help="a small, fast run (used by the test suite)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.workers, a.conversations, a.turns, a.system_prompts = 2, 6, 3, 2
+        a.system_tokens, a.user_tokens, a.reply_tokens = 256, 96, 64
+        a.layers, a.kv_heads, a.head_size, a.chunk_tokens = 2, 2, 64, 64
+        a.pool_size = "2MiB"
+    if a.chunk_tokens % a.block_size:
+        p.error("--chunk-tokens must be a multiple of --block-size")
+    return a
+
+
+# ---- the simulated engine (runs in worker processes) ------------------------------------------
+
+class Engine:
+    """A paged KV cache and the values a real model would have computed into it.
+
+    The value of an element depends on its chunk's key and on its position inside the chunk, so
+    a chunk scattered to the wrong blocks, heads, layers or offsets is caught on the next retrieve.
+    """
+
+    def __init__(self, args, torch):
+        self.torch, self.args = torch, args
+        dtype = getattr(torch, args.dtype)
+        self.block, self.chunk = args.block_size, args.chunk_tokens
+        self.bpc = self.chunk // self.block
+        longest = args.system_tokens + args.turns * 2 * (args.user_tokens + args.reply_tokens) + self.chunk
+        self.num_blocks = 2 * (longest // self.block + 1)
+        shape = (2, self.num_blocks, self.block, args.kv_heads, args.head_size)
+        self.kv = [torch.zeros(shape, dtype=dtype) for _ in range(args.layers)]
+        # Small integers: exact in bfloat16 (8 significant bits) as long as they stay below 256.
+        kv = torch.arange(2).view(2, 1, 1, 1, 1)
+        pos = torch.arange(self.chunk).view(1, self.bpc, self.block, 1, 1)
+        head = torch.arange(args.kv_heads).view(1, 1, 1, -1, 1)
+        dim = torch.arange(args.head_size).view(1, 1, 1, 1, -1)
+        self.pattern = ((kv * 61 + pos * 13 + head * 7 + dim) % 128).to(dtype)
+        self.rng = random.Random(os.getpid())
+
+    def allocate(self, tokens):
+        """A block table for `tokens` tokens: scattered, like a long-running engine's free list."""
+        need = -(-tokens // self.block)
+        return self.rng.sample(range(self.num_blocks), need)
+
+    def _expected(self, key, layer):
+        return self.pattern + float((key[0] + 3 * layer) % 120)
+
+    def compute(self, keys, block_ids, first_chunk):
+        """'Prefill': writes the KV of every full chunk from first_chunk on into its blocks."""
+        for c in range(first_chunk, len(keys)):
+            idx = self.torch.tensor(block_ids[c * self.bpc:(c + 1) * self.bpc])
+            for layer, t in enumerate(self.kv):
+                t[:, idx] = self._expected(keys[c], layer)
+
+    def verify(self, keys, block_ids, chunks):
+        """Counts chunks among the first `chunks` whose blocks do not hold exactly their values."""
+        bad = 0
+        for c in range(chunks):
+            idx = self.torch.tensor(block_ids[c * self.bpc:(c + 1) * self.bpc])
+            if not all(self.torch.equal(t[:, idx], self._expected(keys[c], layer)) for layer, t in enumerate(self.kv)):
+                bad += 1
+        return bad
+
+    def scrub(self, block_ids):
+        """Poisons a request's blocks so stale data can never pass verification by accident."""
+        idx = self.torch.tensor(block_ids)
+        for t in self.kv:
+            t[:, idx] = -1.0
+
+
+def worker_main(rank, args, socket_path, tasks, results):
+    import torch  # noqa: PLC0415 (heavy; only workers need it)
+
+    sys.path.insert(0, str(pathlib.Path(args.build_dir) / "python"))
+    import shmkv  # noqa: PLC0415
+
+    torch.set_num_threads(1)
+    engine = Engine(args, torch)
+    conn = shmkv.KVConnector(socket_path, model="demo-llama", dtype=args.dtype, layout="NHD",
+                             chunk_tokens=args.chunk_tokens, instance_id=f"demo-worker-{rank}")
+    nbytes = shmkv.chunk_nbytes(engine.kv, layout="NHD", chunk_tokens=args.chunk_tokens)
+    try:
+        while True:
+            task = tasks.get()
+            if task is None:
+                break
+            conv, turn, tokens = task
+            t0 = time.perf_counter()
+            hit = conn.lookup(tokens)
+            t1 = time.perf_counter()
+            blocks = engine.allocate(len(tokens))
+            engine.scrub(blocks)
+            t2 = time.perf_counter()
+            loaded = conn.retrieve(tokens, engine.kv, blocks)
+            t3 = time.perf_counter()
+            keys = conn.chunk_keys(tokens)
+            bad = engine.verify(keys, blocks, loaded // args.chunk_tokens)
+            engine.compute(keys, blocks, loaded // args.chunk_tokens)
+            t4 = time.perf_counter()
+            stored = conn.store(tokens, engine.kv, blocks)
+            t5 = time.perf_counter()
+            results.put({
+                "conv": conv, "turn": turn, "worker": rank, "prompt_tokens": len(tokens), "hit_tokens": hit,
+                "loaded_tokens": loaded, "stored_chunks": stored.stored_chunks,
+                "existing_chunks": stored.existing_chunks, "skipped_chunks": stored.skipped_chunks,
+                "bytes_written": stored.bytes_written, "bytes_read": (loaded // args.chunk_tokens) * nbytes,
+                "lookup_ms": (t1 - t0) * 1e3, "retrieve_ms": (t3 - t2) * 1e3, "store_ms": (t5 - t4) * 1e3,
+                "bad_chunks": bad, "done_at": time.time(),
+            })
+    except BaseException as e:  # report instead of dying silently: the scheduler waits for results
+        results.put({"error": f"worker {rank}: {type(e).__name__}: {e}"})
+        raise
+    finally:
+        conn.close()
+
+
+# ---- the scheduler (main process) -------------------------------------------------------------
+
+class Conversations:
+    """Token streams of multi-turn chats that share system prompts."""
+
+    def __init__(self, args):
+        self.args = args
+        rng = random.Random(args.seed)
+        self.system = [[rng.randrange(1, 128000) for _ in range(args.system_tokens)]
+                       for _ in range(args.system_prompts)]
+        self.history = [list(self.system[c % args.system_prompts]) for c in range(args.conversations)]
+        self.rng = rng
+
+    def _text(self, mean):
+        n = max(1, int(self.rng.gauss(mean, mean / 4)))
+        return [self.rng.randrange(1, 128000) for _ in range(n)]
+
+    def next_request(self, conv):
+        """The full sequence of the next turn: history + user message + the model's reply."""
+        self.history[conv] += self._text(self.args.user_tokens) + self._text(self.args.reply_tokens)
+        return list(self.history[conv])
+
+
+def start_server(args, workdir):
+    binary = pathlib.Path(args.build_dir) / "src" / "shmkv-server"
+    if not binary.exists():
+        sys.exit(f"demo: {binary} is missing; run scripts/demo.sh (it builds first)")
+    socket_path = str(pathlib.Path(workdir) / "shmkv.sock")
+    proc = subprocess.Popen([str(binary), "--pool-size", args.pool_size, "--socket", socket_path,
+                             "--log-level", "warn"], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()
+    if not line.startswith("shmkv-server ready:"):
+        proc.kill()
+        sys.exit(f"demo: the server did not start: {line!r}")
+    segment = line.split("segment=")[1].split()[0] if "segment=" in line else None
+    return proc, socket_path, segment, line
+
+
+def progress(done, total, started, hit_tokens, prompt_tokens, enabled):
+    if not enabled:
+        return
+    width = 32
+    filled = int(width * done / total)
+    rate = hit_tokens / prompt_tokens if prompt_tokens else 0.0
+    elapsed = time.time() - started
+    sys.stderr.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} requests"
+                     f"  prefix hits {rate:6.1%}  {elapsed:5.1f}s")
+    sys.stderr.flush()
+
+
+def human_bytes(n):
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def percentile(values, q):
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+def write_chart(path, records, samples, args, t0):
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.6))
+    xs = [r["done_at"] - t0 for r in records]
+    ax[0].scatter(xs, [r["hit_tokens"] / r["prompt_tokens"] for r in records],
+                  c=[r["turn"] for r in records], cmap="viridis", s=14)
+    ax[0].set(title="prefix hit rate per request (colour: turn)", xlabel="time (s)", ylabel="hit tokens / prompt",
+              ylim=(-0.05, 1.05))
+    names = ["lookup_ms", "retrieve_ms", "store_ms"]
+    ax[1].boxplot([[r[n] for r in records] for n in names], labels=["lookup", "retrieve", "store"], showfliers=True)
+    ax[1].set(title="latency per request", ylabel="ms", yscale="log")
+    if samples:
+        ts = [s[0] - t0 for s in samples]
+        ax[2].plot(ts, [s[1] / 2**20 for s in samples], label="pool used (MiB)")
+        ax[2].set(title="pool occupancy", xlabel="time (s)", ylabel="MiB")
+        ax2 = ax[2].twinx()
+        ax2.plot(ts, [s[2] for s in samples], color="tab:red", label="evictions")
+        ax2.set_ylabel("evictions (cumulative)")
+        ax[2].legend(loc="upper left")
+        ax2.legend(loc="lower right")
+    fig.suptitle(f"shmkv demo: {args.workers} workers, {len(records)} requests, {args.layers} layers x "
+                 f"{args.kv_heads} KV heads x {args.head_size}, {args.dtype}, chunk {args.chunk_tokens}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    args = parse_args(argv if argv is not None else sys.argv[1:])
+    os.environ.setdefault("SHMKV_LOG_LEVEL", "warn")  # workers inherit it: no info lines over the bar
+    sys.path.insert(0, str(pathlib.Path(args.build_dir) / "python"))
+    import shmkv  # noqa: PLC0415
+
+    out_dir = pathlib.Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="shmkv-demo-")
+    proc, socket_path, segment, ready = start_server(args, workdir)
+    print(f"shmkv demo: {ready}")
+    chunk_mib = 2 * args.layers * args.chunk_tokens * args.kv_heads * args.head_size * \
+        {"bfloat16": 2, "float16": 2, "float32": 4}[args.dtype] / 2**20
+    print(f"  {args.workers} workers, {args.conversations} conversations x {args.turns} turns, "
+          f"{args.system_prompts} shared system prompts of {args.system_tokens} tokens; "
+          f"chunks of {args.chunk_tokens} tokens = {chunk_mib:g} MiB")
+
+    ctx = mp.get_context("spawn")  # fresh interpreters: no inherited sockets, mappings or threads
+    tasks, results = ctx.Queue(), ctx.Queue()
+    workers = [ctx.Process(target=worker_main, args=(r, args, socket_path, tasks, results), daemon=True)
+               for r in range(args.workers)]
+    for w in workers:
+        w.start()
+
+    convs = Conversations(args)
+    total = args.conversations * args.turns
+    records, samples, failure = [], [], None
+    monitor = shmkv.Client(socket_path, instance_id="demo-monitor")
+    started = time.time()
+    for c in range(args.conversations):  # first turns: every conversation is ready
+        tasks.put((c, 0, convs.next_request(c)))
+    hit_sum = prompt_sum = 0
+    last_sample = 0.0
+    try:
+        while len(records) < total:
+            try:
+                r = results.get(timeout=1.0)
+            except queue.Empty:
+                if not all(w.is_alive() for w in workers):
+                    failure = "a worker process died"
+                    break
+                r = None
+            if r is not None:
+                if "error" in r:
+                    failure = r["error"]
+                    break
+                records.append(r)
+                hit_sum += r["hit_tokens"]
+                prompt_sum += r["prompt_tokens"]
+                if r["turn"] + 1 < args.turns:
+                    tasks.put((r["conv"], r["turn"] + 1, convs.next_request(r["conv"])))
+            now = time.time()
+            if now - last_sample > 0.25 or r is None:
+                st = monitor.stats()
+                samples.append((now, st["used_bytes"], st["evictions"]))
+                last_sample = now
+            progress(len(records), total, started, hit_sum, prompt_sum, not args.no_progress)
+        if not args.no_progress:
+            sys.stderr.write("\n")
+        wall = time.time() - started
+        final_stats = monitor.stats()
+        samples.append((time.time(), final_stats["used_bytes"], final_stats["evictions"]))
+    finally:
+        monitor.close()
+        for _ in workers:
+            tasks.put(None)
+        for w in workers:
+            w.join(timeout=30)
+            if w.is_alive():
+                w.kill()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+    if failure:
+        sys.exit(f"demo FAILED: {failure}")
+
+    lookups = [r["lookup_ms"] for r in records]
+    stores = [r["store_ms"] for r in records]
+    retrieves = [r["retrieve_ms"] for r in records]
+    written = sum(r["bytes_written"] for r in records)
+    read = sum(r["bytes_read"] for r in records)
+    bad = sum(r["bad_chunks"] for r in records)
+    io_seconds = (sum(stores) + sum(retrieves)) / 1e3
+    reused = sum(r["loaded_tokens"] for r in records)
+    print("\nshmkv demo summary")
+    print(f"  requests            {len(records)} in {wall:.1f} s ({len(records) / wall:.1f}/s)")
+    print(f"  prefix hit rate     {hit_sum / prompt_sum:.1%}  ({hit_sum:,} of {prompt_sum:,} prompt tokens)")
+    print(f"  tokens reused       {reused:,} loaded from shmkv instead of recomputed")
+    print(f"  bytes moved         {human_bytes(written)} stored, {human_bytes(read)} retrieved")
+    print(f"  throughput          {(written + read) / 1e9 / io_seconds:.2f} GB/s through store+retrieve "
+          f"(time inside the calls)")
+    for name, vals in (("lookup", lookups), ("store", stores), ("retrieve", retrieves)):
+        print(f"  {name:<9} latency  p50 {percentile(vals, 50):8.2f} ms   p99 {percentile(vals, 99):8.2f} ms")
+    print(f"  server              {final_stats['objects']} objects, {human_bytes(final_stats['used_bytes'])} used "
+          f"of {human_bytes(final_stats['pool_size'])}, {final_stats['evictions']} evictions")
+    print(f"  data check          {bad} wrong chunks of {reused // args.chunk_tokens} retrieved")
+    chart = out_dir / "shmkv-demo.png"
+    write_chart(chart, records, samples, args, started)
+    print(f"  chart               {chart}")
+    left = segment and pathlib.Path("/dev/shm", segment).exists()
+    print(f"  shutdown            server exit code {rc}; segment {segment} "
+          f"{'STILL PRESENT' if left else 'removed'}")
+    if bad or rc != 0 or left:
+        sys.exit("demo FAILED")
+
+
+if __name__ == "__main__":
+    main()

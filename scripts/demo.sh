@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The shmkv demo, from a fresh clone: installs the Debian packages, builds what the demo needs,
+# then runs scripts/demo.py (a server on embedded defaults, simulated engine workers, multi-turn
+# chats sharing system prompts; progress bar, summary, PNG chart in demo-output/).
+# Arguments go to the demo: `scripts/demo.sh --help`, `--quick`, `--workers 4 --conversations 64`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ " $* " != *" --help "* && " $* " != *" -h "* ]]; then
+  echo "== installing dependencies (apt, skipped when present) ==" >&2
+  scripts/install-deps.sh
+  echo "== building shmkv-server and the Python module (build/) ==" >&2
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build build -j "$(nproc)" --target shmkv-server shmkv shmkv_python >/dev/null
+fi
+exec /usr/bin/python3 scripts/demo.py --build-dir build "$@"

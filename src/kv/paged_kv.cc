@@ -1,0 +1,334 @@
+// CPU implementation of the paged-KV transfer (include/shmkv/paged_kv.h).
+//
+// NHD and MLA blocks are contiguous in both the engine tensor and the chunk object, so each unit
+// (one block of one layer of K or V) is one memcpy of block_bytes. HND blocks are [heads][tokens]
+// in the engine and [tokens][heads] in the chunk: each unit is a transpose of head_size-element
+// rows. Large transfers are split into contiguous ranges of units over the worker pool; every
+// unit writes its own bytes, so the threads never write the same byte.
+#include "shmkv/paged_kv.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+#include <string>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "kv/paged_kv_internal.h"
+#include "kv/paged_kv_pool.h"
+
+namespace shmkv {
+
+std::string_view KvLayoutName(KvLayout layout) {
+  switch (layout) {
+    case KvLayout::kNHD: return "NHD";
+    case KvLayout::kHND: return "HND";
+    case KvLayout::kMLA: return "MLA";
+  }
+  return "unknown";
+}
+
+Result<KvLayout> ParseKvLayout(std::string_view name) {
+  std::string upper(name);
+  for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  for (KvLayout l : {KvLayout::kNHD, KvLayout::kHND, KvLayout::kMLA}) {
+    if (upper == KvLayoutName(l)) return l;
+  }
+  return Status::InvalidArgument(fmt::format("unknown KV layout '{}'; expected NHD, HND or MLA", name));
+}
+
+namespace {
+
+// a * b * c ... into *out; false on overflow of uint64.
+bool CheckedProduct(std::initializer_list<uint64_t> factors, uint64_t* out) {
+  uint64_t p = 1;
+  for (uint64_t f : factors) {
+    if (__builtin_mul_overflow(p, f, &p)) return false;
+  }
+  *out = p;
+  return true;
+}
+
+uint32_t KvCount(KvLayout layout) { return layout == KvLayout::kMLA ? 1 : 2; }
+
+}  // namespace
+
+Status KvGeometry::Validate() const {
+  if (layout != KvLayout::kNHD && layout != KvLayout::kHND && layout != KvLayout::kMLA) {
+    return Status::InvalidArgument(fmt::format("KV geometry: layout {} is not NHD, HND or MLA", static_cast<int>(layout)));
+  }
+  auto positive = [](std::string_view field, uint64_t v) {
+    return v == 0 ? Status::InvalidArgument(fmt::format("KV geometry: {} is 0; it must be positive", field))
+                  : Status::Ok();
+  };
+  SHMKV_RETURN_IF_ERROR(positive("num_layers", num_layers));
+  SHMKV_RETURN_IF_ERROR(positive("num_blocks", num_blocks));
+  SHMKV_RETURN_IF_ERROR(positive("block_size", block_size));
+  SHMKV_RETURN_IF_ERROR(positive("num_kv_heads", num_kv_heads));
+  SHMKV_RETURN_IF_ERROR(positive("head_size", head_size));
+  SHMKV_RETURN_IF_ERROR(positive("chunk_tokens", chunk_tokens));
+  if (layout == KvLayout::kMLA && num_kv_heads != 1) {
+    return Status::InvalidArgument(
+        fmt::format("KV geometry: num_kv_heads is {}; the MLA layout has exactly 1 (head_size is head_dim)",
+                    num_kv_heads));
+  }
+  if (element_size != 1 && element_size != 2 && element_size != 4) {
+    return Status::InvalidArgument(fmt::format("KV geometry: element_size is {}; it must be 1, 2 or 4", element_size));
+  }
+  if (chunk_tokens % block_size != 0) {
+    return Status::InvalidArgument(fmt::format(
+        "KV geometry: chunk_tokens {} is not a multiple of block_size {}", chunk_tokens, block_size));
+  }
+  if (layer_bytes() == 0) {
+    return Status::InvalidArgument(fmt::format(
+        "KV geometry: a layer tensor of {} blocks x {} tokens x {} heads x {} elements x {} bytes overflows 64 bits",
+        num_blocks, block_size, num_kv_heads, head_size, element_size));
+  }
+  if (chunk_bytes() == 0) {
+    return Status::InvalidArgument(fmt::format(
+        "KV geometry: a chunk of {} layers x {} tokens x {} heads x {} elements x {} bytes overflows 64 bits",
+        num_layers, chunk_tokens, num_kv_heads, head_size, element_size));
+  }
+  return Status::Ok();
+}
+
+// 0 when a field is 0 or the product overflows (Validate reports which).
+uint64_t KvGeometry::layer_bytes() const {
+  uint64_t bytes = 0;
+  if (!CheckedProduct({KvCount(layout), num_blocks, block_size, num_kv_heads, head_size, element_size}, &bytes)) {
+    return 0;
+  }
+  return bytes;
+}
+
+uint64_t KvGeometry::chunk_bytes() const {
+  uint64_t bytes = 0;
+  if (!CheckedProduct({KvCount(layout), num_layers, chunk_tokens, num_kv_heads, head_size, element_size}, &bytes)) {
+    return 0;
+  }
+  return bytes;
+}
+
+namespace kv_internal {
+
+BlockDims DimsOf(const KvGeometry& g) {
+  BlockDims d;
+  d.kv_count = KvCount(g.layout);
+  d.layers = g.num_layers;
+  d.block_size = g.block_size;
+  d.heads = g.num_kv_heads;
+  d.blocks_per_chunk = g.blocks_per_chunk();
+  d.num_blocks = g.num_blocks;
+  d.row_bytes = uint64_t{g.head_size} * g.element_size;
+  d.block_bytes = d.row_bytes * g.num_kv_heads * g.block_size;
+  d.chunk_bytes = g.chunk_bytes();
+  d.transpose = g.layout == KvLayout::kHND;
+  return d;
+}
+
+namespace {
+
+Status ValidateCache(std::string_view op, const PagedKvCache& kv) {
+  if (Status s = kv.geometry.Validate(); !s.ok()) return s.WithContext(op);
+  if (kv.layers.size() != kv.geometry.num_layers) {
+    return Status::InvalidArgument(fmt::format("{}: {} layer pointers for a geometry of num_layers {}", op,
+                                               kv.layers.size(), kv.geometry.num_layers));
+  }
+  for (size_t l = 0; l < kv.layers.size(); ++l) {
+    if (kv.layers[l] == nullptr) return Status::InvalidArgument(fmt::format("{}: layer {} pointer is null", op, l));
+  }
+  return Status::Ok();
+}
+
+// block_ids[0, needed) must exist and each lie in [0, num_blocks).
+Status ValidateBlockIds(std::string_view op, std::span<const int64_t> block_ids, uint64_t needed,
+                        std::string_view why, uint64_t num_blocks) {
+  if (block_ids.size() < needed) {
+    return Status::InvalidArgument(
+        fmt::format("{}: {} block ids, but {} need {}", op, block_ids.size(), why, needed));
+  }
+  for (uint64_t i = 0; i < needed; ++i) {
+    if (block_ids[i] < 0 || static_cast<uint64_t>(block_ids[i]) >= num_blocks) {
+      return Status::InvalidArgument(
+          fmt::format("{}: block_ids[{}] = {} is out of range [0, {})", op, i, block_ids[i], num_blocks));
+    }
+  }
+  return Status::Ok();
+}
+
+template <typename Byte>
+Status ValidateBuffers(std::string_view op, std::string_view name, std::span<const std::span<Byte>> bufs,
+                       uint64_t chunk_bytes) {
+  for (size_t i = 0; i < bufs.size(); ++i) {
+    if (bufs[i].size() != chunk_bytes) {
+      return Status::InvalidArgument(fmt::format("{}: {}[{}] is {} bytes; a chunk object of this geometry is {}", op,
+                                                 name, i, bufs[i].size(), chunk_bytes));
+    }
+    if (bufs[i].data() == nullptr) return Status::InvalidArgument(fmt::format("{}: {}[{}] is null", op, name, i));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status ValidateGather(std::string_view op, const PagedKvCache& kv, std::span<const int64_t> block_ids,
+                      std::span<const uint32_t> chunk_indices, std::span<const std::span<std::byte>> out) {
+  SHMKV_RETURN_IF_ERROR(ValidateCache(op, kv));
+  if (chunk_indices.size() != out.size()) {
+    return Status::InvalidArgument(fmt::format("{}: {} chunk indices for {} output buffers; give one index per buffer",
+                                               op, chunk_indices.size(), out.size()));
+  }
+  SHMKV_RETURN_IF_ERROR(ValidateBuffers(op, "out", out, kv.geometry.chunk_bytes()));
+  if (chunk_indices.empty()) return Status::Ok();
+  const uint32_t max_index = *std::max_element(chunk_indices.begin(), chunk_indices.end());
+  const uint64_t needed = (uint64_t{max_index} + 1) * kv.geometry.blocks_per_chunk();
+  return ValidateBlockIds(op, block_ids, needed, fmt::format("chunk index {}", max_index), kv.geometry.num_blocks);
+}
+
+Status ValidateScatter(std::string_view op, std::span<const std::span<const std::byte>> in, const PagedKvCache& kv,
+                       std::span<const int64_t> block_ids, uint64_t skip_first_n_tokens) {
+  SHMKV_RETURN_IF_ERROR(ValidateCache(op, kv));
+  if (skip_first_n_tokens % kv.geometry.block_size != 0) {
+    return Status::InvalidArgument(fmt::format("{}: skip_first_n_tokens {} is not a multiple of block_size {}", op,
+                                               skip_first_n_tokens, kv.geometry.block_size));
+  }
+  SHMKV_RETURN_IF_ERROR(ValidateBuffers(op, "in", in, kv.geometry.chunk_bytes()));
+  const uint64_t needed = uint64_t{in.size()} * kv.geometry.blocks_per_chunk();
+  return ValidateBlockIds(op, block_ids, needed, fmt::format("{} chunks", in.size()), kv.geometry.num_blocks);
+}
+
+}  // namespace kv_internal
+
+namespace {
+
+using kv_internal::BlockDims;
+
+// Bytes per thread below which another thread costs more than it saves.
+constexpr uint64_t kBytesPerThread = uint64_t{1} << 20;
+
+unsigned PickThreads(const TransferOptions& options, uint64_t bytes, uint64_t units) {
+  unsigned threads = options.threads;
+  if (threads == 0) {
+    const uint64_t hw = std::max(1u, std::thread::hardware_concurrency());
+    threads = static_cast<unsigned>(std::min<uint64_t>({hw, bytes / kBytesPerThread, 16}));
+  }
+  return static_cast<unsigned>(
+      std::clamp<uint64_t>(std::min<uint64_t>(threads, units), 1, kv_internal::WorkerPool::kMaxThreads));
+}
+
+// Copies `rows` rows of `row` bytes; a compile-time size lets the compiler inline the copy.
+template <size_t kRow>
+inline void CopyRow(std::byte* dst, const std::byte* src, size_t row) {
+  if constexpr (kRow == 0) {
+    std::memcpy(dst, src, row);
+  } else {
+    std::memcpy(dst, src, kRow);
+  }
+}
+
+// One HND block: the engine holds [heads][block_size] rows, the chunk [block_size][heads].
+template <size_t kRow, bool kToChunk>
+void TransposeBlock(std::byte* dst, const std::byte* src, const BlockDims& d) {
+  const size_t row = d.row_bytes;
+  for (uint32_t t = 0; t < d.block_size; ++t) {
+    for (uint32_t h = 0; h < d.heads; ++h) {
+      const size_t chunk_row = (size_t{t} * d.heads + h) * row;
+      const size_t cache_row = (size_t{h} * d.block_size + t) * row;
+      if constexpr (kToChunk) {
+        CopyRow<kRow>(dst + chunk_row, src + cache_row, row);
+      } else {
+        CopyRow<kRow>(dst + cache_row, src + chunk_row, row);
+      }
+    }
+  }
+}
+
+template <bool kToChunk>
+void CopyUnit(std::byte* dst, const std::byte* src, const BlockDims& d) {
+  if (!d.transpose) {
+    std::memcpy(dst, src, d.block_bytes);
+    return;
+  }
+  switch (d.row_bytes) {
+    case 64: return TransposeBlock<64, kToChunk>(dst, src, d);
+    case 128: return TransposeBlock<128, kToChunk>(dst, src, d);
+    case 256: return TransposeBlock<256, kToChunk>(dst, src, d);
+    case 512: return TransposeBlock<512, kToChunk>(dst, src, d);
+    case 1024: return TransposeBlock<1024, kToChunk>(dst, src, d);
+    default: return TransposeBlock<0, kToChunk>(dst, src, d);
+  }
+}
+
+// Splits units [0, total) into contiguous ranges and runs body(first, last) on each.
+template <typename Body>
+void ForEachUnitRange(uint64_t total, unsigned threads, Body&& body) {
+  if (threads <= 1) {
+    body(uint64_t{0}, total);
+    return;
+  }
+  // A few ranges per thread, so a thread slowed by other load does not hold the call up.
+  const uint64_t tasks = std::min<uint64_t>(total, uint64_t{threads} * 4);
+  auto task = [&](size_t i) { body(total * i / tasks, total * (i + 1) / tasks); };
+  kv_internal::WorkerPool::Instance().Run(tasks, threads, task);
+}
+
+}  // namespace
+
+Status GatherChunks(const PagedKvCache& kv, std::span<const int64_t> block_ids, std::span<const uint32_t> chunk_indices,
+                    std::span<const std::span<std::byte>> out, const TransferOptions& options) {
+  SHMKV_RETURN_IF_ERROR(kv_internal::ValidateGather("gather", kv, block_ids, chunk_indices, out));
+  if (out.empty()) return Status::Ok();
+  const BlockDims d = kv_internal::DimsOf(kv.geometry);
+  const uint64_t per_chunk = d.units_per_chunk();
+  const uint64_t total = per_chunk * out.size();
+  const unsigned threads = PickThreads(options, total * d.block_bytes, total);
+  // Unit order follows the chunk object, so each range writes its output sequentially.
+  ForEachUnitRange(total, threads, [&](uint64_t first, uint64_t last) {
+    for (uint64_t u = first; u < last; ++u) {
+      const uint64_t i = u / per_chunk;
+      const uint64_t r = u % per_chunk;
+      const auto kv_index = static_cast<uint32_t>(r / (uint64_t{d.layers} * d.blocks_per_chunk));
+      const uint64_t layer = (r / d.blocks_per_chunk) % d.layers;
+      const uint64_t block = uint64_t{chunk_indices[i]} * d.blocks_per_chunk + r % d.blocks_per_chunk;
+      const std::byte* src = kv.layers[layer] + d.cache_offset(kv_index, static_cast<uint64_t>(block_ids[block]));
+      CopyUnit<true>(out[i].data() + r * d.block_bytes, src, d);
+    }
+  });
+  return Status::Ok();
+}
+
+Status ScatterChunks(std::span<const std::span<const std::byte>> in, const PagedKvCache& kv,
+                     std::span<const int64_t> block_ids, uint64_t skip_first_n_tokens, const TransferOptions& options) {
+  SHMKV_RETURN_IF_ERROR(kv_internal::ValidateScatter("scatter", in, kv, block_ids, skip_first_n_tokens));
+  const BlockDims d = kv_internal::DimsOf(kv.geometry);
+  const uint64_t seq_blocks = uint64_t{in.size()} * d.blocks_per_chunk;
+  const uint64_t skip_blocks = std::min(skip_first_n_tokens / d.block_size, seq_blocks);
+  if (skip_blocks == seq_blocks) return Status::Ok();
+  const uint64_t per_chunk = d.units_per_chunk();
+  const uint64_t total = per_chunk * in.size();
+  unsigned threads = PickThreads(options, (seq_blocks - skip_blocks) * d.kv_count * d.layers * d.block_bytes, total);
+  if (threads > 1) {
+    // Two chunks naming the same block would write the same bytes from two threads; keep the
+    // single-threaded result (the later chunk wins) instead of a race.
+    std::vector<int64_t> written(block_ids.begin() + static_cast<ptrdiff_t>(skip_blocks),
+                                 block_ids.begin() + static_cast<ptrdiff_t>(seq_blocks));
+    std::sort(written.begin(), written.end());
+    if (std::adjacent_find(written.begin(), written.end()) != written.end()) threads = 1;
+  }
+  ForEachUnitRange(total, threads, [&](uint64_t first, uint64_t last) {
+    for (uint64_t u = first; u < last; ++u) {
+      const uint64_t i = u / per_chunk;
+      const uint64_t r = u % per_chunk;
+      const uint64_t block = i * d.blocks_per_chunk + r % d.blocks_per_chunk;
+      if (block < skip_blocks) continue;
+      const auto kv_index = static_cast<uint32_t>(r / (uint64_t{d.layers} * d.blocks_per_chunk));
+      const uint64_t layer = (r / d.blocks_per_chunk) % d.layers;
+      std::byte* dst = kv.layers[layer] + d.cache_offset(kv_index, static_cast<uint64_t>(block_ids[block]));
+      CopyUnit<false>(dst, in[i].data() + r * d.block_bytes, d);
+    }
+  });
+  return Status::Ok();
+}
+
+}  // namespace shmkv

@@ -1,0 +1,30 @@
+"""The README's first command, in its short mode: scripts/demo.py --quick end to end."""
+import pathlib
+import re
+import subprocess
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_demo_quick_runs_end_to_end(build_dir, tmp_path):
+    pytest.importorskip("torch")  # the simulated engines keep bfloat16 KV caches in torch
+    out = subprocess.run(["/usr/bin/python3", str(ROOT / "scripts" / "demo.py"), "--quick", "--no-progress",
+                          "--build-dir", str(build_dir), "--output-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    for line in ("requests", "prefix hit rate", "tokens reused", "bytes moved", "throughput", "lookup    latency",
+                 "store     latency", "retrieve  latency", "data check", "chart"):
+        assert line in text, f"summary lacks {line!r}:\n{text}"
+    assert re.search(r"requests\s+18 in", text)
+    hit = float(re.search(r"prefix hit rate\s+([\d.]+)%", text).group(1))
+    assert hit > 20.0, text  # turns 2 and 3 reuse their history, every chat reuses its system prompt
+    assert re.search(r"data check\s+0 wrong chunks of [1-9]\d* retrieved", text), text
+    assert re.search(r"\d+ evictions", text) and not re.search(r" 0 evictions", text), "the quick pool must evict"
+    png = tmp_path / "shmkv-demo.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    segment = re.search(r"segment=(\S+)", text).group(1)
+    assert not pathlib.Path("/dev/shm", segment).exists()
+    assert f"segment {segment} removed" in text
