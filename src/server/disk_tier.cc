@@ -43,16 +43,16 @@ Result<std::unique_ptr<DiskTier>> DiskTier::Start(asio::io_context& io, Store& s
     std::error_code ec;
     if (std::filesystem::remove(std::filesystem::path(options.dir) / DiskPath(victim), ec)) ++trimmed;
   }
-  FileWorkerOptions wopts;
+  FileWorkerOptions& wopts = tier->worker_options_;
   wopts.binary = options.worker_binary.empty() ? DefaultFileWorkerBinary() : options.worker_binary;
   wopts.root = options.dir;
   wopts.queue_depth = options.queue_depth;
-  auto link = FileWorkerLink::Start(io, wopts, shm_name, shm_size,
-                                    [t = tier.get(), token = tier->alive_token_](const std::string& why) {
-                                      if (*token) t->OnWorkerDeath(why);
-                                    });
+  tier->shm_name_ = shm_name;
+  tier->shm_size_ = shm_size;
+  auto link = FileWorkerLink::Start(io, wopts, shm_name, shm_size, tier->DeathHandler());
   if (!link.ok()) return link.status();
   tier->worker_ = std::move(link).value();
+  tier->attached_ = true;
   Log().info(
       "L2 disk tier: dir '{}', {} object(s) ({} bytes) found, {} torn temp file(s) removed, {} trimmed to fit, "
       "{} foreign entr(y/ies) ignored; capacity {} bytes; {}; file worker '{}' pid {}",
@@ -63,12 +63,25 @@ Result<std::unique_ptr<DiskTier>> DiskTier::Start(asio::io_context& io, Store& s
 }
 
 DiskTier::DiskTier(asio::io_context& io, Store& store, DiskTierOptions options, uint64_t capacity)
-    : io_(io), store_(store), options_(std::move(options)), index_(capacity), backoff_timer_(io), drain_timer_(io) {}
+    : io_(io),
+      store_(store),
+      options_(std::move(options)),
+      index_(capacity),
+      restart_timer_(io),
+      backoff_timer_(io),
+      drain_timer_(io) {}
+
+FileWorkerLink::DeathHandler DiskTier::DeathHandler() {
+  return [this, token = alive_token_](const std::string& why) {
+    if (*token) OnWorkerDeath(why);
+  };
+}
 
 DiskTier::~DiskTier() {
   *alive_token_ = false;
   backoff_timer_.cancel();
   drain_timer_.cancel();
+  restart_timer_.cancel();
   worker_.reset();  // the worker finishes the writes in flight before it exits
 }
 
@@ -349,11 +362,52 @@ void DiskTier::PauseWrites() {
 
 void DiskTier::OnWorkerDeath(const std::string& why) {
   c_.worker_deaths++;
-  Log().error(
-      "L2 disk tier unavailable: {}. L1 keeps serving; objects only on disk are not served until the server is "
-      "restarted with the same --disk-dir",
-      why);
+  attached_ = false;
+  if (c_.worker_restarts < kMaxWorkerRestarts && !drained_) {
+    Log().error("L2 disk tier unavailable: {}. L1 keeps serving; restarting the file worker in {} ms ({} of {})", why,
+                kRestartDelay.count(), c_.worker_restarts + 1, kMaxWorkerRestarts);
+    // Not from here: this runs inside the dead link's handler, which must not be destroyed yet.
+    restart_timer_.expires_after(kRestartDelay);
+    restart_timer_.async_wait([this, token = alive_token_](const asio::error_code& ec) {
+      if (!ec && *token) RestartWorker();
+    });
+  } else {
+    Log().error(
+        "L2 disk tier unavailable: {}. L1 keeps serving; the file worker is not restarted again ({} restarts); "
+        "objects only on disk are served after the server is restarted with the same --disk-dir",
+        why, c_.worker_restarts);
+  }
   CheckDrained();
+}
+
+void DiskTier::RestartWorker() {
+  c_.worker_restarts++;
+  worker_.reset();  // already dead and reaped
+  auto link = FileWorkerLink::Spawn(io_, worker_options_, DeathHandler());
+  if (!link.ok()) {
+    c_.worker_restarts = kMaxWorkerRestarts;  // the binary is gone: trying again will not help
+    Log().error("L2 disk tier stays unavailable: {}", link.status().ToString());
+    return;
+  }
+  worker_ = std::move(link).value();
+  // Asynchronous ATTACH: the loop keeps serving while the worker maps the pool.
+  worker_->Send(fmt::format("ATTACH {} {} 0", shm_name_, shm_size_),
+                [this, token = alive_token_, pid = worker_->pid()](Result<uint64_t> r) {
+                  if (!*token) return;
+                  if (!r.ok()) {
+                    if (r.status().code() != StatusCode::kUnavailable) {
+                      c_.worker_restarts = kMaxWorkerRestarts;
+                      Log().error(
+                          "L2 disk tier stays unavailable: the restarted file worker (pid {}) refused "
+                          "ATTACH: {}",
+                          pid, r.status().message());
+                    }
+                    return;  // a death is handled by OnWorkerDeath
+                  }
+                  attached_ = true;
+                  Log().warn("L2 disk tier available again: file worker restarted (pid {})", pid);
+                  Pump();
+                });
 }
 
 std::vector<std::pair<std::string_view, uint64_t>> DiskTier::Stats() const {
@@ -375,6 +429,7 @@ std::vector<std::pair<std::string_view, uint64_t>> DiskTier::Stats() const {
       {"l2_loads_in_flight", loading_.size()},
       {"l2_skipped_too_large", c_.skipped_too_large},
       {"l2_worker_deaths", c_.worker_deaths},
+      {"l2_worker_restarts", c_.worker_restarts},
   };
 }
 

@@ -10,8 +10,9 @@
 //  - loads: prepare_retrieve of keys that are only on disk reserves L1 slots, READs into them,
 //    and calls back when every load has settled; a failed load frees its slot (never visible).
 //  - its own bound and LRU: before a WRITE, the least recently used files are DELETEd.
-// When the worker dies, the tier turns unavailable (logged once, counted in stats) and L1
-// serves on; objects only on disk are no longer counted as hits.
+// When the worker dies, the tier turns unavailable (logged, counted in stats) and L1 serves on;
+// objects only on disk are no longer counted as hits. The worker is restarted after a pause, at
+// most kMaxWorkerRestarts times in the server's life; after that the tier stays unavailable.
 //
 // Keys given to the tier are the Store's (4-byte namespace id + raw key); RegisterNamespace maps
 // the id to the namespace digest that names the folder on disk.
@@ -49,7 +50,10 @@ class DiskTier {
 
   void RegisterNamespace(std::string_view store_prefix, std::string_view canonical_namespace);
 
-  bool available() const { return worker_ && worker_->alive(); }
+  static constexpr int kMaxWorkerRestarts = 3;
+  static constexpr std::chrono::milliseconds kRestartDelay{1000};
+
+  bool available() const { return worker_ && worker_->alive() && attached_; }
   // lookup, after the Store's run of L1 hits: how many leading keys of `keys` are on disk or
   // committed in L1 (a prefix may alternate between the tiers); touches the disk ones.
   size_t CountOnDisk(std::span<const std::string_view> keys);
@@ -79,7 +83,7 @@ class DiskTier {
  private:
   struct Counters {
     uint64_t hits = 0, loads = 0, load_bytes = 0, writes = 0, write_bytes = 0, write_errors = 0, read_errors = 0,
-             deletes = 0, skipped_too_large = 0, load_full = 0, worker_deaths = 0;
+             deletes = 0, skipped_too_large = 0, load_full = 0, worker_deaths = 0, worker_restarts = 0;
   };
   struct LoadWaiter;
 
@@ -89,6 +93,8 @@ class DiskTier {
   void StartWrite(IoSlot slot);
   void DeleteFile(const std::string& disk_key);
   void OnWorkerDeath(const std::string& why);
+  void RestartWorker();
+  FileWorkerLink::DeathHandler DeathHandler();
   void PauseWrites();
   void CheckDrained();
 
@@ -97,6 +103,11 @@ class DiskTier {
   DiskTierOptions options_;
   DiskIndex index_;
   std::unique_ptr<FileWorkerLink> worker_;
+  FileWorkerOptions worker_options_;
+  std::string shm_name_;
+  uint64_t shm_size_ = 0;
+  bool attached_ = false;  // the current worker has answered ATTACH with OK
+  asio::steady_timer restart_timer_;
   std::unordered_map<std::string, std::string> digest_by_prefix_;  // store prefix -> ns digest
   std::unordered_map<std::string, std::string> prefix_by_digest_;
   // Loads in flight: store key -> callbacks waiting for it (the first started the READ).

@@ -98,9 +98,14 @@ std::string DefaultFileWorkerBinary() {
   return "shmkv-file-worker";  // posix_spawnp searches PATH
 }
 
-Result<std::unique_ptr<FileWorkerLink>> FileWorkerLink::Start(asio::io_context& io, const FileWorkerOptions& options,
-                                                              const std::string& shm_name, uint64_t shm_size,
-                                                              DeathHandler on_death) {
+namespace {
+
+struct Child {
+  pid_t pid = 0;
+  sys::UniqueFd to_worker, from_worker;
+};
+
+Result<Child> SpawnChild(const FileWorkerOptions& options) {
   int to_child[2], from_child[2];
   if (::pipe2(to_child, O_CLOEXEC) != 0) return Status::FromErrno("pipe for the file worker", errno);
   sys::UniqueFd to_r(to_child[0]), to_w(to_child[1]);
@@ -137,9 +142,27 @@ Result<std::unique_ptr<FileWorkerLink>> FileWorkerLink::Start(asio::io_context& 
   if (rc != 0) {
     return Status::FromErrno(fmt::format("starting the file worker '{}' (set --file-worker)", options.binary), rc);
   }
-  to_r.reset();
-  from_w.reset();
+  return Child{pid, std::move(to_w), std::move(from_r)};
+}
 
+}  // namespace
+
+Result<std::unique_ptr<FileWorkerLink>> FileWorkerLink::Spawn(asio::io_context& io, const FileWorkerOptions& options,
+                                                              DeathHandler on_death) {
+  auto child = SpawnChild(options);
+  if (!child.ok()) return child.status();
+  return std::unique_ptr<FileWorkerLink>(new FileWorkerLink(io, child->pid, child->to_worker.release(),
+                                                            child->from_worker.release(), std::move(on_death)));
+}
+
+Result<std::unique_ptr<FileWorkerLink>> FileWorkerLink::Start(asio::io_context& io, const FileWorkerOptions& options,
+                                                              const std::string& shm_name, uint64_t shm_size,
+                                                              DeathHandler on_death) {
+  auto child = SpawnChild(options);
+  if (!child.ok()) return child.status();
+  const pid_t pid = child->pid;
+  sys::UniqueFd& to_w = child->to_worker;
+  sys::UniqueFd& from_r = child->from_worker;
   const std::string attach = fmt::format("ATTACH {} {} 0\n", shm_name, shm_size);
   auto w = sys::Call([&] { return ::write(to_w.get(), attach.data(), attach.size()); });
   Result<std::string> reply = w.ok() ? ReadLineBlocking(from_r.get(), kHandshakeTimeout)

@@ -41,6 +41,10 @@ class FileWorkerLink {
   static Result<std::unique_ptr<FileWorkerLink>> Start(asio::io_context& io, const FileWorkerOptions& options,
                                                        const std::string& shm_name, uint64_t shm_size,
                                                        DeathHandler on_death);
+  // Spawns the worker without attaching it (no blocking): the caller sends ATTACH through Send.
+  // For restarts from the running loop.
+  static Result<std::unique_ptr<FileWorkerLink>> Spawn(asio::io_context& io, const FileWorkerOptions& options,
+                                                       DeathHandler on_death);
   // Closes the worker's stdin (it finishes the commands in flight and exits), waits for it
   // briefly, then kills it.
   ~FileWorkerLink();

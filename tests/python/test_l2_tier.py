@@ -297,27 +297,48 @@ def test_disk_full_clear_error_and_l1_keeps_serving(l2, shmkv_module, tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_worker_killed_l1_keeps_serving(l2, shmkv_module, tmp_path):
+def worker_pid(srv):
+    children = pathlib.Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    pid = int(children[0])
+    assert "shmkv-file-worker" in pathlib.Path(f"/proc/{pid}/cmdline").read_text()
+    return pid
+
+
+def test_worker_killed_l1_keeps_serving_and_the_worker_restarts(l2, shmkv_module, tmp_path):
     disk = tmp_path / "disk"
     srv = l2(disk, "--disk-write-through", pool="16MiB")
     c = client(shmkv_module, srv)
     c.put(b"before", payload(1, MiB))
     settled(c)
-    children = pathlib.Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
-    assert len(children) == 1, children
-    worker = int(children[0])
-    assert "shmkv-file-worker" in pathlib.Path(f"/proc/{worker}/cmdline").read_text()
+    worker = worker_pid(srv)
     os.kill(worker, signal.SIGKILL)
     wait_for(lambda: "L2 disk tier unavailable" in srv.log(), what="the death to be logged")
     assert f"file worker (pid {worker}) is gone" in srv.log()
-    assert "killed by signal 9" in srv.log()
+    assert "killed by signal 9" in srv.log() and "restarting the file worker in 1000 ms (1 of 3)" in srv.log()
     st = c.stats()
     assert st["l2_available"] == 0 and st["l2_worker_deaths"] == 1, st
-    # L1 keeps serving: old and new objects.
+    # L1 keeps serving: old and new objects, while the tier is down.
     assert sha(c.get(b"before")) == sha(payload(1, MiB))
-    c.put(b"after", payload(2, MiB))
+    c.put(b"after", payload(2, MiB))  # dirty: cannot be written now
     assert sha(c.get(b"after")) == sha(payload(2, MiB))
     assert c.lookup([b"before", b"after"]) == 2
+    # The restarted worker takes over, and the object committed during the outage is written.
+    wait_for(lambda: "L2 disk tier available again" in srv.log(), what="the restart")
+    st = wait_for(lambda: (lambda s: s if s["l2_objects"] == 2 else None)(c.stats()), what="the pending write")
+    assert st["l2_available"] == 1 and st["l2_worker_restarts"] == 1 and st["l2_dirty_objects"] == 0, st
+    assert worker_pid(srv) != worker
+    # A worker that keeps dying is given up on after 3 restarts; L1 still serves.
+    for n in range(2, 5):
+        os.kill(worker_pid(srv), signal.SIGKILL)
+        wait_for(lambda: c.stats()["l2_worker_deaths"] == n, what=f"death {n}")
+        if n < 4:
+            wait_for(lambda: c.stats()["l2_available"] == 1, what=f"restart {n}")
+    wait_for(lambda: "is not restarted again (3 restarts)" in srv.log(), what="giving up")
+    time.sleep(1.2)
+    st = c.stats()
+    assert st["l2_available"] == 0 and st["l2_worker_restarts"] == 3, st
+    assert sha(c.get(b"after")) == sha(payload(2, MiB))
     c.close()
     assert srv.stop() == 0
 
@@ -373,8 +394,7 @@ def test_a_stalled_disk_never_blocks_the_loop(l2, shmkv_module, tmp_path):
     a = client(shmkv_module, srv)
     a.put(b"w0", payload(0, MiB))
     settled(a)
-    children = pathlib.Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
-    worker = int(children[0])
+    worker = worker_pid(srv)
     # Push w0 out of L1 (clean, so it is just dropped): it now lives on disk only.
     for i in range(1, 9):
         a.put(b"x%d" % i, payload(i, MiB))
@@ -435,7 +455,7 @@ def test_write_through_drains_the_queue_on_sigterm(l2, shmkv_module, tmp_path):
     disk = tmp_path / "disk"
     srv = l2(disk, "--disk-write-through", pool="64MiB")
     c = client(shmkv_module, srv)
-    worker = int(pathlib.Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()[0])
+    worker = worker_pid(srv)
     keys = [b"drain-%d" % i for i in range(20)]
     os.kill(worker, signal.SIGSTOP)  # writes pile up: at most 4 in flight, the rest queued
     try:
