@@ -4,7 +4,7 @@
 // never waits on disk I/O.
 //
 // The worker's death (EOF or an error on its stdout) fails every pending callback with
-// kUnavailable and calls the death handler once; the link stays dead (no restart).
+// kUnavailable and calls the death handler once; the link stays dead (DiskTier spawns a new one).
 //
 // Thread-safety: none; every method runs on the io_context's one thread.
 #pragma once
