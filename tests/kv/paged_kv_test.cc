@@ -481,6 +481,7 @@ TEST(PagedKvCudaTest, WithoutCudaTheCallsAreUnavailableAndWriteNothing) {
   std::vector<uint32_t> indices = {0};
   const Status gather = GatherChunksCuda(cache.view, block_ids, indices, Spans(bufs), nullptr);
   const Status scatter = ScatterChunksCuda(ConstSpans(bufs), cache.view, block_ids, 0, nullptr);
+  RecordProperty("gather_status", gather.ToString());  // in --gtest_output=xml, for the record
   if (PagedKvCudaCompiled() && (gather.code() != StatusCode::kUnavailable)) {
     // A device is present: host memory is not device-addressable cache memory.
     EXPECT_EQ(gather.code(), StatusCode::kInvalidArgument) << gather.ToString();
