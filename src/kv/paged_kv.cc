@@ -50,13 +50,16 @@ bool CheckedProduct(std::initializer_list<uint64_t> factors, uint64_t* out) {
   return true;
 }
 
-uint32_t KvCount(KvLayout layout) { return layout == KvLayout::kMLA ? 1 : 2; }
+uint32_t KvCount(KvLayout layout) {
+  return layout == KvLayout::kMLA ? 1 : 2;
+}
 
 }  // namespace
 
 Status KvGeometry::Validate() const {
   if (layout != KvLayout::kNHD && layout != KvLayout::kHND && layout != KvLayout::kMLA) {
-    return Status::InvalidArgument(fmt::format("KV geometry: layout {} is not NHD, HND or MLA", static_cast<int>(layout)));
+    return Status::InvalidArgument(
+        fmt::format("KV geometry: layout {} is not NHD, HND or MLA", static_cast<int>(layout)));
   }
   auto positive = [](std::string_view field, uint64_t v) {
     return v == 0 ? Status::InvalidArgument(fmt::format("KV geometry: {} is 0; it must be positive", field))
@@ -69,16 +72,15 @@ Status KvGeometry::Validate() const {
   SHMKV_RETURN_IF_ERROR(positive("head_size", head_size));
   SHMKV_RETURN_IF_ERROR(positive("chunk_tokens", chunk_tokens));
   if (layout == KvLayout::kMLA && num_kv_heads != 1) {
-    return Status::InvalidArgument(
-        fmt::format("KV geometry: num_kv_heads is {}; the MLA layout has exactly 1 (head_size is head_dim)",
-                    num_kv_heads));
+    return Status::InvalidArgument(fmt::format(
+        "KV geometry: num_kv_heads is {}; the MLA layout has exactly 1 (head_size is head_dim)", num_kv_heads));
   }
   if (element_size != 1 && element_size != 2 && element_size != 4) {
     return Status::InvalidArgument(fmt::format("KV geometry: element_size is {}; it must be 1, 2 or 4", element_size));
   }
   if (chunk_tokens % block_size != 0) {
-    return Status::InvalidArgument(fmt::format(
-        "KV geometry: chunk_tokens {} is not a multiple of block_size {}", chunk_tokens, block_size));
+    return Status::InvalidArgument(
+        fmt::format("KV geometry: chunk_tokens {} is not a multiple of block_size {}", chunk_tokens, block_size));
   }
   if (layer_bytes() == 0) {
     return Status::InvalidArgument(fmt::format(
@@ -142,11 +144,10 @@ Status ValidateCache(std::string_view op, const PagedKvCache& kv) {
 }
 
 // block_ids[0, needed) must exist and each lie in [0, num_blocks).
-Status ValidateBlockIds(std::string_view op, std::span<const int64_t> block_ids, uint64_t needed,
-                        std::string_view why, uint64_t num_blocks) {
+Status ValidateBlockIds(std::string_view op, std::span<const int64_t> block_ids, uint64_t needed, std::string_view why,
+                        uint64_t num_blocks) {
   if (block_ids.size() < needed) {
-    return Status::InvalidArgument(
-        fmt::format("{}: {} block ids, but {} need {}", op, block_ids.size(), why, needed));
+    return Status::InvalidArgument(fmt::format("{}: {} block ids, but {} need {}", op, block_ids.size(), why, needed));
   }
   for (uint64_t i = 0; i < needed; ++i) {
     if (block_ids[i] < 0 || static_cast<uint64_t>(block_ids[i]) >= num_blocks) {

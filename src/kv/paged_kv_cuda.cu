@@ -67,7 +67,8 @@ Status DeviceAddress(std::string_view op, const std::string& what, const void* p
   const cudaError_t e = cudaPointerGetAttributes(&attr, p);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
-    return Status::InvalidArgument(std::string(op) + ": " + what + ": cudaPointerGetAttributes failed: " + CudaError(e));
+    return Status::InvalidArgument(std::string(op) + ": " + what +
+                                   ": cudaPointerGetAttributes failed: " + CudaError(e));
   }
   if (attr.type == cudaMemoryTypeUnregistered || attr.devicePointer == nullptr) {
     return Status::InvalidArgument(std::string(op) + ": " + what +
@@ -109,8 +110,8 @@ Status Submit(std::string_view op, const std::vector<Run>& runs, const kv_intern
   }
   (void)cudaFreeAsync(table, stream);
   if (e == cudaErrorNoKernelImageForDevice) {
-    return Status::Unavailable(std::string(op) + ": this build has no kernel for the device's architecture: " +
-                               CudaError(e));
+    return Status::Unavailable(std::string(op) +
+                               ": this build has no kernel for the device's architecture: " + CudaError(e));
   }
   if (e != cudaSuccess) return Status::Internal(std::string(op) + ": launch failed: " + CudaError(e));
   return Status::Ok();
@@ -193,6 +194,8 @@ Status ScatterChunksCuda(std::span<const std::span<const std::byte>> in, const P
   return Submit<false>(op, runs, d, Alignment(d.row_bytes, bases), static_cast<cudaStream_t>(stream));
 }
 
-bool PagedKvCudaCompiled() { return true; }
+bool PagedKvCudaCompiled() {
+  return true;
+}
 
 }  // namespace shmkv

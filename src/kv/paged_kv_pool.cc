@@ -48,7 +48,8 @@ void WorkerPool::EnsureWorkersLocked(size_t count) {
 }
 
 void WorkerPool::RunImpl(size_t tasks, unsigned threads, TaskFn fn, void* ctx) {
-  const size_t helpers = std::min<size_t>({tasks == 0 ? 0 : tasks - 1, threads == 0 ? 0 : threads - 1, kMaxThreads - 1});
+  const size_t helpers =
+      std::min<size_t>({tasks == 0 ? 0 : tasks - 1, threads == 0 ? 0 : threads - 1, kMaxThreads - 1});
   if (helpers == 0 || ::getpid() != owner_pid_) {
     for (size_t i = 0; i < tasks; ++i) fn(ctx, i);
     return;

@@ -37,7 +37,8 @@ class WorkerPool {
   // included), and returns when all calls have returned. fn must not throw.
   template <typename Fn>
   void Run(size_t tasks, unsigned threads, Fn& fn) {
-    RunImpl(tasks, threads, [](void* ctx, size_t i) { (*static_cast<Fn*>(ctx))(i); }, &fn);
+    RunImpl(
+        tasks, threads, [](void* ctx, size_t i) { (*static_cast<Fn*>(ctx))(i); }, &fn);
   }
 
   // Worker threads started so far (tests and benchmarks report it).

@@ -88,8 +88,7 @@ void ForEachElement(const KvGeometry& g, const std::vector<int64_t>& block_ids, 
         const auto block = static_cast<uint64_t>(block_ids[seq_tok / g.block_size]);
         for (uint64_t h = 0; h < g.num_kv_heads; ++h) {
           for (uint64_t d = 0; d < g.head_size; ++d) {
-            fn(l, seq_tok, CacheElement(g, kv, block, seq_tok % g.block_size, h, d),
-               ChunkElement(g, kv, l, tok, h, d));
+            fn(l, seq_tok, CacheElement(g, kv, block, seq_tok % g.block_size, h, d), ChunkElement(g, kv, l, tok, h, d));
           }
         }
       }
@@ -171,17 +170,18 @@ TEST_P(RoundTripTest, GatherAndScatterMatchTheReferenceElementForElement) {
   EXPECT_EQ(again, out);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Layouts, RoundTripTest,
-    ::testing::Values(Param{KvLayout::kNHD, 1, 5}, Param{KvLayout::kNHD, 2, 5}, Param{KvLayout::kNHD, 4, 5},
-                      Param{KvLayout::kHND, 1, 5}, Param{KvLayout::kHND, 2, 5}, Param{KvLayout::kHND, 4, 5},
-                      Param{KvLayout::kHND, 2, 64}, Param{KvLayout::kHND, 2, 128}, Param{KvLayout::kHND, 4, 128},
-                      Param{KvLayout::kMLA, 1, 5}, Param{KvLayout::kMLA, 2, 5}, Param{KvLayout::kMLA, 4, 5},
-                      Param{KvLayout::kMLA, 2, 576}),
-    [](const ::testing::TestParamInfo<Param>& p) {
-      return std::string(KvLayoutName(p.param.layout)) + "_e" + std::to_string(p.param.element_size) + "_d" +
-             std::to_string(p.param.head_size);
-    });
+INSTANTIATE_TEST_SUITE_P(Layouts, RoundTripTest,
+                         ::testing::Values(Param{KvLayout::kNHD, 1, 5}, Param{KvLayout::kNHD, 2, 5},
+                                           Param{KvLayout::kNHD, 4, 5}, Param{KvLayout::kHND, 1, 5},
+                                           Param{KvLayout::kHND, 2, 5}, Param{KvLayout::kHND, 4, 5},
+                                           Param{KvLayout::kHND, 2, 64}, Param{KvLayout::kHND, 2, 128},
+                                           Param{KvLayout::kHND, 4, 128}, Param{KvLayout::kMLA, 1, 5},
+                                           Param{KvLayout::kMLA, 2, 5}, Param{KvLayout::kMLA, 4, 5},
+                                           Param{KvLayout::kMLA, 2, 576}),
+                         [](const ::testing::TestParamInfo<Param>& p) {
+                           return std::string(KvLayoutName(p.param.layout)) + "_e" +
+                                  std::to_string(p.param.element_size) + "_d" + std::to_string(p.param.head_size);
+                         });
 
 TEST(PagedKvTest, GatherWritesOnlyTheNamedChunksIntoTheirBuffers) {
   const KvGeometry g = SmallGeometry(KvLayout::kHND, 2);
@@ -354,7 +354,8 @@ struct BadInputFixture : ::testing::Test {
   }
   void ExpectRejected(const Status& s, std::string_view needle) {
     EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
-    EXPECT_NE(s.message().find(needle), std::string::npos) << "message '" << s.message() << "' lacks '" << needle << "'";
+    EXPECT_NE(s.message().find(needle), std::string::npos)
+        << "message '" << s.message() << "' lacks '" << needle << "'";
     EXPECT_EQ(cache.Checksums(), cache_sums) << "the cache was written";
     EXPECT_EQ(Checksums(bufs), buf_sums) << "a chunk buffer was written";
   }
@@ -432,8 +433,14 @@ TEST_F(BadInputFixture, AnInvalidGeometryIsRejected) {
 // ---- geometry and layout names ---------------------------------------------------------------
 
 TEST(KvGeometryTest, TheDemoGeometryHasEightMiBChunks) {
-  KvGeometry g{.layout = KvLayout::kNHD, .num_layers = 8, .num_blocks = 1024, .block_size = 16,
-               .num_kv_heads = 8, .head_size = 128, .element_size = 2, .chunk_tokens = 256};
+  KvGeometry g{.layout = KvLayout::kNHD,
+               .num_layers = 8,
+               .num_blocks = 1024,
+               .block_size = 16,
+               .num_kv_heads = 8,
+               .head_size = 128,
+               .element_size = 2,
+               .chunk_tokens = 256};
   ASSERT_TRUE(g.Validate().ok());
   EXPECT_EQ(g.chunk_bytes(), uint64_t{8} << 20);
   EXPECT_EQ(g.layer_bytes(), uint64_t{2} * 1024 * 16 * 8 * 128 * 2);
@@ -447,8 +454,14 @@ TEST(KvGeometryTest, TheDemoGeometryHasEightMiBChunks) {
 }
 
 TEST(KvGeometryTest, OverflowingSizesAreZeroAndInvalid) {
-  KvGeometry g{.layout = KvLayout::kNHD, .num_layers = 0xffffffff, .num_blocks = 1, .block_size = 0xffff,
-               .num_kv_heads = 0xffff, .head_size = 0xffff, .element_size = 4, .chunk_tokens = 0xffff};
+  KvGeometry g{.layout = KvLayout::kNHD,
+               .num_layers = 0xffffffff,
+               .num_blocks = 1,
+               .block_size = 0xffff,
+               .num_kv_heads = 0xffff,
+               .head_size = 0xffff,
+               .element_size = 4,
+               .chunk_tokens = 0xffff};
   EXPECT_EQ(g.chunk_bytes(), 0u);
   const Status s = g.Validate();
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
