@@ -207,12 +207,18 @@ using kv_internal::BlockDims;
 
 // Bytes per thread below which another thread costs more than it saves.
 constexpr uint64_t kBytesPerThread = uint64_t{1} << 20;
+constexpr uint64_t kRangeBytes = uint64_t{256} << 10;
+constexpr uint64_t kAutoMaxThreads = 8;
 
 unsigned PickThreads(const TransferOptions& options, uint64_t bytes, uint64_t units) {
   unsigned threads = options.threads;
   if (threads == 0) {
-    const uint64_t hw = std::max(1u, std::thread::hardware_concurrency());
-    threads = static_cast<unsigned>(std::min<uint64_t>({hw, bytes / kBytesPerThread, 16}));
+    // The copy is memory-bound: a few cores saturate the memory bus, and the engine's own threads
+    // (and the other ranks' workers) need the rest. So at most half the cores, at most 8; on the
+    // 2-core development machine that is one thread, which measured faster than two there
+    // (docs/performance-kv.md).
+    const uint64_t half = std::max(1u, std::thread::hardware_concurrency() / 2);
+    threads = static_cast<unsigned>(std::min<uint64_t>({half, bytes / kBytesPerThread, kAutoMaxThreads}));
   }
   return static_cast<unsigned>(
       std::clamp<uint64_t>(std::min<uint64_t>(threads, units), 1, kv_internal::WorkerPool::kMaxThreads));
@@ -263,13 +269,15 @@ void CopyUnit(std::byte* dst, const std::byte* src, const BlockDims& d) {
 
 // Splits units [0, total) into contiguous ranges and runs body(first, last) on each.
 template <typename Body>
-void ForEachUnitRange(uint64_t total, unsigned threads, Body&& body) {
+void ForEachUnitRange(uint64_t total, uint64_t unit_bytes, unsigned threads, Body&& body) {
   if (threads <= 1) {
     body(uint64_t{0}, total);
     return;
   }
-  // A few ranges per thread, so a thread slowed by other load does not hold the call up.
-  const uint64_t tasks = std::min<uint64_t>(total, uint64_t{threads} * 4);
+  // Ranges of about kRangeBytes (at least 4 per thread), claimed dynamically: a thread slowed by
+  // other load holds the call up by one short range at most.
+  const uint64_t by_size = total * unit_bytes / kRangeBytes;
+  const uint64_t tasks = std::min<uint64_t>(total, std::max<uint64_t>(uint64_t{threads} * 4, by_size));
   auto task = [&](size_t i) { body(total * i / tasks, total * (i + 1) / tasks); };
   kv_internal::WorkerPool::Instance().Run(tasks, threads, task);
 }
@@ -285,7 +293,7 @@ Status GatherChunks(const PagedKvCache& kv, std::span<const int64_t> block_ids, 
   const uint64_t total = per_chunk * out.size();
   const unsigned threads = PickThreads(options, total * d.block_bytes, total);
   // Unit order follows the chunk object, so each range writes its output sequentially.
-  ForEachUnitRange(total, threads, [&](uint64_t first, uint64_t last) {
+  ForEachUnitRange(total, d.block_bytes, threads, [&](uint64_t first, uint64_t last) {
     for (uint64_t u = first; u < last; ++u) {
       const uint64_t i = u / per_chunk;
       const uint64_t r = u % per_chunk;
@@ -317,7 +325,7 @@ Status ScatterChunks(std::span<const std::span<const std::byte>> in, const Paged
     std::sort(written.begin(), written.end());
     if (std::adjacent_find(written.begin(), written.end()) != written.end()) threads = 1;
   }
-  ForEachUnitRange(total, threads, [&](uint64_t first, uint64_t last) {
+  ForEachUnitRange(total, d.block_bytes, threads, [&](uint64_t first, uint64_t last) {
     for (uint64_t u = first; u < last; ++u) {
       const uint64_t i = u / per_chunk;
       const uint64_t r = u % per_chunk;
