@@ -267,6 +267,17 @@ void CopyUnit(std::byte* dst, const std::byte* src, const BlockDims& d) {
   }
 }
 
+// Touches the first kPrefetchBytes of the next unit's cache block while the current one copies:
+// the blocks lie scattered over the cache, and the hardware prefetcher only picks up a new stream
+// after several misses (measured: a gather of shuffled blocks ran at ~0.65x of the same copy from
+// sequential blocks; prefetching the head closed most of that gap).
+constexpr uint64_t kPrefetchBytes = 1024;
+
+template <bool kForWrite>
+inline void PrefetchHead(const std::byte* p) {
+  for (uint64_t off = 0; off < kPrefetchBytes; off += 64) __builtin_prefetch(p + off, kForWrite ? 1 : 0);
+}
+
 // Splits units [0, total) into contiguous ranges and runs body(first, last) on each.
 template <typename Body>
 void ForEachUnitRange(uint64_t total, uint64_t unit_bytes, unsigned threads, Body&& body) {
@@ -292,16 +303,23 @@ Status GatherChunks(const PagedKvCache& kv, std::span<const int64_t> block_ids, 
   const uint64_t per_chunk = d.units_per_chunk();
   const uint64_t total = per_chunk * out.size();
   const unsigned threads = PickThreads(options, total * d.block_bytes, total);
-  // Unit order follows the chunk object, so each range writes its output sequentially.
+  // Where unit u lives in the cache. Unit order follows the chunk object, so each range writes
+  // its output sequentially and jumps around the cache.
+  auto cache_of = [&](uint64_t u) {
+    const uint64_t i = u / per_chunk;
+    const uint64_t r = u % per_chunk;
+    const auto kv_index = static_cast<uint32_t>(r / (uint64_t{d.layers} * d.blocks_per_chunk));
+    const uint64_t layer = (r / d.blocks_per_chunk) % d.layers;
+    const uint64_t block = uint64_t{chunk_indices[i]} * d.blocks_per_chunk + r % d.blocks_per_chunk;
+    return kv.layers[layer] + d.cache_offset(kv_index, static_cast<uint64_t>(block_ids[block]));
+  };
   ForEachUnitRange(total, d.block_bytes, threads, [&](uint64_t first, uint64_t last) {
+    const std::byte* src = cache_of(first);
     for (uint64_t u = first; u < last; ++u) {
-      const uint64_t i = u / per_chunk;
-      const uint64_t r = u % per_chunk;
-      const auto kv_index = static_cast<uint32_t>(r / (uint64_t{d.layers} * d.blocks_per_chunk));
-      const uint64_t layer = (r / d.blocks_per_chunk) % d.layers;
-      const uint64_t block = uint64_t{chunk_indices[i]} * d.blocks_per_chunk + r % d.blocks_per_chunk;
-      const std::byte* src = kv.layers[layer] + d.cache_offset(kv_index, static_cast<uint64_t>(block_ids[block]));
-      CopyUnit<true>(out[i].data() + r * d.block_bytes, src, d);
+      const std::byte* next = u + 1 < last ? cache_of(u + 1) : nullptr;
+      if (next != nullptr) PrefetchHead<false>(next);
+      CopyUnit<true>(out[u / per_chunk].data() + (u % per_chunk) * d.block_bytes, src, d);
+      src = next;
     }
   });
   return Status::Ok();
@@ -325,16 +343,23 @@ Status ScatterChunks(std::span<const std::span<const std::byte>> in, const Paged
     std::sort(written.begin(), written.end());
     if (std::adjacent_find(written.begin(), written.end()) != written.end()) threads = 1;
   }
+  // Where unit u goes in the cache; null when it is skipped.
+  auto cache_of = [&](uint64_t u) -> std::byte* {
+    const uint64_t i = u / per_chunk;
+    const uint64_t r = u % per_chunk;
+    const uint64_t block = i * d.blocks_per_chunk + r % d.blocks_per_chunk;
+    if (block < skip_blocks) return nullptr;
+    const auto kv_index = static_cast<uint32_t>(r / (uint64_t{d.layers} * d.blocks_per_chunk));
+    const uint64_t layer = (r / d.blocks_per_chunk) % d.layers;
+    return kv.layers[layer] + d.cache_offset(kv_index, static_cast<uint64_t>(block_ids[block]));
+  };
   ForEachUnitRange(total, d.block_bytes, threads, [&](uint64_t first, uint64_t last) {
+    std::byte* dst = cache_of(first);
     for (uint64_t u = first; u < last; ++u) {
-      const uint64_t i = u / per_chunk;
-      const uint64_t r = u % per_chunk;
-      const uint64_t block = i * d.blocks_per_chunk + r % d.blocks_per_chunk;
-      if (block < skip_blocks) continue;
-      const auto kv_index = static_cast<uint32_t>(r / (uint64_t{d.layers} * d.blocks_per_chunk));
-      const uint64_t layer = (r / d.blocks_per_chunk) % d.layers;
-      std::byte* dst = kv.layers[layer] + d.cache_offset(kv_index, static_cast<uint64_t>(block_ids[block]));
-      CopyUnit<false>(dst, in[i].data() + r * d.block_bytes, d);
+      std::byte* next = u + 1 < last ? cache_of(u + 1) : nullptr;
+      if (next != nullptr) PrefetchHead<true>(next);
+      if (dst != nullptr) CopyUnit<false>(dst, in[u / per_chunk].data() + (u % per_chunk) * d.block_bytes, d);
+      dst = next;
     }
   });
   return Status::Ok();

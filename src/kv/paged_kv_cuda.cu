@@ -53,7 +53,7 @@ Status RequireDevice(std::string_view op) {
   int count = 0;
   const cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess) {
-    (void)cudaGetLastError();  // clear the sticky-free error so later calls report their own
+    (void)cudaGetLastError();  // reset the runtime's last-error slot so later calls report their own
     return Status::Unavailable(std::string(op) + ": no usable CUDA device: " + CudaError(e));
   }
   if (count == 0) return Status::Unavailable(std::string(op) + ": no CUDA device is present");
