@@ -224,7 +224,7 @@ unsigned PickThreads(const TransferOptions& options, uint64_t bytes, uint64_t un
       std::clamp<uint64_t>(std::min<uint64_t>(threads, units), 1, kv_internal::WorkerPool::kMaxThreads));
 }
 
-// Copies `rows` rows of `row` bytes; a compile-time size lets the compiler inline the copy.
+// Copies one row of `row` bytes; a compile-time size (kRow != 0) lets the compiler inline it.
 template <size_t kRow>
 inline void CopyRow(std::byte* dst, const std::byte* src, size_t row) {
   if constexpr (kRow == 0) {
@@ -270,7 +270,8 @@ void CopyUnit(std::byte* dst, const std::byte* src, const BlockDims& d) {
 // Touches the first kPrefetchBytes of the next unit's cache block while the current one copies:
 // the blocks lie scattered over the cache, and the hardware prefetcher only picks up a new stream
 // after several misses (measured: a gather of shuffled blocks ran at ~0.65x of the same copy from
-// sequential blocks; prefetching the head closed most of that gap).
+// sequential blocks; prefetching the head closed most of that gap). Prefetching past the end of
+// a small block is harmless: a prefetch never faults.
 constexpr uint64_t kPrefetchBytes = 1024;
 
 template <bool kForWrite>

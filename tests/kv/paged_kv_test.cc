@@ -9,6 +9,7 @@
 #include <cstring>
 #include <memory>
 #include <numeric>
+#include <ostream>
 #include <random>
 #include <string>
 #include <thread>
@@ -150,6 +151,10 @@ struct Param {
   uint32_t element_size;
   uint32_t head_size;
 };
+
+void PrintTo(const Param& p, std::ostream* os) {
+  *os << KvLayoutName(p.layout) << " element_size " << p.element_size << " head_size " << p.head_size;
+}
 
 class RoundTripTest : public ::testing::TestWithParam<Param> {};
 
