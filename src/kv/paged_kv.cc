@@ -50,13 +50,16 @@ bool CheckedProduct(std::initializer_list<uint64_t> factors, uint64_t* out) {
   return true;
 }
 
-uint32_t KvCount(KvLayout layout) { return layout == KvLayout::kMLA ? 1 : 2; }
+uint32_t KvCount(KvLayout layout) {
+  return layout == KvLayout::kMLA ? 1 : 2;
+}
 
 }  // namespace
 
 Status KvGeometry::Validate() const {
   if (layout != KvLayout::kNHD && layout != KvLayout::kHND && layout != KvLayout::kMLA) {
-    return Status::InvalidArgument(fmt::format("KV geometry: layout {} is not NHD, HND or MLA", static_cast<int>(layout)));
+    return Status::InvalidArgument(
+        fmt::format("KV geometry: layout {} is not NHD, HND or MLA", static_cast<int>(layout)));
   }
   auto positive = [](std::string_view field, uint64_t v) {
     return v == 0 ? Status::InvalidArgument(fmt::format("KV geometry: {} is 0; it must be positive", field))
@@ -69,16 +72,15 @@ Status KvGeometry::Validate() const {
   SHMKV_RETURN_IF_ERROR(positive("head_size", head_size));
   SHMKV_RETURN_IF_ERROR(positive("chunk_tokens", chunk_tokens));
   if (layout == KvLayout::kMLA && num_kv_heads != 1) {
-    return Status::InvalidArgument(
-        fmt::format("KV geometry: num_kv_heads is {}; the MLA layout has exactly 1 (head_size is head_dim)",
-                    num_kv_heads));
+    return Status::InvalidArgument(fmt::format(
+        "KV geometry: num_kv_heads is {}; the MLA layout has exactly 1 (head_size is head_dim)", num_kv_heads));
   }
   if (element_size != 1 && element_size != 2 && element_size != 4) {
     return Status::InvalidArgument(fmt::format("KV geometry: element_size is {}; it must be 1, 2 or 4", element_size));
   }
   if (chunk_tokens % block_size != 0) {
-    return Status::InvalidArgument(fmt::format(
-        "KV geometry: chunk_tokens {} is not a multiple of block_size {}", chunk_tokens, block_size));
+    return Status::InvalidArgument(
+        fmt::format("KV geometry: chunk_tokens {} is not a multiple of block_size {}", chunk_tokens, block_size));
   }
   if (layer_bytes() == 0) {
     return Status::InvalidArgument(fmt::format(
@@ -142,11 +144,10 @@ Status ValidateCache(std::string_view op, const PagedKvCache& kv) {
 }
 
 // block_ids[0, needed) must exist and each lie in [0, num_blocks).
-Status ValidateBlockIds(std::string_view op, std::span<const int64_t> block_ids, uint64_t needed,
-                        std::string_view why, uint64_t num_blocks) {
+Status ValidateBlockIds(std::string_view op, std::span<const int64_t> block_ids, uint64_t needed, std::string_view why,
+                        uint64_t num_blocks) {
   if (block_ids.size() < needed) {
-    return Status::InvalidArgument(
-        fmt::format("{}: {} block ids, but {} need {}", op, block_ids.size(), why, needed));
+    return Status::InvalidArgument(fmt::format("{}: {} block ids, but {} need {}", op, block_ids.size(), why, needed));
   }
   for (uint64_t i = 0; i < needed; ++i) {
     if (block_ids[i] < 0 || static_cast<uint64_t>(block_ids[i]) >= num_blocks) {
@@ -206,18 +207,24 @@ using kv_internal::BlockDims;
 
 // Bytes per thread below which another thread costs more than it saves.
 constexpr uint64_t kBytesPerThread = uint64_t{1} << 20;
+constexpr uint64_t kRangeBytes = uint64_t{256} << 10;
+constexpr uint64_t kAutoMaxThreads = 8;
 
 unsigned PickThreads(const TransferOptions& options, uint64_t bytes, uint64_t units) {
   unsigned threads = options.threads;
   if (threads == 0) {
-    const uint64_t hw = std::max(1u, std::thread::hardware_concurrency());
-    threads = static_cast<unsigned>(std::min<uint64_t>({hw, bytes / kBytesPerThread, 16}));
+    // The copy is memory-bound: a few cores saturate the memory bus, and the engine's own threads
+    // (and the other ranks' workers) need the rest. So at most half the cores, at most 8; on the
+    // 2-core development machine that is one thread, which measured faster than two there
+    // (docs/performance-kv.md).
+    const uint64_t half = std::max(1u, std::thread::hardware_concurrency() / 2);
+    threads = static_cast<unsigned>(std::min<uint64_t>({half, bytes / kBytesPerThread, kAutoMaxThreads}));
   }
   return static_cast<unsigned>(
       std::clamp<uint64_t>(std::min<uint64_t>(threads, units), 1, kv_internal::WorkerPool::kMaxThreads));
 }
 
-// Copies `rows` rows of `row` bytes; a compile-time size lets the compiler inline the copy.
+// Copies one row of `row` bytes; a compile-time size (kRow != 0) lets the compiler inline it.
 template <size_t kRow>
 inline void CopyRow(std::byte* dst, const std::byte* src, size_t row) {
   if constexpr (kRow == 0) {
@@ -260,15 +267,29 @@ void CopyUnit(std::byte* dst, const std::byte* src, const BlockDims& d) {
   }
 }
 
+// Touches the first kPrefetchBytes of the next unit's cache block while the current one copies:
+// the blocks lie scattered over the cache, and the hardware prefetcher only picks up a new stream
+// after several misses (measured: a gather of shuffled blocks ran at ~0.65x of the same copy from
+// sequential blocks; prefetching the head closed most of that gap). Prefetching past the end of
+// a small block is harmless: a prefetch never faults.
+constexpr uint64_t kPrefetchBytes = 1024;
+
+template <bool kForWrite>
+inline void PrefetchHead(const std::byte* p) {
+  for (uint64_t off = 0; off < kPrefetchBytes; off += 64) __builtin_prefetch(p + off, kForWrite ? 1 : 0);
+}
+
 // Splits units [0, total) into contiguous ranges and runs body(first, last) on each.
 template <typename Body>
-void ForEachUnitRange(uint64_t total, unsigned threads, Body&& body) {
+void ForEachUnitRange(uint64_t total, uint64_t unit_bytes, unsigned threads, Body&& body) {
   if (threads <= 1) {
     body(uint64_t{0}, total);
     return;
   }
-  // A few ranges per thread, so a thread slowed by other load does not hold the call up.
-  const uint64_t tasks = std::min<uint64_t>(total, uint64_t{threads} * 4);
+  // Ranges of about kRangeBytes (at least 4 per thread), claimed dynamically: a thread slowed by
+  // other load holds the call up by one short range at most.
+  const uint64_t by_size = total * unit_bytes / kRangeBytes;
+  const uint64_t tasks = std::min<uint64_t>(total, std::max<uint64_t>(uint64_t{threads} * 4, by_size));
   auto task = [&](size_t i) { body(total * i / tasks, total * (i + 1) / tasks); };
   kv_internal::WorkerPool::Instance().Run(tasks, threads, task);
 }
@@ -283,16 +304,23 @@ Status GatherChunks(const PagedKvCache& kv, std::span<const int64_t> block_ids, 
   const uint64_t per_chunk = d.units_per_chunk();
   const uint64_t total = per_chunk * out.size();
   const unsigned threads = PickThreads(options, total * d.block_bytes, total);
-  // Unit order follows the chunk object, so each range writes its output sequentially.
-  ForEachUnitRange(total, threads, [&](uint64_t first, uint64_t last) {
+  // Where unit u lives in the cache. Unit order follows the chunk object, so each range writes
+  // its output sequentially and jumps around the cache.
+  auto cache_of = [&](uint64_t u) {
+    const uint64_t i = u / per_chunk;
+    const uint64_t r = u % per_chunk;
+    const auto kv_index = static_cast<uint32_t>(r / (uint64_t{d.layers} * d.blocks_per_chunk));
+    const uint64_t layer = (r / d.blocks_per_chunk) % d.layers;
+    const uint64_t block = uint64_t{chunk_indices[i]} * d.blocks_per_chunk + r % d.blocks_per_chunk;
+    return kv.layers[layer] + d.cache_offset(kv_index, static_cast<uint64_t>(block_ids[block]));
+  };
+  ForEachUnitRange(total, d.block_bytes, threads, [&](uint64_t first, uint64_t last) {
+    const std::byte* src = cache_of(first);
     for (uint64_t u = first; u < last; ++u) {
-      const uint64_t i = u / per_chunk;
-      const uint64_t r = u % per_chunk;
-      const auto kv_index = static_cast<uint32_t>(r / (uint64_t{d.layers} * d.blocks_per_chunk));
-      const uint64_t layer = (r / d.blocks_per_chunk) % d.layers;
-      const uint64_t block = uint64_t{chunk_indices[i]} * d.blocks_per_chunk + r % d.blocks_per_chunk;
-      const std::byte* src = kv.layers[layer] + d.cache_offset(kv_index, static_cast<uint64_t>(block_ids[block]));
-      CopyUnit<true>(out[i].data() + r * d.block_bytes, src, d);
+      const std::byte* next = u + 1 < last ? cache_of(u + 1) : nullptr;
+      if (next != nullptr) PrefetchHead<false>(next);
+      CopyUnit<true>(out[u / per_chunk].data() + (u % per_chunk) * d.block_bytes, src, d);
+      src = next;
     }
   });
   return Status::Ok();
@@ -316,16 +344,23 @@ Status ScatterChunks(std::span<const std::span<const std::byte>> in, const Paged
     std::sort(written.begin(), written.end());
     if (std::adjacent_find(written.begin(), written.end()) != written.end()) threads = 1;
   }
-  ForEachUnitRange(total, threads, [&](uint64_t first, uint64_t last) {
+  // Where unit u goes in the cache; null when it is skipped.
+  auto cache_of = [&](uint64_t u) -> std::byte* {
+    const uint64_t i = u / per_chunk;
+    const uint64_t r = u % per_chunk;
+    const uint64_t block = i * d.blocks_per_chunk + r % d.blocks_per_chunk;
+    if (block < skip_blocks) return nullptr;
+    const auto kv_index = static_cast<uint32_t>(r / (uint64_t{d.layers} * d.blocks_per_chunk));
+    const uint64_t layer = (r / d.blocks_per_chunk) % d.layers;
+    return kv.layers[layer] + d.cache_offset(kv_index, static_cast<uint64_t>(block_ids[block]));
+  };
+  ForEachUnitRange(total, d.block_bytes, threads, [&](uint64_t first, uint64_t last) {
+    std::byte* dst = cache_of(first);
     for (uint64_t u = first; u < last; ++u) {
-      const uint64_t i = u / per_chunk;
-      const uint64_t r = u % per_chunk;
-      const uint64_t block = i * d.blocks_per_chunk + r % d.blocks_per_chunk;
-      if (block < skip_blocks) continue;
-      const auto kv_index = static_cast<uint32_t>(r / (uint64_t{d.layers} * d.blocks_per_chunk));
-      const uint64_t layer = (r / d.blocks_per_chunk) % d.layers;
-      std::byte* dst = kv.layers[layer] + d.cache_offset(kv_index, static_cast<uint64_t>(block_ids[block]));
-      CopyUnit<false>(dst, in[i].data() + r * d.block_bytes, d);
+      std::byte* next = u + 1 < last ? cache_of(u + 1) : nullptr;
+      if (next != nullptr) PrefetchHead<true>(next);
+      if (dst != nullptr) CopyUnit<false>(dst, in[u / per_chunk].data() + (u % per_chunk) * d.block_bytes, d);
+      dst = next;
     }
   });
   return Status::Ok();

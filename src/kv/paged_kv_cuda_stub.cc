@@ -14,6 +14,8 @@ Status ScatterChunksCuda(std::span<const std::span<const std::byte>>, const Page
   return Status::Unavailable("scatter (cuda): this shmkv build has no CUDA kernels; rebuild with -DSHMKV_CUDA=ON");
 }
 
-bool PagedKvCudaCompiled() { return false; }
+bool PagedKvCudaCompiled() {
+  return false;
+}
 
 }  // namespace shmkv

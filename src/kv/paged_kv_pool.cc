@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <memory>
 
 namespace shmkv::kv_internal {
 
@@ -17,9 +18,25 @@ struct WorkerPool::Job {
   std::atomic<size_t> next{0};
 };
 
+namespace {
+
+// Owns the process's pool and destroys it at exit, except in a fork() child (see the header).
+struct PoolOwner {
+  std::unique_ptr<WorkerPool> pool = std::make_unique<WorkerPool>();
+  ~PoolOwner() {
+    if (::getpid() != pool->owner_pid()) {
+      static WorkerPool* forked_away = nullptr;  // keeps it reachable, so leak checkers stay quiet
+      forked_away = pool.release();
+      (void)forked_away;
+    }
+  }
+};
+
+}  // namespace
+
 WorkerPool& WorkerPool::Instance() {
-  static WorkerPool pool;
-  return pool;
+  static PoolOwner owner;
+  return *owner.pool;
 }
 
 WorkerPool::~WorkerPool() {
@@ -48,7 +65,8 @@ void WorkerPool::EnsureWorkersLocked(size_t count) {
 }
 
 void WorkerPool::RunImpl(size_t tasks, unsigned threads, TaskFn fn, void* ctx) {
-  const size_t helpers = std::min<size_t>({tasks == 0 ? 0 : tasks - 1, threads == 0 ? 0 : threads - 1, kMaxThreads - 1});
+  const size_t helpers =
+      std::min<size_t>({tasks == 0 ? 0 : tasks - 1, threads == 0 ? 0 : threads - 1, kMaxThreads - 1});
   if (helpers == 0 || ::getpid() != owner_pid_) {
     for (size_t i = 0; i < tasks; ++i) fn(ctx, i);
     return;

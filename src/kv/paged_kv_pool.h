@@ -6,8 +6,10 @@
 // on more threads than asked for; tasks of concurrent Runs interleave on the same workers.
 //
 // Thread-safety: Run may be called from any number of threads at once. In a child of fork() the
-// workers do not exist: Run then executes every task on the calling thread and never touches the
-// parent's mutex (which another thread may have held at the fork).
+// workers do not exist: Run then executes every task on the calling thread without touching the
+// pool's mutex (another thread may have held it at the fork), and at exit the child leaks the
+// pool instead of destroying it (its condition variables still count the parent's waiting
+// workers, its threads are not the child's to join).
 #pragma once
 
 #include <sys/types.h>
@@ -37,11 +39,13 @@ class WorkerPool {
   // included), and returns when all calls have returned. fn must not throw.
   template <typename Fn>
   void Run(size_t tasks, unsigned threads, Fn& fn) {
-    RunImpl(tasks, threads, [](void* ctx, size_t i) { (*static_cast<Fn*>(ctx))(i); }, &fn);
+    RunImpl(
+        tasks, threads, [](void* ctx, size_t i) { (*static_cast<Fn*>(ctx))(i); }, &fn);
   }
 
   // Worker threads started so far (tests and benchmarks report it).
   size_t workers() const;
+  pid_t owner_pid() const { return owner_pid_; }
 
  private:
   struct Job;

@@ -2,16 +2,26 @@
 // from the layout formulas, one element at a time.
 #include "shmkv/paged_kv.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <numeric>
+#include <ostream>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
 
 #include "kv/paged_kv_pool.h"
+
+#if defined(SHMKV_TEST_CUDA)
+#include <cuda_runtime.h>
+#endif
 
 namespace shmkv {
 namespace {
@@ -88,8 +98,7 @@ void ForEachElement(const KvGeometry& g, const std::vector<int64_t>& block_ids, 
         const auto block = static_cast<uint64_t>(block_ids[seq_tok / g.block_size]);
         for (uint64_t h = 0; h < g.num_kv_heads; ++h) {
           for (uint64_t d = 0; d < g.head_size; ++d) {
-            fn(l, seq_tok, CacheElement(g, kv, block, seq_tok % g.block_size, h, d),
-               ChunkElement(g, kv, l, tok, h, d));
+            fn(l, seq_tok, CacheElement(g, kv, block, seq_tok % g.block_size, h, d), ChunkElement(g, kv, l, tok, h, d));
           }
         }
       }
@@ -143,6 +152,10 @@ struct Param {
   uint32_t head_size;
 };
 
+void PrintTo(const Param& p, std::ostream* os) {
+  *os << KvLayoutName(p.layout) << " element_size " << p.element_size << " head_size " << p.head_size;
+}
+
 class RoundTripTest : public ::testing::TestWithParam<Param> {};
 
 TEST_P(RoundTripTest, GatherAndScatterMatchTheReferenceElementForElement) {
@@ -171,17 +184,18 @@ TEST_P(RoundTripTest, GatherAndScatterMatchTheReferenceElementForElement) {
   EXPECT_EQ(again, out);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Layouts, RoundTripTest,
-    ::testing::Values(Param{KvLayout::kNHD, 1, 5}, Param{KvLayout::kNHD, 2, 5}, Param{KvLayout::kNHD, 4, 5},
-                      Param{KvLayout::kHND, 1, 5}, Param{KvLayout::kHND, 2, 5}, Param{KvLayout::kHND, 4, 5},
-                      Param{KvLayout::kHND, 2, 64}, Param{KvLayout::kHND, 2, 128}, Param{KvLayout::kHND, 4, 128},
-                      Param{KvLayout::kMLA, 1, 5}, Param{KvLayout::kMLA, 2, 5}, Param{KvLayout::kMLA, 4, 5},
-                      Param{KvLayout::kMLA, 2, 576}),
-    [](const ::testing::TestParamInfo<Param>& p) {
-      return std::string(KvLayoutName(p.param.layout)) + "_e" + std::to_string(p.param.element_size) + "_d" +
-             std::to_string(p.param.head_size);
-    });
+INSTANTIATE_TEST_SUITE_P(Layouts, RoundTripTest,
+                         ::testing::Values(Param{KvLayout::kNHD, 1, 5}, Param{KvLayout::kNHD, 2, 5},
+                                           Param{KvLayout::kNHD, 4, 5}, Param{KvLayout::kHND, 1, 5},
+                                           Param{KvLayout::kHND, 2, 5}, Param{KvLayout::kHND, 4, 5},
+                                           Param{KvLayout::kHND, 2, 64}, Param{KvLayout::kHND, 2, 128},
+                                           Param{KvLayout::kHND, 4, 128}, Param{KvLayout::kMLA, 1, 5},
+                                           Param{KvLayout::kMLA, 2, 5}, Param{KvLayout::kMLA, 4, 5},
+                                           Param{KvLayout::kMLA, 2, 576}),
+                         [](const ::testing::TestParamInfo<Param>& p) {
+                           return std::string(KvLayoutName(p.param.layout)) + "_e" +
+                                  std::to_string(p.param.element_size) + "_d" + std::to_string(p.param.head_size);
+                         });
 
 TEST(PagedKvTest, GatherWritesOnlyTheNamedChunksIntoTheirBuffers) {
   const KvGeometry g = SmallGeometry(KvLayout::kHND, 2);
@@ -337,6 +351,29 @@ TEST(PagedKvTest, ConcurrentCallsFromSeveralThreadsAllComplete) {
   }
 }
 
+TEST(PagedKvTest, AForkedChildCopiesOnItsOwnThreadAndExitsCleanly) {
+  const KvGeometry g = ThreadedGeometry(KvLayout::kNHD);
+  const uint64_t chunks = 4;
+  const auto block_ids = BlockTable(g, chunks * g.blocks_per_chunk(), 26);
+  Cache src(g, 27);
+  std::vector<uint32_t> indices = {0, 1, 2, 3};
+  std::vector<Bytes> want(chunks, Bytes(g.chunk_bytes()));
+  // The parent's pool exists and has workers before the fork.
+  ASSERT_TRUE(GatherChunks(src.view, block_ids, indices, Spans(want), {.threads = 4}).ok());
+  ASSERT_GE(kv_internal::WorkerPool::Instance().workers(), 3u);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::vector<Bytes> out(chunks, Bytes(g.chunk_bytes()));
+    const bool ok = GatherChunks(src.view, block_ids, indices, Spans(out), {.threads = 4}).ok() && out == want;
+    std::exit(ok ? 0 : 3);  // runs static destructors, the pool's included
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "child died: status " << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "3: wrong bytes; other: the exit path failed";
+}
+
 // ---- bad input: the right code, a message naming the problem, nothing written ---------------
 
 struct BadInputFixture : ::testing::Test {
@@ -354,7 +391,8 @@ struct BadInputFixture : ::testing::Test {
   }
   void ExpectRejected(const Status& s, std::string_view needle) {
     EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
-    EXPECT_NE(s.message().find(needle), std::string::npos) << "message '" << s.message() << "' lacks '" << needle << "'";
+    EXPECT_NE(s.message().find(needle), std::string::npos)
+        << "message '" << s.message() << "' lacks '" << needle << "'";
     EXPECT_EQ(cache.Checksums(), cache_sums) << "the cache was written";
     EXPECT_EQ(Checksums(bufs), buf_sums) << "a chunk buffer was written";
   }
@@ -432,8 +470,14 @@ TEST_F(BadInputFixture, AnInvalidGeometryIsRejected) {
 // ---- geometry and layout names ---------------------------------------------------------------
 
 TEST(KvGeometryTest, TheDemoGeometryHasEightMiBChunks) {
-  KvGeometry g{.layout = KvLayout::kNHD, .num_layers = 8, .num_blocks = 1024, .block_size = 16,
-               .num_kv_heads = 8, .head_size = 128, .element_size = 2, .chunk_tokens = 256};
+  KvGeometry g{.layout = KvLayout::kNHD,
+               .num_layers = 8,
+               .num_blocks = 1024,
+               .block_size = 16,
+               .num_kv_heads = 8,
+               .head_size = 128,
+               .element_size = 2,
+               .chunk_tokens = 256};
   ASSERT_TRUE(g.Validate().ok());
   EXPECT_EQ(g.chunk_bytes(), uint64_t{8} << 20);
   EXPECT_EQ(g.layer_bytes(), uint64_t{2} * 1024 * 16 * 8 * 128 * 2);
@@ -447,8 +491,14 @@ TEST(KvGeometryTest, TheDemoGeometryHasEightMiBChunks) {
 }
 
 TEST(KvGeometryTest, OverflowingSizesAreZeroAndInvalid) {
-  KvGeometry g{.layout = KvLayout::kNHD, .num_layers = 0xffffffff, .num_blocks = 1, .block_size = 0xffff,
-               .num_kv_heads = 0xffff, .head_size = 0xffff, .element_size = 4, .chunk_tokens = 0xffff};
+  KvGeometry g{.layout = KvLayout::kNHD,
+               .num_layers = 0xffffffff,
+               .num_blocks = 1,
+               .block_size = 0xffff,
+               .num_kv_heads = 0xffff,
+               .head_size = 0xffff,
+               .element_size = 4,
+               .chunk_tokens = 0xffff};
   EXPECT_EQ(g.chunk_bytes(), 0u);
   const Status s = g.Validate();
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
@@ -481,6 +531,7 @@ TEST(PagedKvCudaTest, WithoutCudaTheCallsAreUnavailableAndWriteNothing) {
   std::vector<uint32_t> indices = {0};
   const Status gather = GatherChunksCuda(cache.view, block_ids, indices, Spans(bufs), nullptr);
   const Status scatter = ScatterChunksCuda(ConstSpans(bufs), cache.view, block_ids, 0, nullptr);
+  RecordProperty("gather_status", gather.ToString());  // in --gtest_output=xml, for the record
   if (PagedKvCudaCompiled() && (gather.code() != StatusCode::kUnavailable)) {
     // A device is present: host memory is not device-addressable cache memory.
     EXPECT_EQ(gather.code(), StatusCode::kInvalidArgument) << gather.ToString();
@@ -507,6 +558,122 @@ TEST(PagedKvCudaTest, BadInputIsRejectedBeforeAnyDeviceCheckInACudaBuild) {
   const Status t = ScatterChunksCuda(ConstSpans(bufs), cache.view, {}, 1, nullptr);
   EXPECT_EQ(t.code(), StatusCode::kInvalidArgument) << t.ToString();
 }
+
+// ---- CUDA kernels on a real device (built with SHMKV_CUDA; skipped where no device exists) ----
+
+#if defined(SHMKV_TEST_CUDA)
+
+// Device memory holding a copy of one host buffer.
+struct DeviceBuffer {
+  void* p = nullptr;
+  explicit DeviceBuffer(const Bytes& host) {
+    EXPECT_EQ(cudaMalloc(&p, host.size()), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(p, host.data(), host.size(), cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  ~DeviceBuffer() { (void)cudaFree(p); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  Bytes Read(size_t n) const {
+    Bytes b(n);
+    EXPECT_EQ(cudaMemcpy(b.data(), p, n, cudaMemcpyDeviceToHost), cudaSuccess);
+    return b;
+  }
+};
+
+// Host buffers registered with cudaHostRegister, as the pool is.
+struct Registered {
+  std::vector<Bytes>& bufs;
+  explicit Registered(std::vector<Bytes>& b) : bufs(b) {
+    for (auto& x : bufs) EXPECT_EQ(cudaHostRegister(x.data(), x.size(), cudaHostRegisterPortable), cudaSuccess);
+  }
+  ~Registered() {
+    for (auto& x : bufs) (void)cudaHostUnregister(x.data());
+  }
+};
+
+bool HaveDevice() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+TEST(PagedKvCudaDeviceTest, KernelsMatchTheCpuPathByteForByte) {
+  if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
+  for (KvLayout layout : {KvLayout::kNHD, KvLayout::kHND, KvLayout::kMLA}) {
+    for (uint32_t element_size : {1u, 2u, 4u}) {
+      SCOPED_TRACE(std::string(KvLayoutName(layout)) + " e" + std::to_string(element_size));
+      KvGeometry g = ThreadedGeometry(layout);
+      g.element_size = element_size;
+      if (element_size == 1) g.head_size = layout == KvLayout::kMLA ? 5 : 3;  // odd rows: byte access
+      const uint64_t chunks = 4;
+      const auto block_ids = BlockTable(g, chunks * g.blocks_per_chunk(), 30);
+      Cache host(g, 31);
+      std::vector<std::unique_ptr<DeviceBuffer>> dev;
+      PagedKvCache dkv{g, {}};
+      for (const auto& t : host.tensors) {
+        dev.push_back(std::make_unique<DeviceBuffer>(t));
+        dkv.layers.push_back(static_cast<std::byte*>(dev.back()->p));
+      }
+      std::vector<uint32_t> indices = {2, 0, 3};
+      std::vector<Bytes> want(indices.size(), Bytes(g.chunk_bytes())), got(indices.size(), Bytes(g.chunk_bytes()));
+      ASSERT_TRUE(GatherChunks(host.view, block_ids, indices, Spans(want)).ok());
+      {
+        Registered reg(got);
+        cudaStream_t stream = nullptr;
+        ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+        const Status s = GatherChunksCuda(dkv, block_ids, indices, Spans(got), stream);
+        ASSERT_TRUE(s.ok()) << s.ToString();
+        ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);  // before commit_store
+        (void)cudaStreamDestroy(stream);
+      }
+      EXPECT_EQ(got, want);
+
+      // Scatter all four chunks back into a second device cache, skipping the first 3 blocks.
+      std::vector<Bytes> in(chunks, Bytes(g.chunk_bytes()));
+      for (size_t i = 0; i < chunks; ++i) FillRandom(in[i], 500 + i);
+      Cache host_dst(g, 32);
+      std::vector<std::unique_ptr<DeviceBuffer>> dev_dst;
+      PagedKvCache ddst{g, {}};
+      for (const auto& t : host_dst.tensors) {
+        dev_dst.push_back(std::make_unique<DeviceBuffer>(t));
+        ddst.layers.push_back(static_cast<std::byte*>(dev_dst.back()->p));
+      }
+      const uint64_t skip = 3 * g.block_size;
+      ASSERT_TRUE(ScatterChunks(ConstSpans(in), host_dst.view, block_ids, skip).ok());
+      {
+        Registered reg(in);
+        const Status s = ScatterChunksCuda(ConstSpans(in), ddst, block_ids, skip, nullptr);
+        ASSERT_TRUE(s.ok()) << s.ToString();
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);  // before release
+      }
+      for (uint32_t l = 0; l < g.num_layers; ++l) {
+        EXPECT_EQ(dev_dst[l]->Read(g.layer_bytes()), host_dst.tensors[l]) << "layer " << l;
+      }
+    }
+  }
+}
+
+TEST(PagedKvCudaDeviceTest, PageableHostBuffersAreRejectedNamingTheBuffer) {
+  if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
+  const KvGeometry g = SmallGeometry(KvLayout::kNHD, 2);
+  Cache host(g, 33);
+  std::vector<std::unique_ptr<DeviceBuffer>> dev;
+  PagedKvCache dkv{g, {}};
+  for (const auto& t : host.tensors) {
+    dev.push_back(std::make_unique<DeviceBuffer>(t));
+    dkv.layers.push_back(static_cast<std::byte*>(dev.back()->p));
+  }
+  const auto block_ids = BlockTable(g, g.blocks_per_chunk(), 34);
+  std::vector<Bytes> out(1, Bytes(g.chunk_bytes()));  // not registered
+  const auto before = Checksums(out);
+  std::vector<uint32_t> indices = {0};
+  const Status s = GatherChunksCuda(dkv, block_ids, indices, Spans(out), nullptr);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
+  EXPECT_NE(s.message().find("out[0] is not device-addressable"), std::string::npos) << s.message();
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(Checksums(out), before);
+}
+
+#endif  // SHMKV_TEST_CUDA
 
 }  // namespace
 }  // namespace shmkv
