@@ -147,7 +147,8 @@ Status ValidateCache(std::string_view op, const PagedKvCache& kv) {
 Status ValidateBlockIds(std::string_view op, std::span<const int64_t> block_ids, uint64_t needed, std::string_view why,
                         uint64_t num_blocks) {
   if (block_ids.size() < needed) {
-    return Status::InvalidArgument(fmt::format("{}: {} block ids, but {} need {}", op, block_ids.size(), why, needed));
+    return Status::InvalidArgument(
+        fmt::format("{}: only {} block ids, {} needed for {}", op, block_ids.size(), needed, why));
   }
   for (uint64_t i = 0; i < needed; ++i) {
     if (block_ids[i] < 0 || static_cast<uint64_t>(block_ids[i]) >= num_blocks) {

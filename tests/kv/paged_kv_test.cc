@@ -421,11 +421,11 @@ TEST_F(BadInputFixture, ChunkIndicesMustMatchTheBuffers) {
 
 TEST_F(BadInputFixture, TooFewBlockIdsAreRejected) {
   block_ids.pop_back();
-  ExpectRejected(Gather(), "8 block ids, but chunk index 2 need 9");
-  ExpectRejected(Scatter(), "8 block ids, but 3 chunks need 9");
+  ExpectRejected(Gather(), "only 8 block ids, 9 needed for chunk index 2");
+  ExpectRejected(Scatter(), "only 8 block ids, 9 needed for 3 chunks");
   indices = {0, 5, 1};
   block_ids = BlockTable(g, 9, 22);
-  ExpectRejected(Gather(), "9 block ids, but chunk index 5 need 18");
+  ExpectRejected(Gather(), "only 9 block ids, 18 needed for chunk index 5");
 }
 
 TEST_F(BadInputFixture, OutOfRangeBlockIdsAreRejected) {

@@ -128,15 +128,17 @@ def test_bad_input_gets_a_clear_error_and_nothing_is_written(shmkv_module):
            chunk_tokens=CHUNK)
     expect("does not match the expected dtype bfloat16", g, kv, good_blocks, [0], out[:1], chunk_tokens=CHUNK,
            dtype="bfloat16")
-    expect("block", g, kv, good_blocks[:BPC + 1], [0, 1], out, chunk_tokens=CHUNK)  # too few block ids
-    expect("block", g, kv, [0, 1, 2, NUM_BLOCKS], [0], out[:1], chunk_tokens=CHUNK)  # id out of range
-    expect("block", s, out, kv, good_blocks[:BPC], chunk_tokens=CHUNK)  # scatter: too few block ids
-    expect("skip", s, out, kv, good_blocks, BLOCK - 1, chunk_tokens=CHUNK)  # skip not block-aligned
-    expect("bytes|size|long", g, kv, good_blocks, [0], [np.zeros(10, np.uint8)], chunk_tokens=CHUNK)
+    expect("only 5 block ids, 8 needed for chunk index 1", g, kv, good_blocks[:BPC + 1], [0, 1], out, chunk_tokens=CHUNK)  # too few block ids
+    expect(r"block_ids\[3\] = 40 is out of range \[0, 40\)", g, kv, [0, 1, 2, NUM_BLOCKS], [0], out[:1],
+           chunk_tokens=CHUNK)  # id out of range
+    expect("only 4 block ids, 8 needed for 2 chunks", s, out, kv, good_blocks[:BPC], chunk_tokens=CHUNK)  # scatter: too few block ids
+    expect("skip_first_n_tokens 3 is not a multiple of block_size 4", s, out, kv, good_blocks, BLOCK - 1,
+           chunk_tokens=CHUNK)  # skip not block-aligned
+    expect(r"out\[0\] is 10 bytes; a chunk object of this geometry is", g, kv, good_blocks, [0], [np.zeros(10, np.uint8)], chunk_tokens=CHUNK)
     expect("read-only", g, kv, good_blocks, [0], [bytes(len(out[0]))], chunk_tokens=CHUNK)
-    expect("multiple of", g, kv, good_blocks, [0], out[:1], chunk_tokens=CHUNK + 1)
+    expect("chunk_tokens 17 is not a multiple of block_size 4", g, kv, good_blocks, [0], out[:1], chunk_tokens=CHUNK + 1)
     expect("None", g, kv, good_blocks, [0], [None], chunk_tokens=CHUNK)
-    expect("layout", g, kv, good_blocks, [0], out[:1], layout="XYZ", chunk_tokens=CHUNK)
+    expect("unknown KV layout 'XYZ'", g, kv, good_blocks, [0], out[:1], layout="XYZ", chunk_tokens=CHUNK)
     ro = [layer.copy() for layer in kv]
     for r in ro:
         r.flags.writeable = False
