@@ -39,4 +39,17 @@ SHMKV_BUILD_DIR=build SHMKV_SERVER_BIN=build-asan/src/shmkv-server \
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/python/test_server.py
 
+step "CUDA build (the paged-KV kernels compile and link; without a device they report unavailable)"
+# nvcc is not a Debian package the project installs: the step runs where a CUDA toolkit is present.
+nvcc_bin=$(command -v nvcc || true)
+[[ -z "$nvcc_bin" && -x /usr/local/cuda/bin/nvcc ]] && nvcc_bin=/usr/local/cuda/bin/nvcc
+if [[ -n "$nvcc_bin" ]]; then
+  cmake -S . -B build-cuda -G Ninja -DSHMKV_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc_bin" -DSHMKV_BUILD_BENCH=OFF \
+    -DSHMKV_BUILD_PYTHON=OFF >/dev/null
+  cmake --build build-cuda -j "$jobs" --target paged_kv_test
+  build-cuda/tests/paged_kv_test --gtest_brief=1
+else
+  echo "skipped: no nvcc on this machine"
+fi
+
 step "all checks passed"
