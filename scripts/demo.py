@@ -51,6 +51,8 @@ def parse_args(argv):
     p.add_argument("--chunk-tokens", type=int, default=256)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--pool-size", default="1GiB", help="shmkv pool size (smaller than the working set: eviction shows)")
+    p.add_argument("--disk-dir", default=None,
+                   help="give the server an L2 disk tier in this directory: evicted chunks come back from disk")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--quick", action="store_true", help="a small, fast run (used by the test suite)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
@@ -196,8 +198,9 @@ def start_server(args, workdir):
     if not binary.exists():
         sys.exit(f"demo: {binary} is missing; run scripts/demo.sh (it builds first)")
     socket_path = str(pathlib.Path(workdir) / "shmkv.sock")
+    extra = ["--disk-dir", args.disk_dir] if args.disk_dir else []
     proc = subprocess.Popen([str(binary), "--pool-size", args.pool_size, "--socket", socket_path,
-                             "--log-level", "warn"], stdout=subprocess.PIPE, text=True)
+                             "--log-level", "warn", *extra], stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline().strip()
     if not line.startswith("shmkv-server ready:"):
         proc.kill()
@@ -356,6 +359,10 @@ def main(argv=None):
         print(f"  {name:<9} latency  p50 {percentile(vals, 50):8.2f} ms   p99 {percentile(vals, 99):8.2f} ms")
     print(f"  server              {final_stats['objects']} objects, {human_bytes(final_stats['used_bytes'])} used "
           f"of {human_bytes(final_stats['pool_size'])}, {final_stats['evictions']} evictions")
+    if "l2_objects" in final_stats:
+        print(f"  L2 disk tier        {final_stats['l2_hits']} chunk hits from disk, {final_stats['l2_loads']} loads, "
+              f"{final_stats['l2_writes']} writes; {final_stats['l2_objects']} files, "
+              f"{human_bytes(final_stats['l2_bytes'])} in {args.disk_dir}")
     print(f"  data check          {bad} wrong chunks of {reused // args.chunk_tokens} retrieved")
     chart = out_dir / "shmkv-demo.png"
     write_chart(chart, records, samples, args, started)

@@ -28,3 +28,17 @@ def test_demo_quick_runs_end_to_end(build_dir, tmp_path):
     segment = re.search(r"segment=(\S+)", text).group(1)
     assert not pathlib.Path("/dev/shm", segment).exists()
     assert f"segment {segment} removed" in text
+
+
+def test_demo_quick_with_an_l2_disk_tier_gets_evicted_chunks_back_from_disk(build_dir, tmp_path):
+    pytest.importorskip("torch")
+    disk = tmp_path / "l2"
+    out = subprocess.run(["/usr/bin/python3", str(ROOT / "scripts" / "demo.py"), "--quick", "--no-progress",
+                          "--build-dir", str(build_dir), "--output-dir", str(tmp_path), "--disk-dir", str(disk)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    l2 = re.search(r"L2 disk tier\s+(\d+) chunk hits from disk, (\d+) loads", text)
+    assert l2 and int(l2.group(1)) > 0 and int(l2.group(2)) > 0, text
+    assert re.search(r"data check\s+0 wrong chunks of [1-9]\d* retrieved", text), text
+    assert any(disk.rglob("*")), "the tier wrote no files"
