@@ -80,6 +80,34 @@ struct Config {
 };
 Config g_config;
 std::atomic<uint64_t> g_next_key{1};
+pid_t g_server_pid = -1;
+
+// CPU time the server process has used so far, in ns (its main thread, which does all the work;
+// /proc/PID/schedstat's first field). Unlike wall-clock rates it hardly moves when other
+// processes load the machine, so old and new code can be compared on a busy one. -1: unknown.
+int64_t ServerCpuNs() {
+  if (g_server_pid <= 0) return -1;
+  FILE* f = std::fopen(fmt::format("/proc/{}/schedstat", g_server_pid).c_str(), "r");
+  if (f == nullptr) return -1;
+  long long ns = -1;
+  if (std::fscanf(f, "%lld", &ns) != 1) ns = -1;
+  std::fclose(f);
+  return ns;
+}
+
+// Sets the counter server_cpu_us: the server's CPU µs per iteration of a single-client run.
+class ServerCpu {
+ public:
+  ServerCpu() : start_(ServerCpuNs()) {}
+  void Report(benchmark::State& state) const {
+    const int64_t end = ServerCpuNs();
+    if (start_ < 0 || end < 0 || state.iterations() == 0) return;
+    state.counters["server_cpu_us"] = static_cast<double>(end - start_) / 1e3 / static_cast<double>(state.iterations());
+  }
+
+ private:
+  int64_t start_;
+};
 
 // Pins the calling thread (and what it forks or creates afterwards) to `cpu`; -1 leaves it be.
 // Where the peers of a round trip run decides its cost: two processes on one CPU hand over by a
@@ -184,6 +212,7 @@ class ServerProcess {
   }
 
   const std::string& socket() const { return socket_; }
+  pid_t pid() const { return pid_; }
 
  private:
   pid_t pid_ = -1;
@@ -399,6 +428,7 @@ void StoreCommit(benchmark::State& state) {
   const std::vector<std::string_view> keys(names.begin(), names.end());  // names never reallocate
   const std::vector<uint64_t> sizes(batch, kControlObjectBytes);
   uint64_t held = 0;
+  const ServerCpu server_cpu;
   for (auto _ : state) {
     for (std::string& n : names) SetKeyIndex(n, g_next_key++);
     // With post, this call also reads the previous iteration's commit reply (and fails if it failed).
@@ -421,6 +451,7 @@ void StoreCommit(benchmark::State& state) {
   }
   // Inside the timing: the last posted commit's reply is part of the work (one wait per run).
   if (post && FailIf(state, client->Sync(), "sync")) return;
+  server_cpu.Report(state);  // includes the untimed clears, 1 per 64 Ki keys
   (void)client->Clear();
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * batch));  // keys stored
   // Requests per second: 2 per pair. With post the client waits once per pair, not twice.
@@ -432,6 +463,7 @@ void Lookup(benchmark::State& state) {
   auto client = ConnectOrSkip(state, kReadModel);
   if (!client) return;
   const std::string_view key = ReadKey();
+  const ServerCpu server_cpu;
   for (auto _ : state) {
     auto n = client->Lookup({&key, 1});
     if (FailIf(state, n.status(), "lookup")) break;
@@ -440,6 +472,7 @@ void Lookup(benchmark::State& state) {
       break;
     }
   }
+  if (state.threads() == 1) server_cpu.Report(state);
   SetRoundTrips(state, 1, 1);
 }
 BENCHMARK(Lookup)->Threads(1)->Threads(8)->UseRealTime();
@@ -450,6 +483,7 @@ void RetrievePair(benchmark::State& state) {
   if (!client) return;
   const std::string_view key = ReadKey();
   char out[kReadValueBytes];
+  const ServerCpu server_cpu;
   for (auto _ : state) {
     auto got = client->PrepareRetrieve({&key, 1});
     if (FailIf(state, got.status(), "prepare_retrieve")) break;
@@ -464,6 +498,7 @@ void RetrievePair(benchmark::State& state) {
     if (FailIf(state, done, "commit_retrieve")) break;
   }
   if (post) (void)FailIf(state, client->Sync(), "sync");
+  if (state.threads() == 1) server_cpu.Report(state);
   SetRoundTrips(state, 2, 1);
 }
 BENCHMARK(RetrievePair)->ArgName("post")->Arg(0)->Arg(1)->Threads(1)->Threads(8)->UseRealTime();
@@ -782,6 +817,7 @@ int Main(int argc, char** argv) {
     return 1;
   }
   g_config.socket = server.socket();
+  g_server_pid = server.pid();
   if (Status s = StoreReadObject(); !s.ok()) {
     std::fprintf(stderr, "server_bench: storing the read object: %s\n", s.ToString().c_str());
     return 1;
