@@ -203,6 +203,13 @@ for layout in layouts:
     print(f"| 8 clients: lookup vs hiredis GET from 8 blocking threads (the shmkv client's model) | {k(look8)} rt/s | {k(hget8)} GET/s | {look8 / hget8:.2f} | (reference) |")
     print(f"| 1 client: lookup vs `redis-benchmark -c 1` / hiredis, GETs/s | {k(look1)} rt/s | {k(rb1)} / {k(hget1)} GET/s | {look1 / rb1:.2f} / {look1 / hget1:.2f} | (reference) |")
     print(f"| 1 client: retrieve pairs/s, waited / posted, vs hiredis GETs/s | {k(ret1_ops)} / {k(ret1p_ops)} pairs/s | {k(hget1)} GET/s | {ret1_ops / hget1:.2f} / {ret1p_ops / hget1:.2f} | (reference) |")
+    for kind, what, goal in ((0, "1-key prepare_store+commit_store, both waited for: round trips/s", 0.8),
+                             (1, "1-key prepare_store + posted commit_store: requests/s", 0.8),
+                             (2, "1-key lookup: round trips/s", None)):
+        name = f"PairedControl/kind:{kind}/real_time"
+        ratio = m(name, "ratio")
+        tail = f"{verdict(ratio, goal)}" if goal else "(reference)"
+        print(f"| **paired** (alternating blocks of 32 in one loop): {what} vs raw ping-pong | {k(m(name, 'shmkv_rt_per_s'))} | {k(m(name, 'raw_rt_per_s'))} rt/s | **{r2(ratio, goal or 0)}**{cv(c(name, 'ratio'))} | {tail} |")
     print(f"\nredis-benchmark runs, GET/s: -c 8: {', '.join(f'{v:,.0f}' for v in rb8_all)}; -c 1: {', '.join(f'{v:,.0f}' for v in rb1_all)}\n")
 
     print("Data path (GB/s = (bytes stored + bytes retrieved) / s, 1 GB = 10^9 B; medians). "
@@ -222,6 +229,13 @@ for layout in layouts:
         red = m(f"DataRedis/{shape}/real_time", "bytes_per_second")
         slot = m(f"DataSlotMemcpy/{shape}/real_time", "bytes_per_second")
         print(f"| {batch} × {mib} MiB | {gb(w)}{cv(wcv)} | {gb(p)}{cv(pcv)} | {gb(a)}{cv(acv)} | {gb(cpy)}{cv(c(f'DataMemcpy/{shape}/real_time', 'bytes_per_second'))} | {r2(w / cpy, 0.9)} / {r2(p / cpy, 0.9)} / **{r2(a / cpy, 0.9)}**: {'met' if a / cpy >= 0.9 else 'not met'} | {gb(red)} | **{a / red:.1f}**: {'met' if a / red >= 3 else 'not met'} | {gb(slot)} ({slot / cpy:.2f}) |")
+    print("\nPaired data path (a shmkv cycle with the remove timed, alternating with the memcpy baseline of the same bytes in one loop; ratio = memcpy time / shmkv time)\n")
+    print("| objects × size | shmkv waited | memcpy | **ratio** | shmkv posted | memcpy | **ratio** (goal ≥ 0.9) |")
+    print("|---|---|---|---|---|---|---|")
+    for mib, batch in ((1, 1), (8, 1), (32, 1), (1, 32), (8, 4)):
+        w = f"PairedData/mib:{mib}/batch:{batch}/post:0/real_time"
+        p = f"PairedData/mib:{mib}/batch:{batch}/post:1/real_time"
+        print(f"| {batch} × {mib} MiB | {m(w, 'shmkv_gbps'):.2f} | {m(w, 'memcpy_gbps'):.2f} | {r2(m(w, 'ratio'), 0.9)}{cv(c(w, 'ratio'))} | {m(p, 'shmkv_gbps'):.2f} | {m(p, 'memcpy_gbps'):.2f} | **{r2(m(p, 'ratio'), 0.9)}**{cv(c(p, 'ratio'))}: {'met' if m(p, 'ratio') >= 0.9 else 'not met'} |")
     if any(v != 0 for v in moves):
         print(f"\nnote: the slots moved between iterations in some runs (slot_moves medians {moves})")
     if errors:

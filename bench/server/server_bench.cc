@@ -24,6 +24,10 @@
 //   DataMemcpy/mib:M/batch:B   the same memcpys of the same bytes through a private buffer
 //   DataRedis/mib:M/batch:B    hiredis SET then GET of the same bytes (pipelined per batch),
 //                              copied out of the reply
+// Paired (for a loaded machine: shmkv and its baseline alternate in blocks within one loop, so
+// both meet the same load; the counter `ratio` is shmkv over the baseline)
+//   PairedControl/kind:K       raw ping-pong vs 1-key store pair waited (0), posted (1), lookup (2)
+//   PairedData/mib:M/batch:B/post:P  memcpy vs a shmkv cycle with the remove timed
 //
 //   build/bench/server/server_bench [--shmkv_server_bin=PATH] [--redis_socket=PATH]
 //                                   [--client_cpu=N] [--server_cpu=N] [benchmark flags]
@@ -763,6 +767,215 @@ void DataRedis(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * 2 * shape.total()));
 }
 BENCHMARK(DataRedis)->ArgNames({"mib", "batch"})->Apply([](auto* b) { DataShapes(b); }) -> UseRealTime();
+
+// ---- paired runs: shmkv and its baseline alternating in one loop --------------------------------
+//
+// On a machine that others load, separate runs of shmkv and of its baseline meet different load,
+// and their ratio swings with it. Here one iteration runs a block of the baseline and a block of
+// shmkv back to back (which goes first alternates), timing each: both see the same load within a
+// few milliseconds, and the counter `ratio` is shmkv's rate over the baseline's over the run.
+
+using SteadyClock = std::chrono::steady_clock;
+double Seconds(SteadyClock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
+
+// The echo process of RawPingPong, for the paired runs: blocking, 72 B requests, 24 B replies.
+class Echo {
+ public:
+  static constexpr size_t kReq = 72, kRep = 24;
+  Echo() {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return;
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      PinTo(g_config.server_cpu);
+      ::close(sv[0]);
+      char req[kReq], rep[kRep] = {};
+      while (ReadExact(sv[1], req, kReq) && WriteAll(sv[1], rep, kRep)) {
+      }
+      ::_exit(0);
+    }
+    ::close(sv[1]);
+    fd_ = sv[0];
+  }
+  ~Echo() {
+    if (fd_ >= 0) ::close(fd_);  // the child sees EOF and exits
+    if (pid_ > 0) ::waitpid(pid_, nullptr, 0);
+  }
+  bool ok() const { return fd_ >= 0 && pid_ > 0; }
+  bool RoundTrip() {
+    char req[kReq] = {}, rep[kRep];
+    return WriteAll(fd_, req, kReq) && ReadExact(fd_, rep, kRep);
+  }
+
+ private:
+  int fd_ = -1;
+  pid_t pid_ = -1;
+};
+
+// kind 0: 1-key prepare_store + commit_store, both waited for (2 round trips per pair);
+// kind 1: the same with the commit posted (2 requests, 1 wait per pair); kind 2: 1-key lookup.
+// Counters: raw_rt_per_s, shmkv_rt_per_s (requests/s: 2 per store pair), ratio (of the two).
+void PairedControl(benchmark::State& state) {
+  const int kind = static_cast<int>(state.range(0));
+  constexpr int kBlock = 32;
+  Echo echo;
+  if (!echo.ok()) {
+    state.SkipWithError("starting the echo process failed");
+    return;
+  }
+  auto client = ConnectOrSkip(state, kind == 2 ? kReadModel : "bench-paired");
+  if (!client) return;
+  std::string name = MakeKey("paired");
+  const std::string_view key_store = name;
+  const std::string_view key_read = ReadKey();
+  const uint64_t size = kControlObjectBytes;
+  const double requests_per_op = kind == 2 ? 1 : 2;
+  double raw_s = 0, shm_s = 0;
+  uint64_t ops = 0, held = 0;
+  bool raw_first = true;
+  auto raw_block = [&] {
+    const auto t0 = SteadyClock::now();
+    for (int i = 0; i < kBlock; ++i) {
+      if (!echo.RoundTrip()) return false;
+    }
+    raw_s += Seconds(SteadyClock::now() - t0);
+    return true;
+  };
+  auto shm_block = [&] {
+    const auto t0 = SteadyClock::now();
+    for (int i = 0; i < kBlock; ++i) {
+      if (kind == 2) {
+        auto n = client->Lookup({&key_read, 1});
+        if (FailIf(state, n.status(), "lookup")) return false;
+        continue;
+      }
+      SetKeyIndex(name, g_next_key++);
+      auto slots = client->PrepareStore({&key_store, 1}, {&size, 1});
+      if (FailIf(state, slots.status(), "prepare_store")) return false;
+      if (slots->slots[0].status != SlotStatus::kOk) {
+        state.SkipWithError("prepare_store handed out no slot for a fresh key");
+        return false;
+      }
+      const Status c = kind == 1 ? client->PostCommitStore({&key_store, 1}) : client->CommitStore({&key_store, 1});
+      if (FailIf(state, c, "commit_store")) return false;
+    }
+    shm_s += Seconds(SteadyClock::now() - t0);
+    return true;
+  };
+  for (auto _ : state) {
+    const bool ok = raw_first ? raw_block() && shm_block() : shm_block() && raw_block();
+    if (!ok) {
+      if (!state.error_occurred()) state.SkipWithError("the echo process went away");
+      break;
+    }
+    raw_first = !raw_first;
+    ops += kBlock;
+    held += kind == 2 ? 0 : kBlock;
+    if (held >= kClearEvery) {  // outside both timed blocks
+      if (FailIf(state, client->Sync(), "sync")) break;
+      (void)client->Clear();
+      held = 0;
+    }
+  }
+  const auto t0 = SteadyClock::now();
+  if (FailIf(state, client->Sync(), "sync")) return;  // the last posted reply belongs to shmkv's time
+  shm_s += Seconds(SteadyClock::now() - t0);
+  (void)client->Clear();
+  if (raw_s <= 0 || shm_s <= 0) return;
+  const double raw_rate = static_cast<double>(ops) / raw_s;
+  const double shm_rate = static_cast<double>(ops) * requests_per_op / shm_s;
+  state.counters["raw_rt_per_s"] = raw_rate;
+  state.counters["shmkv_rt_per_s"] = shm_rate;
+  state.counters["ratio"] = shm_rate / raw_rate;
+}
+BENCHMARK(PairedControl)->ArgName("kind")->Arg(0)->Arg(1)->Arg(2)->UseRealTime();
+
+// One shmkv store+retrieve cycle of `batch` objects (commits posted when `post`), remove timed,
+// alternating with the memcpy baseline of the same bytes (DataMemcpy). Counters: shmkv_gbps,
+// memcpy_gbps, ratio.
+void PairedData(benchmark::State& state) {
+  const DataShape shape = Shape(state);
+  const bool post = state.range(2) != 0;
+  static std::optional<Client> client;
+  if (!client) client = ConnectOrSkip(state, "bench-paired-data");
+  if (!client) return;
+  DataBuffers& d = Data();
+  const std::vector<std::string> names = DataKeys("pdata", shape.batch);
+  const std::vector<std::string_view> keys(names.begin(), names.end());
+  const std::vector<uint64_t> sizes(shape.batch, shape.object_bytes);
+  auto shm_cycle = [&]() -> bool {
+    auto put = client->PrepareStore(keys, sizes);
+    if (FailIf(state, put.status(), "prepare_store")) return false;
+    for (size_t i = 0; i < shape.batch; ++i) {
+      if (put->slots[i].status != SlotStatus::kOk) {
+        state.SkipWithError("prepare_store handed out no slot");
+        return false;
+      }
+      std::memcpy(put->slots[i].bytes.data(), d.src.get() + i * shape.object_bytes, shape.object_bytes);
+    }
+    if (FailIf(state, post ? client->PostCommitStore(keys) : client->CommitStore(keys), "commit_store")) return false;
+    auto got = client->PrepareRetrieve(keys);
+    if (FailIf(state, got.status(), "prepare_retrieve")) return false;
+    for (size_t i = 0; i < shape.batch; ++i) {
+      if (got->slots[i].status != SlotStatus::kOk) {
+        state.SkipWithError("prepare_retrieve: an object just stored is missing");
+        return false;
+      }
+      std::memcpy(d.dst.get() + i * shape.object_bytes, got->slots[i].bytes.data(), shape.object_bytes);
+    }
+    benchmark::ClobberMemory();
+    if (FailIf(state, post ? client->PostCommitRetrieve(keys) : client->CommitRetrieve(keys), "commit_retrieve")) {
+      return false;
+    }
+    auto r = client->Remove(keys);  // timed: it also reads the posted commit_retrieve's reply
+    return !FailIf(state, r.status(), "remove");
+  };
+  auto memcpy_cycle = [&] {
+    for (size_t i = 0; i < shape.batch; ++i) {
+      const size_t at = i * shape.object_bytes;
+      std::memcpy(d.mid.get() + at, d.src.get() + at, shape.object_bytes);
+    }
+    benchmark::ClobberMemory();
+    for (size_t i = 0; i < shape.batch; ++i) {
+      const size_t at = i * shape.object_bytes;
+      std::memcpy(d.dst.get() + at, d.mid.get() + at, shape.object_bytes);
+    }
+    benchmark::ClobberMemory();
+  };
+  (void)client->Sync();
+  (void)client->Remove(keys);
+  if (!shm_cycle()) return;  // warm-up: the slots' pages fault in here
+  memcpy_cycle();
+  double shm_s = 0, cpy_s = 0;
+  bool shm_first = true;
+  for (auto _ : state) {
+    for (int turn = 0; turn < 2; ++turn) {
+      const auto t0 = SteadyClock::now();
+      if ((turn == 0) == shm_first) {
+        if (!shm_cycle()) return;
+        shm_s += Seconds(SteadyClock::now() - t0);
+      } else {
+        memcpy_cycle();
+        cpy_s += Seconds(SteadyClock::now() - t0);
+      }
+    }
+    shm_first = !shm_first;
+  }
+  if (std::memcmp(d.src.get(), d.dst.get(), shape.total()) != 0) state.SkipWithError("the bytes read back differ");
+  const double bytes = static_cast<double>(state.iterations()) * 2.0 * static_cast<double>(shape.total());
+  if (shm_s <= 0 || cpy_s <= 0) return;
+  state.counters["shmkv_gbps"] = bytes / shm_s / 1e9;
+  state.counters["memcpy_gbps"] = bytes / cpy_s / 1e9;
+  state.counters["ratio"] = cpy_s / shm_s;
+}
+BENCHMARK(PairedData)
+    ->ArgNames({"mib", "batch", "post"})
+    ->Apply([](benchmark::internal::Benchmark* b) {
+      for (int64_t post : {0, 1}) DataShapes(b, {post});
+    })
+    ->UseRealTime();
 
 // ---- main --------------------------------------------------------------------------------------
 
