@@ -96,8 +96,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
  private:
   // Reads what the socket holds, answers every complete frame, then waits for more. The wait
   // comes after a read that found the socket drained (a short read or EAGAIN), so the next
-  // request arrives as a new epoll edge; waiting with async_wait instead of async_read_some
-  // saves the speculative recv that would return EAGAIN after every reply.
+  // request is a new epoll edge. Note: asio re-arms the descriptor (epoll_ctl MOD) for every
+  // async_wait, which costs about what async_read_some's speculative recv (EAGAIN after each
+  // reply) did; avoiding both would need an epoll registration of our own.
   void ReadNow() {
     const int fd = socket_.native_handle();
     bool eof = false;
