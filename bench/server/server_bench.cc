@@ -8,17 +8,26 @@
 //   RawPingPong/req:72/rep:24  two processes on a Unix socketpair, blocking write + read each way:
 //                              the kernel's floor for one round trip of prepare/commit-sized frames
 //   RawPingPongPolled/...      diagnostic: the same, waiting in poll() / epoll_wait like shmkv does
-//   StoreCommit/batch:B        prepare_store + commit_store of B keys (two round trips; 4 KiB objects)
+//   StoreCommit/batch:B/post:P prepare_store + commit_store of B keys (two requests; 4 KiB objects);
+//                              with P=1 the commit is posted (PostCommitStore): one wait per pair
 //   Lookup/threads:N           lookup of one stored key (one round trip), N clients
-//   RetrievePair/threads:N     prepare_retrieve, copy 16 B out of the slot, commit_retrieve, N clients
+//   RetrievePair/post:P/threads:N  prepare_retrieve, copy 16 B out of the slot, commit_retrieve
+//                              (posted when P=1), N clients
 //   RedisGet/threads:N         hiredis GET of a 16-byte value, N blocking clients (needs a Redis)
-// Data path (bytes = bytes stored + bytes retrieved)
-//   DataShmkv/mib:M/remove:R   prepare_store, memcpy into the slot, commit_store, prepare_retrieve,
-//                              memcpy out of the slot, commit_retrieve; then remove the key (timed
-//                              when R is 1, untimed when 0) so the next iteration reuses the slot
-//   DataSlotMemcpy/mib:M       diagnostic: the same two memcpys to and from one slot, no calls
-//   DataMemcpy/mib:M           the same two memcpys through a private buffer
-//   DataRedis/mib:M            hiredis SET then GET of the same bytes, copied out of the reply
+// Data path (bytes = bytes stored + bytes retrieved; B objects of M MiB per call, B*M <= 32)
+//   DataShmkv/mib:M/batch:B/post:P/remove:R
+//                              prepare_store, memcpy into the slots, commit_store, prepare_retrieve,
+//                              memcpy out of the slots, commit_retrieve (commits posted when P=1);
+//                              then remove the keys (timed when R is 1, untimed when 0) so the
+//                              next iteration reuses the slots
+//   DataSlotMemcpy/mib:M/batch:B  diagnostic: the same memcpys to and from slots, no calls
+//   DataMemcpy/mib:M/batch:B   the same memcpys of the same bytes through a private buffer
+//   DataRedis/mib:M/batch:B    hiredis SET then GET of the same bytes (pipelined per batch),
+//                              copied out of the reply
+// Paired (for a loaded machine: shmkv and its baseline alternate in blocks within one loop, so
+// both meet the same load; the counter `ratio` is shmkv over the baseline)
+//   PairedControl/kind:K       raw ping-pong vs 1-key store pair waited (0), posted (1), lookup (2)
+//   PairedData/mib:M/batch:B/post:P  memcpy vs a shmkv cycle with the remove timed
 //
 //   build/bench/server/server_bench [--shmkv_server_bin=PATH] [--redis_socket=PATH]
 //                                   [--client_cpu=N] [--server_cpu=N] [benchmark flags]
@@ -75,6 +84,34 @@ struct Config {
 };
 Config g_config;
 std::atomic<uint64_t> g_next_key{1};
+pid_t g_server_pid = -1;
+
+// CPU time the server process has used so far, in ns (its main thread, which does all the work;
+// /proc/PID/schedstat's first field). Unlike wall-clock rates it hardly moves when other
+// processes load the machine, so old and new code can be compared on a busy one. -1: unknown.
+int64_t ServerCpuNs() {
+  if (g_server_pid <= 0) return -1;
+  FILE* f = std::fopen(fmt::format("/proc/{}/schedstat", g_server_pid).c_str(), "r");
+  if (f == nullptr) return -1;
+  long long ns = -1;
+  if (std::fscanf(f, "%lld", &ns) != 1) ns = -1;
+  std::fclose(f);
+  return ns;
+}
+
+// Sets the counter server_cpu_us: the server's CPU µs per iteration of a single-client run.
+class ServerCpu {
+ public:
+  ServerCpu() : start_(ServerCpuNs()) {}
+  void Report(benchmark::State& state) const {
+    const int64_t end = ServerCpuNs();
+    if (start_ < 0 || end < 0 || state.iterations() == 0) return;
+    state.counters["server_cpu_us"] = static_cast<double>(end - start_) / 1e3 / static_cast<double>(state.iterations());
+  }
+
+ private:
+  int64_t start_;
+};
 
 // Pins the calling thread (and what it forks or creates afterwards) to `cpu`; -1 leaves it be.
 // Where the peers of a round trip run decides its cost: two processes on one CPU hand over by a
@@ -179,6 +216,7 @@ class ServerProcess {
   }
 
   const std::string& socket() const { return socket_; }
+  pid_t pid() const { return pid_; }
 
  private:
   pid_t pid_ = -1;
@@ -387,14 +425,17 @@ BENCHMARK(RawPingPongPolled)->ArgNames({"req", "rep"})->Args({72, 24})->UseRealT
 
 void StoreCommit(benchmark::State& state) {
   const auto batch = static_cast<size_t>(state.range(0));
+  const bool post = state.range(1) != 0;
   auto client = ConnectOrSkip(state, "bench-store");
   if (!client) return;
   std::vector<std::string> names(batch, MakeKey("store"));
   const std::vector<std::string_view> keys(names.begin(), names.end());  // names never reallocate
   const std::vector<uint64_t> sizes(batch, kControlObjectBytes);
   uint64_t held = 0;
+  const ServerCpu server_cpu;
   for (auto _ : state) {
     for (std::string& n : names) SetKeyIndex(n, g_next_key++);
+    // With post, this call also reads the previous iteration's commit reply (and fails if it failed).
     auto slots = client->PrepareStore(keys, sizes);
     if (FailIf(state, slots.status(), "prepare_store")) break;
     bool all_ok = true;
@@ -403,7 +444,7 @@ void StoreCommit(benchmark::State& state) {
       state.SkipWithError("prepare_store handed out no slot for a fresh key");
       break;
     }
-    if (FailIf(state, client->CommitStore(keys), "commit_store")) break;
+    if (FailIf(state, post ? client->PostCommitStore(keys) : client->CommitStore(keys), "commit_store")) break;
     held += batch;
     if (held >= kClearEvery) {  // keep the index small and the pool from evicting
       state.PauseTiming();
@@ -412,16 +453,21 @@ void StoreCommit(benchmark::State& state) {
       state.ResumeTiming();
     }
   }
+  // Inside the timing: the last posted commit's reply is part of the work (one wait per run).
+  if (post && FailIf(state, client->Sync(), "sync")) return;
+  server_cpu.Report(state);  // includes the untimed clears, 1 per 64 Ki keys
   (void)client->Clear();
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * batch));  // keys stored
+  // Requests per second: 2 per pair. With post the client waits once per pair, not twice.
   SetRoundTrips(state, 2, 1);
 }
-BENCHMARK(StoreCommit)->ArgName("batch")->Arg(1)->Arg(256)->UseRealTime();
+BENCHMARK(StoreCommit)->ArgNames({"batch", "post"})->ArgsProduct({{1, 256}, {0, 1}})->UseRealTime();
 
 void Lookup(benchmark::State& state) {
   auto client = ConnectOrSkip(state, kReadModel);
   if (!client) return;
   const std::string_view key = ReadKey();
+  const ServerCpu server_cpu;
   for (auto _ : state) {
     auto n = client->Lookup({&key, 1});
     if (FailIf(state, n.status(), "lookup")) break;
@@ -430,15 +476,18 @@ void Lookup(benchmark::State& state) {
       break;
     }
   }
+  if (state.threads() == 1) server_cpu.Report(state);
   SetRoundTrips(state, 1, 1);
 }
 BENCHMARK(Lookup)->Threads(1)->Threads(8)->UseRealTime();
 
 void RetrievePair(benchmark::State& state) {
+  const bool post = state.range(0) != 0;
   auto client = ConnectOrSkip(state, kReadModel);
   if (!client) return;
   const std::string_view key = ReadKey();
   char out[kReadValueBytes];
+  const ServerCpu server_cpu;
   for (auto _ : state) {
     auto got = client->PrepareRetrieve({&key, 1});
     if (FailIf(state, got.status(), "prepare_retrieve")) break;
@@ -449,11 +498,14 @@ void RetrievePair(benchmark::State& state) {
     }
     std::memcpy(out, s.bytes.data(), sizeof out);
     benchmark::DoNotOptimize(out);
-    if (FailIf(state, client->CommitRetrieve({&key, 1}), "commit_retrieve")) break;
+    const Status done = post ? client->PostCommitRetrieve({&key, 1}) : client->CommitRetrieve({&key, 1});
+    if (FailIf(state, done, "commit_retrieve")) break;
   }
+  if (post) (void)FailIf(state, client->Sync(), "sync");
+  if (state.threads() == 1) server_cpu.Report(state);
   SetRoundTrips(state, 2, 1);
 }
-BENCHMARK(RetrievePair)->Threads(1)->Threads(8)->UseRealTime();
+BENCHMARK(RetrievePair)->ArgName("post")->Arg(0)->Arg(1)->Threads(1)->Threads(8)->UseRealTime();
 
 struct RedisDeleter {
   void operator()(redisContext* c) const { redisFree(c); }
@@ -502,51 +554,98 @@ void RedisGet(benchmark::State& state) {
 BENCHMARK(RedisGet)->Threads(1)->Threads(8)->UseRealTime();
 
 // ---- data path ---------------------------------------------------------------------------------
+//
+// A case moves `batch` objects of `mib` MiB per iteration (batch * mib <= 32): object i is bytes
+// [i * size, (i + 1) * size) of the 32 MiB source and destination buffers, so every case copies
+// distinct bytes, and the memcpy baseline of the same (mib, batch) copies exactly the same bytes
+// through a middle buffer of the same total size.
 
+struct DataShape {
+  size_t object_bytes;
+  size_t batch;
+  size_t total() const { return object_bytes * batch; }
+};
+DataShape Shape(const benchmark::State& state) {
+  return {static_cast<size_t>(state.range(0)) << 20, static_cast<size_t>(state.range(1))};
+}
+// The (mib, batch) cases: single objects of 1, 8 and 32 MiB, and 32 MiB moved as 32 x 1 MiB and 4 x 8 MiB.
+void DataShapes(benchmark::internal::Benchmark* b, const std::vector<int64_t>& extra = {}) {
+  for (auto [mib, batch] : {std::pair{1, 1}, {8, 1}, {32, 1}, {1, 32}, {8, 4}}) {
+    std::vector<int64_t> args = {mib, batch};
+    args.insert(args.end(), extra.begin(), extra.end());
+    b->Args(args);
+  }
+}
+
+std::vector<std::string> DataKeys(std::string_view tag, size_t n) {
+  std::vector<std::string> names(n, MakeKey(tag));
+  for (size_t i = 0; i < n; ++i) SetKeyIndex(names[i], i);
+  return names;
+}
+
+// prepare_store, memcpy into each slot, commit_store, prepare_retrieve, memcpy out of each slot,
+// commit_retrieve, all for `batch` keys per call; then remove the keys (timed when remove is 1)
+// so the next iteration gets the same slots back. With post the commits are posted: their replies
+// are read by the next call, so an iteration waits for 2 replies (3 with the remove), not 4 (5).
+// With post and an untimed remove, the wait for commit_retrieve's reply falls into the untimed
+// remove: remove:1 is the figure that hides nothing.
 void DataShmkv(benchmark::State& state) {
-  const size_t bytes = static_cast<size_t>(state.range(0)) << 20;
-  const bool remove_timed = state.range(1) != 0;
+  const DataShape shape = Shape(state);
+  const bool post = state.range(2) != 0;
+  const bool remove_timed = state.range(3) != 0;
   // One client for every run: each slot's pages fault into its mapping once, not once a run.
   static std::optional<Client> client;
   if (!client) client = ConnectOrSkip(state, "bench-data");
   if (!client) return;
   DataBuffers& d = Data();
-  const std::string name = MakeKey("data");
-  const std::string_view key = name;
-  const uint64_t size = bytes;
-  uint64_t last_offset = UINT64_MAX, slot_moves = 0;
+  const std::vector<std::string> names = DataKeys("data", shape.batch);
+  const std::vector<std::string_view> keys(names.begin(), names.end());
+  const std::vector<uint64_t> sizes(shape.batch, shape.object_bytes);
+  std::vector<uint64_t> last_offsets(shape.batch, UINT64_MAX);
+  uint64_t slot_moves = 0;
   auto cycle = [&]() -> bool {
-    auto put = client->PrepareStore({&key, 1}, {&size, 1});
+    auto put = client->PrepareStore(keys, sizes);
     if (FailIf(state, put.status(), "prepare_store")) return false;
-    if (put->slots[0].status != SlotStatus::kOk) {
-      state.SkipWithError(fmt::format("prepare_store: {}", SlotStatusName(put->slots[0].status)).c_str());
-      return false;
+    bool moved = false;
+    for (size_t i = 0; i < shape.batch; ++i) {
+      const Slot& s = put->slots[i];
+      if (s.status != SlotStatus::kOk) {
+        state.SkipWithError(fmt::format("prepare_store: {}", SlotStatusName(s.status)).c_str());
+        return false;
+      }
+      moved |= s.offset != last_offsets[i];
+      last_offsets[i] = s.offset;
+      std::memcpy(s.bytes.data(), d.src.get() + i * shape.object_bytes, shape.object_bytes);
     }
-    slot_moves += put->slots[0].offset != last_offset ? 1 : 0;
-    last_offset = put->slots[0].offset;
-    std::memcpy(put->slots[0].bytes.data(), d.src.get(), bytes);
-    if (FailIf(state, client->CommitStore({&key, 1}), "commit_store")) return false;
-    auto got = client->PrepareRetrieve({&key, 1});
+    slot_moves += moved ? 1 : 0;
+    if (FailIf(state, post ? client->PostCommitStore(keys) : client->CommitStore(keys), "commit_store")) return false;
+    auto got = client->PrepareRetrieve(keys);
     if (FailIf(state, got.status(), "prepare_retrieve")) return false;
-    if (got->slots[0].status != SlotStatus::kOk) {
-      state.SkipWithError("prepare_retrieve: the object just stored is missing");
-      return false;
+    for (size_t i = 0; i < shape.batch; ++i) {
+      const Slot& s = got->slots[i];
+      if (s.status != SlotStatus::kOk) {
+        state.SkipWithError("prepare_retrieve: an object just stored is missing");
+        return false;
+      }
+      std::memcpy(d.dst.get() + i * shape.object_bytes, s.bytes.data(), shape.object_bytes);
     }
-    std::memcpy(d.dst.get(), got->slots[0].bytes.data(), bytes);
     benchmark::ClobberMemory();
-    return !FailIf(state, client->CommitRetrieve({&key, 1}), "commit_retrieve");
+    return !FailIf(state, post ? client->PostCommitRetrieve(keys) : client->CommitRetrieve(keys), "commit_retrieve");
   };
   auto remove = [&]() -> bool {
-    auto r = client->Remove({&key, 1});
+    auto r = client->Remove(keys);
     if (FailIf(state, r.status(), "remove")) return false;
-    if ((*r)[0] != "removed") {
-      state.SkipWithError(fmt::format("remove: {}", (*r)[0]).c_str());
-      return false;
+    for (const std::string& result : *r) {
+      if (result != "removed") {
+        state.SkipWithError(fmt::format("remove: {}", result).c_str());
+        return false;
+      }
     }
     return true;
   };
-  (void)client->Remove({&key, 1});
-  if (!cycle() || !remove()) return;  // warm-up: the slot's pages fault in here
+  (void)client->Sync();
+  (void)client->Remove(keys);
+  if (!cycle() || !remove()) return;  // warm-up: the slots' pages fault in here
   slot_moves = 0;
   for (auto _ : state) {
     if (!cycle()) break;
@@ -555,82 +654,328 @@ void DataShmkv(benchmark::State& state) {
     if (!remove_timed) state.ResumeTiming();
     if (!removed) break;
   }
-  if (std::memcmp(d.src.get(), d.dst.get(), bytes) != 0) state.SkipWithError("the bytes read back differ");
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * 2 * bytes));
-  // Iterations whose slot was not where the previous one was (0: the allocator reuses the slot,
-  // so the copies hit the same, already mapped and cached, pool pages as memcpy's buffers do).
+  if (std::memcmp(d.src.get(), d.dst.get(), shape.total()) != 0) state.SkipWithError("the bytes read back differ");
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * 2 * shape.total()));
+  // Iterations where some slot was not where it was the iteration before (0: the allocator
+  // reuses the slots, so the copies hit the same, already mapped and cached, pool pages as
+  // memcpy's buffers do).
   state.counters["slot_moves"] = static_cast<double>(slot_moves);
 }
-BENCHMARK(DataShmkv)->ArgNames({"mib", "remove"})->ArgsProduct({{1, 8, 32}, {0, 1}})->UseRealTime();
+BENCHMARK(DataShmkv)
+    ->ArgNames({"mib", "batch", "post", "remove"})
+    ->Apply([](benchmark::internal::Benchmark* b) {
+      for (int64_t post : {0, 1}) {
+        for (int64_t remove : {0, 1}) DataShapes(b, {post, remove});
+      }
+    })
+    ->UseRealTime();
 
-// Diagnostic: DataShmkv's two copies alone, into and out of one slot reserved once, with no
-// round trip in the loop. DataShmkv minus this is what the four calls cost; this against
-// DataMemcpy is what copying to and from the pool's shared 4 KiB pages costs over private memory.
+// Diagnostic: DataShmkv's copies alone, into and out of slots reserved once, with no round trip
+// in the loop. DataShmkv minus this is what the calls cost; this against DataMemcpy is what
+// copying to and from the pool's shared 4 KiB pages costs over private memory.
 void DataSlotMemcpy(benchmark::State& state) {
-  const size_t bytes = static_cast<size_t>(state.range(0)) << 20;
+  const DataShape shape = Shape(state);
   auto client = ConnectOrSkip(state, "bench-slot");
   if (!client) return;
   DataBuffers& d = Data();
-  const std::string name = MakeKey("slot");
-  const std::string_view key = name;
-  const uint64_t size = bytes;
-  auto put = client->PrepareStore({&key, 1}, {&size, 1});
+  const std::vector<std::string> names = DataKeys("slot", shape.batch);
+  const std::vector<std::string_view> keys(names.begin(), names.end());
+  const std::vector<uint64_t> sizes(shape.batch, shape.object_bytes);
+  auto put = client->PrepareStore(keys, sizes);
   if (FailIf(state, put.status(), "prepare_store")) return;
-  if (put->slots[0].status != SlotStatus::kOk) {
-    state.SkipWithError("prepare_store handed out no slot");
-    return;
+  for (const Slot& s : put->slots) {
+    if (s.status != SlotStatus::kOk) {
+      state.SkipWithError("prepare_store handed out no slot");
+      return;
+    }
+    std::memset(s.bytes.data(), 0, s.bytes.size());  // fault the slot's pages into this mapping
   }
-  std::byte* slot = put->slots[0].bytes.data();
-  std::memcpy(slot, d.src.get(), bytes);  // fault the slot's pages into this mapping
   for (auto _ : state) {
-    std::memcpy(slot, d.src.get(), bytes);
+    for (size_t i = 0; i < shape.batch; ++i) {
+      std::memcpy(put->slots[i].bytes.data(), d.src.get() + i * shape.object_bytes, shape.object_bytes);
+    }
     benchmark::ClobberMemory();
-    std::memcpy(d.dst.get(), slot, bytes);
+    for (size_t i = 0; i < shape.batch; ++i) {
+      std::memcpy(d.dst.get() + i * shape.object_bytes, put->slots[i].bytes.data(), shape.object_bytes);
+    }
     benchmark::ClobberMemory();
   }
-  (void)client->AbortStore({&key, 1});
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * 2 * bytes));
+  (void)client->AbortStore(keys);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * 2 * shape.total()));
 }
-BENCHMARK(DataSlotMemcpy)->ArgName("mib")->Arg(1)->Arg(8)->Arg(32)->UseRealTime();
+BENCHMARK(DataSlotMemcpy)->ArgNames({"mib", "batch"})->Apply([](auto* b) { DataShapes(b); }) -> UseRealTime();
 
+// The baseline: the same bytes copied in and out through a private middle buffer of the same
+// size (warm: it is written every iteration, like the slots), in the same process.
 void DataMemcpy(benchmark::State& state) {
-  const size_t bytes = static_cast<size_t>(state.range(0)) << 20;
+  const DataShape shape = Shape(state);
   DataBuffers& d = Data();
   for (auto _ : state) {
-    std::memcpy(d.mid.get(), d.src.get(), bytes);
+    for (size_t i = 0; i < shape.batch; ++i) {
+      const size_t at = i * shape.object_bytes;
+      std::memcpy(d.mid.get() + at, d.src.get() + at, shape.object_bytes);
+    }
     benchmark::ClobberMemory();
-    std::memcpy(d.dst.get(), d.mid.get(), bytes);
+    for (size_t i = 0; i < shape.batch; ++i) {
+      const size_t at = i * shape.object_bytes;
+      std::memcpy(d.dst.get() + at, d.mid.get() + at, shape.object_bytes);
+    }
     benchmark::ClobberMemory();
   }
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * 2 * bytes));
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * 2 * shape.total()));
 }
-BENCHMARK(DataMemcpy)->ArgName("mib")->Arg(1)->Arg(8)->Arg(32)->UseRealTime();
+BENCHMARK(DataMemcpy)->ArgNames({"mib", "batch"})->Apply([](auto* b) { DataShapes(b); }) -> UseRealTime();
 
+// hiredis SET of each object, then GET of each, copied out of the reply; a batch is pipelined
+// (all SETs sent, then their replies read; the same for the GETs), Redis's own batching.
 void DataRedis(benchmark::State& state) {
-  const size_t bytes = static_cast<size_t>(state.range(0)) << 20;
+  const DataShape shape = Shape(state);
   RedisConn c = RedisOrSkip(state);
   if (!c) return;
   DataBuffers& d = Data();
-  const std::string key = MakeKey("data");
+  const std::vector<std::string> keys = DataKeys("data", shape.batch);
+  auto reply = [&]() {
+    void* r = nullptr;
+    if (redisGetReply(c.get(), &r) != REDIS_OK) r = nullptr;
+    return RedisReplyPtr(static_cast<redisReply*>(r));
+  };
   for (auto _ : state) {
-    RedisReplyPtr set = Command(c.get(), "SET %b %b", key.data(), key.size(), d.src.get(), bytes);
-    if (!set || set->type != REDIS_REPLY_STATUS) {
-      state.SkipWithError(fmt::format("SET failed: {}", set ? std::string(set->str, set->len) : c->errstr).c_str());
+    bool ok = true;
+    for (size_t i = 0; i < shape.batch; ++i) {
+      redisAppendCommand(c.get(), "SET %b %b", keys[i].data(), keys[i].size(), d.src.get() + i * shape.object_bytes,
+                         shape.object_bytes);
+    }
+    for (size_t i = 0; ok && i < shape.batch; ++i) {
+      RedisReplyPtr set = reply();
+      ok = set && set->type == REDIS_REPLY_STATUS;
+    }
+    for (size_t i = 0; ok && i < shape.batch; ++i)
+      redisAppendCommand(c.get(), "GET %b", keys[i].data(), keys[i].size());
+    for (size_t i = 0; ok && i < shape.batch; ++i) {
+      RedisReplyPtr get = reply();
+      ok = get && get->type == REDIS_REPLY_STRING && get->len == static_cast<decltype(get->len)>(shape.object_bytes);
+      if (ok) std::memcpy(d.dst.get() + i * shape.object_bytes, get->str, shape.object_bytes);
+    }
+    if (!ok) {
+      state.SkipWithError(fmt::format("SET or GET failed: {}", c->errstr).c_str());
       break;
     }
-    RedisReplyPtr get = Command(c.get(), "GET %b", key.data(), key.size());
-    if (!get || get->type != REDIS_REPLY_STRING || get->len != static_cast<decltype(get->len)>(bytes)) {
-      state.SkipWithError("GET did not return the value just set");
-      break;
-    }
-    std::memcpy(d.dst.get(), get->str, bytes);
     benchmark::ClobberMemory();
   }
-  (void)Command(c.get(), "DEL %b", key.data(), key.size());
-  if (std::memcmp(d.src.get(), d.dst.get(), bytes) != 0) state.SkipWithError("the bytes read back differ");
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * 2 * bytes));
+  for (const std::string& k : keys) (void)Command(c.get(), "DEL %b", k.data(), k.size());
+  if (std::memcmp(d.src.get(), d.dst.get(), shape.total()) != 0) state.SkipWithError("the bytes read back differ");
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * 2 * shape.total()));
 }
-BENCHMARK(DataRedis)->ArgName("mib")->Arg(1)->Arg(8)->Arg(32)->UseRealTime();
+BENCHMARK(DataRedis)->ArgNames({"mib", "batch"})->Apply([](auto* b) { DataShapes(b); }) -> UseRealTime();
+
+// ---- paired runs: shmkv and its baseline alternating in one loop --------------------------------
+//
+// On a machine that others load, separate runs of shmkv and of its baseline meet different load,
+// and their ratio swings with it. Here one iteration runs a block of the baseline and a block of
+// shmkv back to back (which goes first alternates), timing each: both see the same load within a
+// few milliseconds, and the counter `ratio` is shmkv's rate over the baseline's over the run.
+
+using SteadyClock = std::chrono::steady_clock;
+double Seconds(SteadyClock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
+
+// The echo process of RawPingPong, for the paired runs: blocking, 72 B requests, 24 B replies.
+class Echo {
+ public:
+  static constexpr size_t kReq = 72, kRep = 24;
+  Echo() {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return;
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      PinTo(g_config.server_cpu);
+      ::close(sv[0]);
+      char req[kReq], rep[kRep] = {};
+      while (ReadExact(sv[1], req, kReq) && WriteAll(sv[1], rep, kRep)) {
+      }
+      ::_exit(0);
+    }
+    ::close(sv[1]);
+    fd_ = sv[0];
+  }
+  ~Echo() {
+    if (fd_ >= 0) ::close(fd_);  // the child sees EOF and exits
+    if (pid_ > 0) ::waitpid(pid_, nullptr, 0);
+  }
+  bool ok() const { return fd_ >= 0 && pid_ > 0; }
+  bool RoundTrip() {
+    char req[kReq] = {}, rep[kRep];
+    return WriteAll(fd_, req, kReq) && ReadExact(fd_, rep, kRep);
+  }
+
+ private:
+  int fd_ = -1;
+  pid_t pid_ = -1;
+};
+
+// kind 0: 1-key prepare_store + commit_store, both waited for (2 round trips per pair);
+// kind 1: the same with the commit posted (2 requests, 1 wait per pair); kind 2: 1-key lookup.
+// Counters: raw_rt_per_s, shmkv_rt_per_s (requests/s: 2 per store pair), ratio (of the two).
+void PairedControl(benchmark::State& state) {
+  const int kind = static_cast<int>(state.range(0));
+  constexpr int kBlock = 32;
+  Echo echo;
+  if (!echo.ok()) {
+    state.SkipWithError("starting the echo process failed");
+    return;
+  }
+  auto client = ConnectOrSkip(state, kind == 2 ? kReadModel : "bench-paired");
+  if (!client) return;
+  std::string name = MakeKey("paired");
+  const std::string_view key_store = name;
+  const std::string_view key_read = ReadKey();
+  const uint64_t size = kControlObjectBytes;
+  const double requests_per_op = kind == 2 ? 1 : 2;
+  double raw_s = 0, shm_s = 0;
+  uint64_t ops = 0, held = 0;
+  bool raw_first = true;
+  auto raw_block = [&] {
+    const auto t0 = SteadyClock::now();
+    for (int i = 0; i < kBlock; ++i) {
+      if (!echo.RoundTrip()) return false;
+    }
+    raw_s += Seconds(SteadyClock::now() - t0);
+    return true;
+  };
+  auto shm_block = [&] {
+    const auto t0 = SteadyClock::now();
+    for (int i = 0; i < kBlock; ++i) {
+      if (kind == 2) {
+        auto n = client->Lookup({&key_read, 1});
+        if (FailIf(state, n.status(), "lookup")) return false;
+        continue;
+      }
+      SetKeyIndex(name, g_next_key++);
+      auto slots = client->PrepareStore({&key_store, 1}, {&size, 1});
+      if (FailIf(state, slots.status(), "prepare_store")) return false;
+      if (slots->slots[0].status != SlotStatus::kOk) {
+        state.SkipWithError("prepare_store handed out no slot for a fresh key");
+        return false;
+      }
+      const Status c = kind == 1 ? client->PostCommitStore({&key_store, 1}) : client->CommitStore({&key_store, 1});
+      if (FailIf(state, c, "commit_store")) return false;
+    }
+    shm_s += Seconds(SteadyClock::now() - t0);
+    return true;
+  };
+  for (auto _ : state) {
+    const bool ok = raw_first ? raw_block() && shm_block() : shm_block() && raw_block();
+    if (!ok) {
+      if (!state.error_occurred()) state.SkipWithError("the echo process went away");
+      break;
+    }
+    raw_first = !raw_first;
+    ops += kBlock;
+    held += kind == 2 ? 0 : kBlock;
+    if (held >= kClearEvery) {  // outside both timed blocks
+      if (FailIf(state, client->Sync(), "sync")) break;
+      (void)client->Clear();
+      held = 0;
+    }
+  }
+  const auto t0 = SteadyClock::now();
+  if (FailIf(state, client->Sync(), "sync")) return;  // the last posted reply belongs to shmkv's time
+  shm_s += Seconds(SteadyClock::now() - t0);
+  if (kind != 2) (void)client->Clear();  // never in the read namespace: Lookup's object lives there
+  if (raw_s <= 0 || shm_s <= 0) return;
+  const double raw_rate = static_cast<double>(ops) / raw_s;
+  const double shm_rate = static_cast<double>(ops) * requests_per_op / shm_s;
+  state.counters["raw_rt_per_s"] = raw_rate;
+  state.counters["shmkv_rt_per_s"] = shm_rate;
+  state.counters["ratio"] = shm_rate / raw_rate;
+}
+BENCHMARK(PairedControl)->ArgName("kind")->Arg(0)->Arg(1)->Arg(2)->UseRealTime();
+
+// One shmkv store+retrieve cycle of `batch` objects (commits posted when `post`), remove timed,
+// alternating with the memcpy baseline of the same bytes (DataMemcpy). Counters: shmkv_gbps,
+// memcpy_gbps, ratio.
+void PairedData(benchmark::State& state) {
+  const DataShape shape = Shape(state);
+  const bool post = state.range(2) != 0;
+  static std::optional<Client> client;
+  if (!client) client = ConnectOrSkip(state, "bench-paired-data");
+  if (!client) return;
+  DataBuffers& d = Data();
+  const std::vector<std::string> names = DataKeys("pdata", shape.batch);
+  const std::vector<std::string_view> keys(names.begin(), names.end());
+  const std::vector<uint64_t> sizes(shape.batch, shape.object_bytes);
+  auto shm_cycle = [&]() -> bool {
+    auto put = client->PrepareStore(keys, sizes);
+    if (FailIf(state, put.status(), "prepare_store")) return false;
+    for (size_t i = 0; i < shape.batch; ++i) {
+      if (put->slots[i].status != SlotStatus::kOk) {
+        state.SkipWithError("prepare_store handed out no slot");
+        return false;
+      }
+      std::memcpy(put->slots[i].bytes.data(), d.src.get() + i * shape.object_bytes, shape.object_bytes);
+    }
+    if (FailIf(state, post ? client->PostCommitStore(keys) : client->CommitStore(keys), "commit_store")) return false;
+    auto got = client->PrepareRetrieve(keys);
+    if (FailIf(state, got.status(), "prepare_retrieve")) return false;
+    for (size_t i = 0; i < shape.batch; ++i) {
+      if (got->slots[i].status != SlotStatus::kOk) {
+        state.SkipWithError("prepare_retrieve: an object just stored is missing");
+        return false;
+      }
+      std::memcpy(d.dst.get() + i * shape.object_bytes, got->slots[i].bytes.data(), shape.object_bytes);
+    }
+    benchmark::ClobberMemory();
+    if (FailIf(state, post ? client->PostCommitRetrieve(keys) : client->CommitRetrieve(keys), "commit_retrieve")) {
+      return false;
+    }
+    auto r = client->Remove(keys);  // timed: it also reads the posted commit_retrieve's reply
+    return !FailIf(state, r.status(), "remove");
+  };
+  auto memcpy_cycle = [&] {
+    for (size_t i = 0; i < shape.batch; ++i) {
+      const size_t at = i * shape.object_bytes;
+      std::memcpy(d.mid.get() + at, d.src.get() + at, shape.object_bytes);
+    }
+    benchmark::ClobberMemory();
+    for (size_t i = 0; i < shape.batch; ++i) {
+      const size_t at = i * shape.object_bytes;
+      std::memcpy(d.dst.get() + at, d.mid.get() + at, shape.object_bytes);
+    }
+    benchmark::ClobberMemory();
+  };
+  (void)client->Sync();
+  (void)client->Remove(keys);
+  if (!shm_cycle()) return;  // warm-up: the slots' pages fault in here
+  memcpy_cycle();
+  double shm_s = 0, cpy_s = 0;
+  bool shm_first = true;
+  for (auto _ : state) {
+    for (int turn = 0; turn < 2; ++turn) {
+      const auto t0 = SteadyClock::now();
+      if ((turn == 0) == shm_first) {
+        if (!shm_cycle()) return;
+        shm_s += Seconds(SteadyClock::now() - t0);
+      } else {
+        memcpy_cycle();
+        cpy_s += Seconds(SteadyClock::now() - t0);
+      }
+    }
+    shm_first = !shm_first;
+  }
+  if (std::memcmp(d.src.get(), d.dst.get(), shape.total()) != 0) state.SkipWithError("the bytes read back differ");
+  const double bytes = static_cast<double>(state.iterations()) * 2.0 * static_cast<double>(shape.total());
+  if (shm_s <= 0 || cpy_s <= 0) return;
+  state.counters["shmkv_gbps"] = bytes / shm_s / 1e9;
+  state.counters["memcpy_gbps"] = bytes / cpy_s / 1e9;
+  state.counters["ratio"] = cpy_s / shm_s;
+}
+BENCHMARK(PairedData)
+    ->ArgNames({"mib", "batch", "post"})
+    ->Apply([](benchmark::internal::Benchmark* b) {
+      for (int64_t post : {0, 1}) DataShapes(b, {post});
+    })
+    ->UseRealTime();
 
 // ---- main --------------------------------------------------------------------------------------
 
@@ -685,6 +1030,7 @@ int Main(int argc, char** argv) {
     return 1;
   }
   g_config.socket = server.socket();
+  g_server_pid = server.pid();
   if (Status s = StoreReadObject(); !s.ok()) {
     std::fprintf(stderr, "server_bench: storing the read object: %s\n", s.ToString().c_str());
     return 1;

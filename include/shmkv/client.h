@@ -4,6 +4,17 @@
 // Store:    PrepareStore -> write into each Slot::bytes -> (device sync) -> CommitStore
 // Retrieve: Lookup -> PrepareRetrieve -> read from each Slot::bytes -> (device sync) -> CommitRetrieve
 //
+// Posted commits (protocol 2, servers of this version on): PostCommitStore/PostCommitRetrieve
+// send the commit and return without waiting for its reply, saving one round trip each. The
+// server applies it in order, before any later request of this client, exactly as CommitStore
+// would (all or nothing, visible to other clients at once). Its outcome is read by this client's
+// next call: if the commit failed, that call returns the commit's error (naming it) and the
+// server did not execute that call either (it was sent `chained`); or by Sync(), which only
+// waits for the posted replies. Nothing is lost: a timeout or disconnect that drops unread
+// replies says so in its error, and destroying a Client with posted replies unread waits for
+// them and logs a failure (call Sync() to get it as a Status). Against a version-1 server the
+// Post* calls wait for their reply like CommitStore/CommitRetrieve.
+//
 // Every call has a deadline (ClientOptions::timeout). On expiry it returns kTimeout with a
 // message naming the operation, the instance and the deadline, and drops the connection (a late
 // reply must never be taken for the answer to a later call). When the server restarts, the
@@ -99,6 +110,16 @@ class Client {
   Result<uint64_t> Lookup(std::span<const std::string_view> keys, bool pin = false);
   Result<SlotBatch> PrepareRetrieve(std::span<const std::string_view> keys);
   Status CommitRetrieve(std::span<const std::string_view> keys);
+
+  // CommitStore / CommitRetrieve without waiting for the reply (see the top of this file). An
+  // error here is one of sending (or of a version-1 server's synchronous reply); the commit's
+  // own outcome comes with the next call or Sync().
+  Status PostCommitStore(std::span<const std::string_view> keys);
+  Status PostCommitRetrieve(std::span<const std::string_view> keys);
+  // Waits for the replies of every posted commit; the first failure among them, or OK.
+  Status Sync();
+  // Posted commits whose reply has not been read yet.
+  size_t posted() const;
   // Per key: "removed", "missing" or "busy".
   Result<std::vector<std::string>> Remove(std::span<const std::string_view> keys);
   // Removes every unpinned object of this namespace; returns the count.

@@ -1,12 +1,13 @@
 #include "shmkv/client.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <cstring>
-#include <functional>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -32,7 +33,11 @@ namespace {
 
 using Deadline = std::chrono::steady_clock::time_point;
 
-// A blocking Unix-socket connection whose every read and write honours a deadline.
+// A Unix-socket connection whose every read and write honours a deadline. Replies are read
+// with a blocking recv bounded by SO_RCVTIMEO, into one reused buffer, as much as the socket
+// holds per call: a round trip costs one send and usually one recv, and the wait is the kernel's
+// plain socket wait (waiting in poll() first costs a measurable extra wakeup on small VMs, see
+// docs/performance-server.md). Sends use MSG_DONTWAIT and poll() only when the socket is full.
 class Channel {
  public:
   static Result<Channel> Open(const std::string& path, Deadline deadline) {
@@ -59,12 +64,17 @@ class Channel {
       ::getsockopt(ch.fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len);
       if (err != 0) return Status::FromErrno(fmt::format("connecting to '{}'", path), err);
     }
+    // Blocking from here on: recv waits in the kernel, bounded by SO_RCVTIMEO (SetRecvTimeout).
+    const int flags = ::fcntl(ch.fd_.get(), F_GETFL);
+    if (flags < 0 || ::fcntl(ch.fd_.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) {
+      return Status::FromErrno("fcntl(O_NONBLOCK)", errno);
+    }
     return ch;
   }
 
   Status WriteAll(std::string_view data, Deadline deadline) {
     while (!data.empty()) {
-      auto n = sys::Call([&] { return ::send(fd_.get(), data.data(), data.size(), MSG_NOSIGNAL); });
+      auto n = sys::Call([&] { return ::send(fd_.get(), data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT); });
       if (n.ok()) {
         data.remove_prefix(static_cast<size_t>(n.value));
         continue;
@@ -75,33 +85,68 @@ class Channel {
     return Status::Ok();
   }
 
-  // Reads one frame body into `body`.
-  Status ReadFrame(std::string& body, Deadline deadline) {
-    uint8_t header[wire::kHeaderBytes];
-    SHMKV_RETURN_IF_ERROR(ReadExact(reinterpret_cast<char*>(header), sizeof header, deadline));
-    const uint32_t len = wire::ReadLength(header);
-    if (len == 0 || len > wire::kDefaultMaxFrame) {
-      return Status::Protocol(fmt::format("server sent a frame of {} bytes", len));
+  // Reads one frame; the body stays valid until the next ReadFrame.
+  Result<std::string_view> ReadFrame(Deadline deadline) {
+    for (;;) {
+      const size_t have = end_ - pos_;
+      size_t need = wire::kHeaderBytes;
+      if (have >= wire::kHeaderBytes) {
+        const uint32_t len = wire::ReadLength(reinterpret_cast<const uint8_t*>(buf_.data() + pos_));
+        if (len == 0 || len > wire::kDefaultMaxFrame) {
+          return Status::Protocol(fmt::format("server sent a frame of {} bytes", len));
+        }
+        need = wire::kHeaderBytes + len;
+        if (have >= need) {
+          std::string_view body(buf_.data() + pos_ + wire::kHeaderBytes, len);
+          pos_ += need;
+          return body;
+        }
+      }
+      // Compact (the previous frame's body is no longer in use), then make room for this frame.
+      if (pos_ > 0) {
+        std::memmove(buf_.data(), buf_.data() + pos_, have);
+        end_ = have;
+        pos_ = 0;
+      }
+      if (buf_.size() < std::max<size_t>(need, kMinRead) + end_) buf_.resize(std::max<size_t>(need, kMinRead) + end_);
+      SHMKV_RETURN_IF_ERROR(Fill(deadline));
     }
-    body.resize(len);
-    return ReadExact(body.data(), len, deadline);
   }
 
  private:
+  static constexpr size_t kMinRead = 16 * 1024;
+
   explicit Channel(sys::UniqueFd fd) : fd_(std::move(fd)) {}
 
-  Status ReadExact(char* p, size_t n, Deadline deadline) {
-    while (n > 0) {
-      auto r = sys::Call([&] { return ::recv(fd_.get(), p, n, 0); });
+  // One blocking recv of as much as the socket holds (and the buffer takes).
+  Status Fill(Deadline deadline) {
+    for (;;) {
+      SHMKV_RETURN_IF_ERROR(SetRecvTimeout(deadline));
+      auto r = sys::Call([&] { return ::recv(fd_.get(), buf_.data() + end_, buf_.size() - end_, 0); });
       if (r.ok()) {
         if (r.value == 0) return Status::Disconnected("the server closed the connection");
-        p += r.value;
-        n -= static_cast<size_t>(r.value);
-        continue;
+        end_ += static_cast<size_t>(r.value);
+        return Status::Ok();
       }
-      if (r.err != EAGAIN) return Lost(r.err);
-      SHMKV_RETURN_IF_ERROR(Wait(POLLIN, deadline));
+      if (r.err != EAGAIN && r.err != EWOULDBLOCK) return Lost(r.err);
+      if (std::chrono::steady_clock::now() >= deadline) return Status::Timeout("deadline expired");
     }
+  }
+
+  // Bounds the next blocking recv by the deadline. The option is rewritten only when the time left
+  // is more than 1 ms below what is set, so a call usually costs no extra syscall and a recv
+  // overshoots its deadline by at most 1 ms.
+  Status SetRecvTimeout(Deadline deadline) {
+    auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return Status::Timeout("deadline expired");
+    if (left + std::chrono::milliseconds(1) > recv_timeout_ && recv_timeout_.count() > 0) return Status::Ok();
+    // Round up a little so the socket timeout fires after the deadline, not just before it.
+    left += std::chrono::microseconds(100);
+    const timeval tv{static_cast<time_t>(left.count() / 1000000), static_cast<suseconds_t>(left.count() % 1000000)};
+    if (::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) {
+      return Status::FromErrno("setsockopt(SO_RCVTIMEO)", errno);
+    }
+    recv_timeout_ = left;
     return Status::Ok();
   }
 
@@ -123,6 +168,9 @@ class Channel {
   }
 
   sys::UniqueFd fd_;
+  std::vector<char> buf_;
+  size_t pos_ = 0, end_ = 0;  // unread bytes: [pos_, end_)
+  std::chrono::microseconds recv_timeout_{0};
 };
 
 SlotStatus ParseSlotStatus(std::string_view s) {
@@ -140,65 +188,78 @@ StatusCode ParseCode(std::string_view name) {
   return StatusCode::kInternal;
 }
 
-// A decoded reply: the handle owns the memory the reader points into.
-struct Reply {
-  msgpack::object_handle handle;
-  std::optional<wire::MapReader> fields;
+// The reused memory of one connection's requests and replies.
+struct Scratch {
+  wire::FrameBuffer request;
+  msgpack::zone zone;  // the last reply's objects; they point into the channel's buffer
 };
 
-using BodyWriter = std::function<int(wire::Packer&)>;  // packs extra fields, returns how many
-
-Result<Reply> RoundTrip(Channel& ch, uint64_t id, std::string_view op, const BodyWriter& body, Deadline deadline) {
-  wire::FrameBuffer fb;
-  wire::Packer pk(fb.sbuf());
-  msgpack::sbuffer extra_buf;
-  wire::Packer extra(extra_buf);
-  const int n = body ? body(extra) : 0;
-  pk.pack_map(static_cast<uint32_t>(2 + n));
+// Packs {"id", "op", ["chained": true], ...n_body fields} into scratch.request.
+template <typename Body>
+std::string_view PackRequest(Scratch& scratch, uint64_t id, std::string_view op, bool chained, uint32_t n_body,
+                             Body&& body) {
+  scratch.request.Reset();
+  wire::Packer pk(scratch.request.sbuf());
+  pk.pack_map(2 + n_body + (chained ? 1 : 0));
   wire::PackStr(pk, "id");
   pk.pack_uint64(id);
   wire::PackStr(pk, "op");
   wire::PackStr(pk, op);
-  fb.sbuf().write(extra_buf.data(), extra_buf.size());
-  SHMKV_RETURN_IF_ERROR(ch.WriteAll(fb.Finish(), deadline));
-  std::string frame;
-  SHMKV_RETURN_IF_ERROR(ch.ReadFrame(frame, deadline));
-  Reply reply;
+  if (chained) {
+    wire::PackStr(pk, "chained");
+    pk.pack_true();
+  }
+  body(pk);
+  return scratch.request.Finish();
+}
+
+// What ParseReply learned besides the result.
+struct ReplyKind {
+  bool answered = false;      // a well-formed reply to this request (ok or error): the stream is in step
+  bool not_executed = false;  // the error reply is `NotExecuted` (protocol 2, a chained request)
+};
+
+// Decodes the reply to request `id`; valid until the next read of the channel. An error reply
+// becomes its Status.
+Result<wire::MapReader> ParseReply(std::string_view frame, Scratch& scratch, uint64_t id, ReplyKind* kind = nullptr) {
+  msgpack::object obj;
   try {
-    reply.handle = msgpack::unpack(frame.data(), frame.size());
+    obj = wire::UnpackReferenced(scratch.zone, frame);
   } catch (const std::exception& e) {
     return Status::Protocol(fmt::format("reply is not valid msgpack: {}", e.what()));
   }
-  auto reader = wire::MapReader::From(reply.handle.get());
+  auto reader = wire::MapReader::From(obj);
   if (!reader.ok()) return reader.status();
   auto got_id = reader->U64("id");
   if (!got_id.ok() || *got_id != id) return Status::Protocol("reply does not answer this request");
   auto ok = reader->Bool("ok");
   if (!ok.ok()) return ok.status();
+  if (kind != nullptr) kind->answered = true;
   if (!*ok) {
     auto err = reader->Map("error");
     if (!err.ok()) return Status::Protocol("error reply without an error map");
     auto code = err->Str("code");
     auto msg = err->Str("message");
+    if (kind != nullptr) kind->not_executed = code.ok() && *code == wire::kNotExecutedCode;
     return Status(code.ok() ? ParseCode(*code) : StatusCode::kInternal,
                   msg.ok() ? std::string(*msg) : std::string("(no message)"));
   }
-  reply.fields = *reader;
-  return reply;
+  return reader;
 }
 
-int PackKeys(wire::Packer& pk, std::span<const std::string_view> keys) {
+constexpr auto kNoBody = [](wire::Packer&) {};
+
+void PackKeys(wire::Packer& pk, std::span<const std::string_view> keys) {
   wire::PackStr(pk, "keys");
   pk.pack_array(static_cast<uint32_t>(keys.size()));
   for (std::string_view k : keys) wire::PackBin(pk, k);
-  return 1;
 }
 
-Result<std::map<std::string, uint64_t>> ParseStats(const Reply& r) {
-  auto m = r.fields->Map("stats");
+Result<std::map<std::string, uint64_t>> ParseStats(const wire::MapReader& r) {
+  auto m = r.Map("stats");
   if (!m.ok()) return m.status();
   std::map<std::string, uint64_t> out;
-  const msgpack::object* stats = r.fields->Find("stats");
+  const msgpack::object* stats = r.Find("stats");
   for (uint32_t i = 0; i < stats->via.map.size; ++i) {
     const auto& kv = stats->via.map.ptr[i];
     if (kv.val.type == msgpack::type::POSITIVE_INTEGER) {
@@ -208,6 +269,16 @@ Result<std::map<std::string, uint64_t>> ParseStats(const Reply& r) {
   return out;
 }
 
+// A posted request (protocol 2) whose reply has not been read yet.
+struct Posted {
+  uint64_t id = 0;
+  std::string_view op;  // a string literal
+  size_t keys = 0;
+};
+
+// Stops reading pending replies after this many posts: the next post waits for them first.
+constexpr size_t kMaxPosted = 64;
+
 }  // namespace
 
 struct Client::Impl {
@@ -216,6 +287,16 @@ struct Client::Impl {
   RegistrationInfo info;
   std::shared_ptr<const SharedSegment> mapping;
   uint64_t next_id = 1;
+  Scratch scratch;
+  std::vector<Posted> posted;  // in request order
+
+  ~Impl() {
+    // A posted commit's error must reach someone: the caller should Sync() first; if it did
+    // not, the outcome is at least logged.
+    if (channel && !posted.empty()) {
+      if (Status s = Sync(); !s.ok()) Log().error("instance '{}': {}", options.instance_id, s.message());
+    }
+  }
 
   Deadline NewDeadline() const { return std::chrono::steady_clock::now() + options.timeout; }
 
@@ -224,32 +305,35 @@ struct Client::Impl {
     if (channel) return Status::Ok();
     auto ch = Channel::Open(options.socket_path, deadline);
     if (!ch.ok()) return ch.status();
-    auto reply = RoundTrip(
-        *ch, next_id++, "register",
-        [&](wire::Packer& pk) {
-          wire::PackStr(pk, "instance_id");
-          wire::PackStr(pk, options.instance_id);
-          wire::PackStr(pk, "client_version");
-          wire::PackStr(pk, kVersionString);
-          wire::PackStr(pk, "namespace");
-          pk.pack_map(6);
-          wire::PackStr(pk, "model");
-          wire::PackStr(pk, options.ns.model);
-          wire::PackStr(pk, "world_size");
-          pk.pack_uint32(options.ns.world_size);
-          wire::PackStr(pk, "rank");
-          pk.pack_uint32(options.ns.rank);
-          wire::PackStr(pk, "dtype");
-          wire::PackStr(pk, options.ns.dtype);
-          wire::PackStr(pk, "layout");
-          wire::PackStr(pk, options.ns.layout);
-          wire::PackStr(pk, "salt");
-          wire::PackStr(pk, options.ns.salt);
-          return 3;
-        },
-        deadline);
+    const uint64_t id = next_id++;
+    const std::string_view req = PackRequest(scratch, id, "register", false, 4, [&](wire::Packer& pk) {
+      wire::PackStr(pk, "instance_id");
+      wire::PackStr(pk, options.instance_id);
+      wire::PackStr(pk, "client_version");
+      wire::PackStr(pk, kVersionString);
+      wire::PackStr(pk, "protocol");  // the highest version this client speaks; the server picks
+      pk.pack_uint32(wire::kProtocolVersion);
+      wire::PackStr(pk, "namespace");
+      pk.pack_map(6);
+      wire::PackStr(pk, "model");
+      wire::PackStr(pk, options.ns.model);
+      wire::PackStr(pk, "world_size");
+      pk.pack_uint32(options.ns.world_size);
+      wire::PackStr(pk, "rank");
+      pk.pack_uint32(options.ns.rank);
+      wire::PackStr(pk, "dtype");
+      wire::PackStr(pk, options.ns.dtype);
+      wire::PackStr(pk, "layout");
+      wire::PackStr(pk, options.ns.layout);
+      wire::PackStr(pk, "salt");
+      wire::PackStr(pk, options.ns.salt);
+    });
+    SHMKV_RETURN_IF_ERROR(ch->WriteAll(req, deadline));
+    auto frame = ch->ReadFrame(deadline);
+    if (!frame.ok()) return frame.status();
+    auto reply = ParseReply(*frame, scratch, id);
     if (!reply.ok()) return reply.status();
-    const wire::MapReader& f = *reply->fields;
+    const wire::MapReader& f = *reply;
     RegistrationInfo next;
     auto session = f.U64("session");
     auto shm = f.Str("shm_name");
@@ -262,8 +346,10 @@ struct Client::Impl {
          {session.status(), shm.status(), pool.status(), align.status(), gen.status(), proto.status(), ver.status()}) {
       if (!s.ok()) return s.WithContext("register reply");
     }
-    if (*proto != wire::kProtocolVersion) {
-      return Status::Protocol(fmt::format("server speaks protocol {}, this client {}", *proto, wire::kProtocolVersion));
+    // A version-1 server ignores the offer and answers 1; this client speaks both.
+    if (*proto < wire::kMinProtocolVersion || *proto > wire::kProtocolVersion) {
+      return Status::Protocol(fmt::format("server speaks protocol {}, this client {}..{}", *proto,
+                                          wire::kMinProtocolVersion, wire::kProtocolVersion));
     }
     next = {*session, std::string(*shm), *pool, *align, std::string(*ver), static_cast<uint32_t>(*proto), *gen};
     if (!mapping || next.generation != info.generation || next.shm_name != info.shm_name) {
@@ -284,31 +370,120 @@ struct Client::Impl {
     return Status::Ok();
   }
 
-  Result<Reply> Call(std::string_view op, const BodyWriter& body) {
+  // Names the posted requests whose replies a dropped connection took with it.
+  std::string LostPosted() const {
+    if (posted.empty()) return "";
+    std::string ops;
+    for (const Posted& p : posted) ops += fmt::format("{}{} ({} keys)", ops.empty() ? "" : ", ", p.op, p.keys);
+    return fmt::format("; the outcome of {} posted request(s) is unknown: {}", posted.size(), ops);
+  }
+
+  Status Fail(std::string_view op, const Status& s) {
+    if (s.code() == StatusCode::kTimeout) {
+      const std::string lost = LostPosted();
+      channel.reset();  // a late reply must not answer the next call
+      posted.clear();
+      return Status::Timeout(fmt::format("{} timed out after {} ms (instance '{}', socket '{}'){}", op,
+                                         options.timeout.count(), options.instance_id, options.socket_path, lost));
+    }
+    if (s.code() == StatusCode::kDisconnected || s.code() == StatusCode::kProtocol) {
+      const std::string lost = LostPosted();
+      channel.reset();
+      posted.clear();
+      return Status(
+          s.code(),
+          fmt::format("{} (instance '{}'): {}{}; the next call reconnects", op, options.instance_id, s.message(), lost),
+          s.sys_errno());
+    }
+    return s.WithContext(op);
+  }
+
+  // Reads the replies of every posted request. Returns the first failure, naming the request;
+  // the posted requests chained after it were not executed, which the message says too. Sets
+  // *broken when the connection is unusable (lost, timed out, or out of step).
+  Status ReadPosted(Deadline deadline, bool* broken) {
+    Status first;
+    size_t skipped = 0;
+    *broken = false;
+    while (!posted.empty()) {
+      const Posted p = posted.front();
+      auto frame = channel->ReadFrame(deadline);
+      if (!frame.ok()) {
+        *broken = true;
+        return frame.status();  // `posted` keeps the unanswered ones: Fail() names them
+      }
+      ReplyKind kind;
+      auto r = ParseReply(*frame, scratch, p.id, &kind);
+      if (!kind.answered) {
+        *broken = true;
+        return r.status();
+      }
+      posted.erase(posted.begin());
+      if (r.ok()) continue;
+      if (first.ok()) {
+        first = r.status().WithContext(fmt::format("posted {} (request {})", p.op, p.id));
+      } else {
+        ++skipped;
+      }
+    }
+    if (!first.ok() && skipped > 0) {
+      return Status(first.code(),
+                    fmt::format("{}; {} later posted request(s) were not executed", first.message(), skipped));
+    }
+    return first;
+  }
+
+  Status Sync() {
+    if (posted.empty()) return Status::Ok();
+    if (!channel) return Status::Disconnected("not connected" + LostPosted());
+    bool broken = false;
+    Status s = ReadPosted(NewDeadline(), &broken);
+    return broken ? Fail("sync", s) : s;
+  }
+
+  // Sends one request and returns its decoded reply (valid until the next call). With `post`
+  // (and protocol 2) it returns at once with no reply: the reply is read by the next call.
+  // Requests sent while others are posted carry `chained`, so the server runs them only if the
+  // posted ones succeeded, and a posted failure is returned here instead of this call's result.
+  template <typename Body>
+  Result<wire::MapReader> Call(std::string_view op, uint32_t n_body, Body&& body, bool post = false,
+                               size_t n_keys = 0) {
     const Deadline deadline = NewDeadline();
-    auto fail = [&](const Status& s) -> Status {
-      if (s.code() == StatusCode::kTimeout) {
-        channel.reset();  // a late reply must not answer the next call
-        return Status::Timeout(fmt::format("{} timed out after {} ms (instance '{}', socket '{}')", op,
-                                           options.timeout.count(), options.instance_id, options.socket_path));
+    if (Status s = Ensure(deadline); !s.ok()) return Fail(op, s);
+    post = post && info.protocol >= 2;
+    if (post && posted.size() >= kMaxPosted) {
+      bool broken = false;
+      if (Status s = ReadPosted(deadline, &broken); !s.ok()) return broken ? Fail(op, s) : s;
+    }
+    const bool chained = !posted.empty();
+    const uint64_t id = next_id++;
+    const std::string_view req = PackRequest(scratch, id, op, chained, n_body, body);
+    if (Status s = channel->WriteAll(req, deadline); !s.ok()) return Fail(op, s);
+    if (post) {
+      posted.push_back({id, op, n_keys});
+      return wire::MapReader::Empty();
+    }
+    if (chained) {
+      bool broken = false;
+      Status earlier = ReadPosted(deadline, &broken);
+      if (!earlier.ok()) {
+        if (broken) return Fail(op, earlier);
+        // This request was chained after the failure, so the server did not run it: read its
+        // NotExecuted reply to keep the stream in step, and report the failure.
+        auto frame = channel->ReadFrame(deadline);
+        if (!frame.ok()) return Fail(op, frame.status());
+        return Status(earlier.code(), fmt::format("{}; {} was not executed", earlier.message(), op));
       }
-      if (s.code() == StatusCode::kDisconnected || s.code() == StatusCode::kProtocol) {
-        channel.reset();
-        return Status(
-            s.code(),
-            fmt::format("{} (instance '{}'): {}; the next call reconnects", op, options.instance_id, s.message()),
-            s.sys_errno());
-      }
-      return s.WithContext(op);
-    };
-    if (Status s = Ensure(deadline); !s.ok()) return fail(s);
-    auto r = RoundTrip(*channel, next_id++, op, body, deadline);
-    if (!r.ok()) return fail(r.status());
+    }
+    auto frame = channel->ReadFrame(deadline);
+    if (!frame.ok()) return Fail(op, frame.status());
+    auto r = ParseReply(*frame, scratch, id);
+    if (!r.ok()) return Fail(op, r.status());
     return r;
   }
 
-  Result<SlotBatch> Slots(const Reply& r) {
-    const msgpack::object* arr = r.fields->Find("slots");
+  Result<SlotBatch> Slots(const wire::MapReader& r) {
+    const msgpack::object* arr = r.Find("slots");
     if (arr == nullptr || arr->type != msgpack::type::ARRAY) return Status::Protocol("reply lacks 'slots'");
     SlotBatch batch;
     batch.mapping = mapping;
@@ -351,7 +526,11 @@ Result<std::map<std::string, uint64_t>> Client::QueryStats(const std::string& so
   const Deadline deadline = std::chrono::steady_clock::now() + timeout;
   auto ch = Channel::Open(socket_path, deadline);
   if (!ch.ok()) return ch.status();
-  auto r = RoundTrip(*ch, 1, "stats", nullptr, deadline);
+  Scratch scratch;
+  SHMKV_RETURN_IF_ERROR(ch->WriteAll(PackRequest(scratch, 1, "stats", false, 0, kNoBody), deadline));
+  auto frame = ch->ReadFrame(deadline);
+  if (!frame.ok()) return frame.status().WithContext("stats");
+  auto r = ParseReply(*frame, scratch, 1);
   if (!r.ok()) return r.status().WithContext("stats");
   return ParseStats(*r);
 }
@@ -369,67 +548,87 @@ std::shared_ptr<const SharedSegment> Client::mapping() const {
 }
 
 Result<SlotBatch> Client::PrepareStore(std::span<const std::string_view> keys, std::span<const uint64_t> sizes) {
-  auto r = impl_->Call("prepare_store", [&](wire::Packer& pk) {
+  auto r = impl_->Call("prepare_store", 2, [&](wire::Packer& pk) {
     PackKeys(pk, keys);
     wire::PackStr(pk, "sizes");
     pk.pack_array(static_cast<uint32_t>(sizes.size()));
     for (uint64_t s : sizes) pk.pack_uint64(s);
-    return 2;
   });
   if (!r.ok()) return r.status();
   return impl_->Slots(*r);
 }
 
 Status Client::CommitStore(std::span<const std::string_view> keys) {
-  return impl_->Call("commit_store", [&](wire::Packer& pk) { return PackKeys(pk, keys); }).status();
+  return impl_->Call("commit_store", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }).status();
+}
+
+Status Client::PostCommitStore(std::span<const std::string_view> keys) {
+  return impl_
+      ->Call(
+          "commit_store", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }, true, keys.size())
+      .status();
 }
 
 namespace {
-Result<uint64_t> U64Field(const Result<Reply>& r, std::string_view field) {
+Result<uint64_t> U64Field(const Result<wire::MapReader>& r, std::string_view field) {
   if (!r.ok()) return r.status();
-  return r->fields->U64(field);
+  return r->U64(field);
 }
 }  // namespace
 
 Result<uint64_t> Client::AbortStore(std::span<const std::string_view> keys) {
-  return U64Field(impl_->Call("abort_store", [&](wire::Packer& pk) { return PackKeys(pk, keys); }), "aborted");
+  return U64Field(impl_->Call("abort_store", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }), "aborted");
 }
 
 Result<uint64_t> Client::Lookup(std::span<const std::string_view> keys, bool pin) {
-  return U64Field(impl_->Call("lookup",
+  return U64Field(impl_->Call("lookup", 2,
                               [&](wire::Packer& pk) {
                                 PackKeys(pk, keys);
                                 wire::PackStr(pk, "pin");
                                 pk.pack(pin);
-                                return 2;
                               }),
                   "count");
 }
 
 Result<SlotBatch> Client::PrepareRetrieve(std::span<const std::string_view> keys) {
-  auto r = impl_->Call("prepare_retrieve", [&](wire::Packer& pk) { return PackKeys(pk, keys); });
+  auto r = impl_->Call("prepare_retrieve", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); });
   if (!r.ok()) return r.status();
   return impl_->Slots(*r);
 }
 
 Status Client::CommitRetrieve(std::span<const std::string_view> keys) {
-  return impl_->Call("commit_retrieve", [&](wire::Packer& pk) { return PackKeys(pk, keys); }).status();
+  return impl_->Call("commit_retrieve", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }).status();
+}
+
+Status Client::PostCommitRetrieve(std::span<const std::string_view> keys) {
+  return impl_
+      ->Call(
+          "commit_retrieve", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }, true, keys.size())
+      .status();
+}
+
+Status Client::Sync() {
+  return impl_->Sync();
+}
+
+size_t Client::posted() const {
+  return impl_->posted.size();
 }
 
 Result<std::vector<std::string>> Client::Remove(std::span<const std::string_view> keys) {
-  auto r = impl_->Call("remove", [&](wire::Packer& pk) { return PackKeys(pk, keys); });
+  auto r = impl_->Call("remove", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); });
   if (!r.ok()) return r.status();
-  auto results = r->fields->Bytes("results", 16);
+  auto results = r->Bytes("results", 16);
   if (!results.ok()) return results.status();
   return std::vector<std::string>(results->begin(), results->end());
 }
 
 Result<uint64_t> Client::Clear() {
-  return U64Field(impl_->Call("clear", nullptr), "removed");
+  return U64Field(impl_->Call("clear", 0, kNoBody), "removed");
 }
 
 Result<std::map<std::string, uint64_t>> Client::Stats() {
-  auto r = impl_->Call("stats", nullptr);
+  auto r = impl_->Call("stats", 0, kNoBody);
   if (!r.ok()) return r.status();
   return ParseStats(*r);
 }

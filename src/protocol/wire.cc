@@ -10,6 +10,14 @@ std::optional<std::string_view> AsBytes(const msgpack::object& o) {
   return std::nullopt;
 }
 
+msgpack::object UnpackReferenced(msgpack::zone& zone, std::string_view data) {
+  zone.clear();
+  size_t off = 0;
+  // Referencing every str/bin saves a copy per key; the caller keeps `data` alive.
+  auto reference_all = [](msgpack::type::object_type, size_t, void*) { return true; };
+  return msgpack::unpack(zone, data.data(), data.size(), off, reference_all);
+}
+
 Result<MapReader> MapReader::From(const msgpack::object& obj) {
   if (obj.type != msgpack::type::MAP) return Status::Protocol("message is not a msgpack map");
   for (uint32_t i = 0; i < obj.via.map.size; ++i) {
@@ -61,10 +69,16 @@ Result<bool> MapReader::Bool(std::string_view field, std::optional<bool> fallbac
 }
 
 Result<std::vector<std::string_view>> MapReader::Bytes(std::string_view field, size_t max_bytes) const {
+  std::vector<std::string_view> out;
+  SHMKV_RETURN_IF_ERROR(BytesInto(field, max_bytes, out));
+  return out;
+}
+
+Status MapReader::BytesInto(std::string_view field, size_t max_bytes, std::vector<std::string_view>& out) const {
+  out.clear();
   const msgpack::object* o = Find(field);
   if (o == nullptr) return Missing(field);
   if (o->type != msgpack::type::ARRAY) return WrongType(field, "an array of byte strings");
-  std::vector<std::string_view> out;
   out.reserve(o->via.array.size);
   for (uint32_t i = 0; i < o->via.array.size; ++i) {
     auto s = AsBytes(o->via.array.ptr[i]);
@@ -75,14 +89,20 @@ Result<std::vector<std::string_view>> MapReader::Bytes(std::string_view field, s
     }
     out.push_back(*s);
   }
-  return out;
+  return Status::Ok();
 }
 
 Result<std::vector<uint64_t>> MapReader::U64s(std::string_view field) const {
+  std::vector<uint64_t> out;
+  SHMKV_RETURN_IF_ERROR(U64sInto(field, out));
+  return out;
+}
+
+Status MapReader::U64sInto(std::string_view field, std::vector<uint64_t>& out) const {
+  out.clear();
   const msgpack::object* o = Find(field);
   if (o == nullptr) return Missing(field);
   if (o->type != msgpack::type::ARRAY) return WrongType(field, "an array of integers");
-  std::vector<uint64_t> out;
   out.reserve(o->via.array.size);
   for (uint32_t i = 0; i < o->via.array.size; ++i) {
     const msgpack::object& e = o->via.array.ptr[i];
@@ -91,7 +111,7 @@ Result<std::vector<uint64_t>> MapReader::U64s(std::string_view field) const {
     }
     out.push_back(e.via.u64);
   }
-  return out;
+  return Status::Ok();
 }
 
 Result<MapReader> MapReader::Map(std::string_view field) const {

@@ -16,7 +16,14 @@
 
 namespace shmkv::wire {
 
-inline constexpr uint32_t kProtocolVersion = 1;
+// The highest protocol version this build speaks, and the lowest it still serves. A client
+// offers its highest version at registration; the server answers with the lower of the two
+// (docs/protocol.md, "Versioning"), so clients that offer nothing keep getting version 1.
+inline constexpr uint32_t kProtocolVersion = 2;
+inline constexpr uint32_t kMinProtocolVersion = 1;
+// Version 2: a request with `chained: true` runs only if the previous request of the connection
+// succeeded; otherwise it is answered with this error code and changes nothing.
+inline constexpr std::string_view kNotExecutedCode = "NotExecuted";
 inline constexpr size_t kHeaderBytes = 4;
 inline constexpr uint32_t kDefaultMaxFrame = 64u << 20;
 inline constexpr size_t kMaxKeyBytes = 64;
@@ -31,11 +38,16 @@ inline void WriteLength(uint32_t n, uint8_t* p) {
   p[3] = static_cast<uint8_t>(n >> 24);
 }
 
-// A msgpack buffer that starts with room for the length header; Finish() fills it in.
+// A msgpack buffer that starts with room for the length header; Finish() fills it in. Reset()
+// starts the next frame in the same memory, so a connection reuses one buffer for every frame.
 class FrameBuffer {
  public:
   FrameBuffer() { buf_.write("\0\0\0\0", kHeaderBytes); }
   msgpack::sbuffer& sbuf() { return buf_; }
+  void Reset() {
+    buf_.clear();
+    buf_.write("\0\0\0\0", kHeaderBytes);
+  }
   // Returns the whole frame (header + body).
   std::string_view Finish() {
     WriteLength(static_cast<uint32_t>(buf_.size() - kHeaderBytes), reinterpret_cast<uint8_t*>(buf_.data()));
@@ -61,6 +73,8 @@ class MapReader {
  public:
   // Fails unless `obj` is a map whose keys are strings.
   static Result<MapReader> From(const msgpack::object& obj);
+  // A reader of an empty map (every field missing).
+  static MapReader Empty() { return MapReader(msgpack::object_map{0, nullptr}); }
 
   bool Has(std::string_view field) const { return Find(field) != nullptr; }
   const msgpack::object* Find(std::string_view field) const;
@@ -71,6 +85,9 @@ class MapReader {
   // An array of str/bin, each at most `max_bytes` long.
   Result<std::vector<std::string_view>> Bytes(std::string_view field, size_t max_bytes) const;
   Result<std::vector<uint64_t>> U64s(std::string_view field) const;
+  // The same two, into a caller's vector (cleared first), so a connection can reuse its memory.
+  Status BytesInto(std::string_view field, size_t max_bytes, std::vector<std::string_view>& out) const;
+  Status U64sInto(std::string_view field, std::vector<uint64_t>& out) const;
   Result<MapReader> Map(std::string_view field) const;
 
  private:
@@ -82,5 +99,9 @@ class MapReader {
 
 // Reads a string-or-binary msgpack object.
 std::optional<std::string_view> AsBytes(const msgpack::object& o);
+
+// Unpacks one message into `zone` (cleared first). Strings and binaries are not copied: the
+// object points into `data`, which must outlive it. Throws msgpack's exceptions on bad input.
+msgpack::object UnpackReferenced(msgpack::zone& zone, std::string_view data);
 
 }  // namespace shmkv::wire

@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <asio.hpp>
+#include <cerrno>
+#include <cstring>
 #include <deque>
 #include <random>
 #include <unordered_map>
@@ -13,6 +15,7 @@
 #include <fmt/format.h>
 
 #include "common/log.h"
+#include "common/syscall.h"
 #include "protocol/wire.h"
 #include "server/disk_tier.h"
 #include "server/store.h"
@@ -87,7 +90,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void Start() {
     server_.store.OpenSession(session_);
-    ReadMore();
+    ReadNow();
   }
   void Close() {
     asio::error_code ignored;
@@ -95,17 +98,49 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
  private:
-  void ReadMore() {
-    if (in_.size() - in_end_ < 64 * 1024) in_.resize(std::max<size_t>(in_.size() * 2, in_end_ + 64 * 1024));
-    socket_.async_read_some(asio::buffer(in_.data() + in_end_, in_.size() - in_end_),
-                            [self = shared_from_this()](const asio::error_code& ec, size_t n) { self->OnRead(ec, n); });
+  // Reads what the socket holds, answers every complete frame, then waits for more. The wait
+  // comes after a read that found the socket drained (a short read or EAGAIN), so the next
+  // request is a new epoll edge. Note: asio re-arms the descriptor (epoll_ctl MOD) for every
+  // async_wait, which costs about what async_read_some's speculative recv (EAGAIN after each
+  // reply) did; avoiding both would need an epoll registration of our own.
+  void ReadNow() {
+    const int fd = socket_.native_handle();
+    bool eof = false;
+    for (;;) {
+      if (in_.size() - in_end_ < 64 * 1024) in_.resize(std::max<size_t>(in_.size() * 2, in_end_ + 64 * 1024));
+      const size_t room = in_.size() - in_end_;
+      auto r = sys::Call([&] { return ::recv(fd, in_.data() + in_end_, room, MSG_DONTWAIT); });
+      if (!r.ok()) {
+        if (r.err == EAGAIN || r.err == EWOULDBLOCK) break;
+        return Finish();
+      }
+      if (r.value == 0) {
+        eof = true;  // handle what came before it (a commit sent just before a close counts), then close
+        break;
+      }
+      in_end_ += static_cast<size_t>(r.value);
+      if (static_cast<size_t>(r.value) < room) break;  // drained
+    }
+    Process();
+    if (eof) {
+      // With a reply deferred, the frames after it are handled once it is sent; then close.
+      if (deferred_) {
+        eof_pending_ = true;
+        return;
+      }
+      return Finish();
+    }
+    if (closing_ || finished_ || deferred_) return;  // FinishDeferredRetrieve reads on
+    socket_.async_wait(stream_protocol::socket::wait_read, [self = shared_from_this()](const asio::error_code& ec) {
+      if (ec) return self->Finish();
+      self->ReadNow();
+    });
   }
 
-  void OnRead(const asio::error_code& ec, size_t n) {
-    if (ec) return Finish();
-    in_end_ += n;
+  // Answers every complete frame in in_, keeps a partial one for later.
+  void Process() {
     size_t pos = 0;
-    while (in_end_ - pos >= wire::kHeaderBytes) {
+    while (!closing_ && in_end_ - pos >= wire::kHeaderBytes) {
       const uint32_t len = wire::ReadLength(reinterpret_cast<const uint8_t*>(in_.data() + pos));
       if (len == 0 || len > server_.options.max_frame_bytes) {
         // The stream cannot be resynchronised after a bad length: answer once, then hang up.
@@ -133,8 +168,6 @@ class Connection : public std::enable_shared_from_this<Connection> {
       in_end_ -= pos;
     }
     Flush();
-    if (closing_ || deferred_) return;
-    ReadMore();
   }
 
   // A prepare_retrieve whose disk loads have settled: pin and answer, then serve what queued up.
@@ -142,16 +175,19 @@ class Connection : public std::enable_shared_from_this<Connection> {
                               const std::vector<std::string>& pinned) {
     if (!finished_) {
       std::vector<std::string_view> views(keys.begin(), keys.end());
-      msgpack::sbuffer fields_buf;
-      wire::Packer fields(fields_buf);
-      wire::PackStr(fields, "slots");
-      PackSlots(fields, server_.store.PrepareRetrieve(session_, views, Clock::now()));
-      QueueReply(id, fields_buf, 1);
+      const size_t map_at = StartReply(id);
+      wire::Packer pk(reply_.sbuf());
+      wire::PackStr(pk, "slots");
+      PackSlots(pk, server_.store.PrepareRetrieve(session_, views, Clock::now()));
+      EndReply(map_at, 1);
     }
     for (const std::string& k : pinned) server_.store.IoUnpin(k);
     if (finished_) return;
     deferred_ = false;
-    OnRead({}, 0);
+    Process();  // frames that arrived behind the deferred one
+    if (deferred_ || closing_ || finished_) return;
+    if (eof_pending_) return Finish();
+    ReadNow();
   }
 
   void Finish() {
@@ -164,12 +200,17 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   void Handle(std::string_view body);
-  void QueueReply(uint64_t id, const msgpack::sbuffer& fields, int n_fields);
+  // A reply {"id", "ok": true, ...fields} is built in reply_: StartReply packs the head and
+  // returns where the map header is; EndReply patches the field count and queues the frame.
+  size_t StartReply(uint64_t id);
+  void EndReply(size_t map_at, int n_fields);
   Status Dispatch(std::string_view op, const wire::MapReader& req, wire::Packer& pk, int* fields);
 
-  void SendError(uint64_t id, const Status& s) {
-    wire::FrameBuffer fb;
-    wire::Packer pk(fb.sbuf());
+  void SendError(uint64_t id, const Status& s) { SendError(id, StatusCodeName(s.code()), s.message()); }
+  void SendError(uint64_t id, std::string_view code, std::string_view message) {
+    prev_failed_ = true;
+    reply_.Reset();
+    wire::Packer pk(reply_.sbuf());
     pk.pack_map(3);
     wire::PackStr(pk, "id");
     pk.pack_uint64(id);
@@ -178,21 +219,40 @@ class Connection : public std::enable_shared_from_this<Connection> {
     wire::PackStr(pk, "error");
     pk.pack_map(2);
     wire::PackStr(pk, "code");
-    wire::PackStr(pk, StatusCodeName(s.code()));
+    wire::PackStr(pk, code);
     wire::PackStr(pk, "message");
-    wire::PackStr(pk, s.message());
-    Queue(fb.Finish());
+    wire::PackStr(pk, message);
+    Queue(reply_.Finish());
   }
 
   void Queue(std::string_view frame) { out_pending_.append(frame); }
 
+  // Sends the queued replies: a direct non-blocking send first (the usual case: a small reply
+  // into an empty socket buffer), asio's async_write for whatever does not fit.
   void Flush() {
     if (writing_ || out_pending_.empty()) {
       if (!writing_ && closing_) Finish();
       return;
     }
+    size_t sent = 0;
+    while (sent < out_pending_.size()) {
+      auto r = sys::Call([&] {
+        return ::send(socket_.native_handle(), out_pending_.data() + sent, out_pending_.size() - sent,
+                      MSG_DONTWAIT | MSG_NOSIGNAL);
+      });
+      if (!r.ok()) {
+        if (r.err == EAGAIN || r.err == EWOULDBLOCK) break;
+        return Finish();
+      }
+      sent += static_cast<size_t>(r.value);
+    }
+    if (sent == out_pending_.size()) {
+      out_pending_.clear();
+      if (closing_) Finish();
+      return;
+    }
     writing_ = true;
-    out_flight_.swap(out_pending_);
+    out_flight_.assign(out_pending_, sent);
     out_pending_.clear();
     asio::async_write(socket_, asio::buffer(out_flight_),
                       [self = shared_from_this()](const asio::error_code& ec, size_t) {
@@ -203,15 +263,20 @@ class Connection : public std::enable_shared_from_this<Connection> {
                       });
   }
 
-  std::vector<std::string_view> Namespaced(const std::vector<std::string_view>& keys) {
-    scratch_.clear();
-    scratch_.reserve(keys.size());
+  // Prefixes each key with the namespace into one reused buffer: no allocation per key.
+  const std::vector<std::string_view>& Namespaced(const std::vector<std::string_view>& keys) {
+    size_t total = 0;
+    for (std::string_view k : keys) total += prefix_.size() + k.size();
+    key_arena_.clear();
+    key_arena_.reserve(total);  // no reallocation below: the views stay valid
+    full_keys_.clear();
     for (std::string_view k : keys) {
-      std::string full = prefix_;
-      full.append(k);
-      scratch_.push_back(std::move(full));
+      const size_t at = key_arena_.size();
+      key_arena_.append(prefix_);
+      key_arena_.append(k);
+      full_keys_.emplace_back(key_arena_.data() + at, prefix_.size() + k.size());
     }
-    return {scratch_.begin(), scratch_.end()};
+    return full_keys_;
   }
 
   Server::Impl& server_;
@@ -223,12 +288,21 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::vector<char> in_;
   size_t in_end_ = 0;
   std::string out_pending_, out_flight_;
-  std::vector<std::string> scratch_;
+  // Per-request scratch, reused so a request allocates nothing in the steady state.
+  msgpack::zone zone_;
+  msgpack::sbuffer fields_buf_;
+  wire::FrameBuffer reply_;
+  std::vector<std::string_view> raw_keys_, full_keys_;
+  std::vector<uint64_t> sizes_;
+  std::string key_arena_;
+  bool prev_failed_ = false;  // the outcome of the previous request, for `chained` (protocol 2)
+  uint32_t protocol_ = 1;     // agreed at registration
   bool writing_ = false;
   bool closing_ = false;
   bool finished_ = false;
-  bool deferred_ = false;    // a reply waits for L2 loads; frames after it are not handled yet
-  uint64_t current_id_ = 0;  // id of the request being dispatched
+  bool deferred_ = false;     // a reply waits for L2 loads; frames after it are not handled yet
+  bool eof_pending_ = false;  // the peer closed while a reply was deferred
+  uint64_t current_id_ = 0;   // id of the request being dispatched
 };
 
 void PackSlots(wire::Packer& pk, const std::vector<SlotResult>& slots) {
@@ -242,13 +316,13 @@ void PackSlots(wire::Packer& pk, const std::vector<SlotResult>& slots) {
 }
 
 void Connection::Handle(std::string_view body) {
-  msgpack::object_handle oh;
+  msgpack::object obj;
   try {
-    oh = msgpack::unpack(body.data(), body.size());
+    obj = wire::UnpackReferenced(zone_, body);  // points into in_, which outlives this call
   } catch (const std::exception& e) {
     return SendError(0, Status::Protocol(fmt::format("request is not valid msgpack: {}", e.what())));
   }
-  auto req = wire::MapReader::From(oh.get());
+  auto req = wire::MapReader::From(obj);
   if (!req.ok()) return SendError(0, req.status());
   uint64_t id = 0;
   if (const msgpack::object* o = req->Find("id"); o != nullptr && o->type == msgpack::type::POSITIVE_INTEGER) {
@@ -256,34 +330,87 @@ void Connection::Handle(std::string_view body) {
   }
   auto op = req->Str("op");
   if (!op.ok()) return SendError(id, op.status());
+  if (protocol_ >= 2) {
+    auto chained = req->Bool("chained", false);
+    if (!chained.ok()) return SendError(id, chained.status().WithContext(*op));
+    if (*chained && prev_failed_) {
+      // Stays failed: every later chained request is skipped as well.
+      return SendError(id, wire::kNotExecutedCode,
+                       fmt::format("{} was not executed: an earlier request of this connection failed", *op));
+    }
+  }
 
-  // Reply: {"id", "ok": true, ...fields}. Dispatch packs the fields after a placeholder header;
-  // the map size is known only afterwards, so fields go to a side buffer first.
-  msgpack::sbuffer fields_buf;
-  wire::Packer fields(fields_buf);
+  // Reply: {"id", "ok": true, ...fields}, packed straight into the reused reply buffer.
+  const size_t map_at = StartReply(id);
+  wire::Packer pk(reply_.sbuf());
   int n_fields = 0;
   Status s;
   current_id_ = id;
   try {
-    s = Dispatch(*op, *req, fields, &n_fields);
+    s = Dispatch(*op, *req, pk, &n_fields);
   } catch (const std::exception& e) {  // msgpack or allocation failures: answer, keep serving
     s = Status::Internal(fmt::format("{} failed: {}", *op, e.what()));
   }
   if (!s.ok()) return SendError(id, s.WithContext(*op));
-  if (deferred_) return;  // answered by FinishDeferredRetrieve
-  QueueReply(id, fields_buf, n_fields);
+  if (deferred_) return;  // answered by FinishDeferredRetrieve; what Dispatch packed is dropped
+  EndReply(map_at, n_fields);
 }
 
-void Connection::QueueReply(uint64_t id, const msgpack::sbuffer& fields_buf, int n_fields) {
-  wire::FrameBuffer fb;
-  wire::Packer pk(fb.sbuf());
-  pk.pack_map(static_cast<uint32_t>(2 + n_fields));
+size_t Connection::StartReply(uint64_t id) {
+  // The map header is a map32 whose count EndReply patches once the fields are packed (map32 is
+  // valid msgpack for any count; it saves packing the fields into a side buffer first).
+  reply_.Reset();
+  msgpack::sbuffer& out = reply_.sbuf();
+  const size_t map_at = out.size();
+  out.write("\xdf\0\0\0\0", 5);
+  wire::Packer pk(out);
   wire::PackStr(pk, "id");
   pk.pack_uint64(id);
   wire::PackStr(pk, "ok");
   pk.pack_true();
-  fb.sbuf().write(fields_buf.data(), fields_buf.size());
-  Queue(fb.Finish());
+  return map_at;
+}
+
+void Connection::EndReply(size_t map_at, int n_fields) {
+  const auto count = static_cast<uint32_t>(2 + n_fields);
+  auto* m = reinterpret_cast<uint8_t*>(reply_.sbuf().data() + map_at + 1);  // big-endian, as msgpack wants
+  m[0] = static_cast<uint8_t>(count >> 24);
+  m[1] = static_cast<uint8_t>(count >> 16);
+  m[2] = static_cast<uint8_t>(count >> 8);
+  m[3] = static_cast<uint8_t>(count);
+  prev_failed_ = false;
+  Queue(reply_.Finish());
+}
+
+enum class Op : uint8_t {
+  kUnknown,
+  kRegister,
+  kStats,
+  kHealth,
+  kClear,
+  kPrepareStore,
+  kCommitStore,
+  kAbortStore,
+  kLookup,
+  kPrepareRetrieve,
+  kCommitRetrieve,
+  kRemove,
+};
+
+// Direct dispatch on the name: one switch on the length, then at most two compares.
+Op ParseOp(std::string_view op) {
+  switch (op.size()) {
+    case 5: return op == "stats" ? Op::kStats : op == "clear" ? Op::kClear : Op::kUnknown;
+    case 6:
+      return op == "health" ? Op::kHealth : op == "lookup" ? Op::kLookup : op == "remove" ? Op::kRemove : Op::kUnknown;
+    case 8: return op == "register" ? Op::kRegister : Op::kUnknown;
+    case 11: return op == "abort_store" ? Op::kAbortStore : Op::kUnknown;
+    case 12: return op == "commit_store" ? Op::kCommitStore : Op::kUnknown;
+    case 13: return op == "prepare_store" ? Op::kPrepareStore : Op::kUnknown;
+    case 15: return op == "commit_retrieve" ? Op::kCommitRetrieve : Op::kUnknown;
+    case 16: return op == "prepare_retrieve" ? Op::kPrepareRetrieve : Op::kUnknown;
+    default: return Op::kUnknown;
+  }
 }
 
 Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wire::Packer& pk, int* fields) {
@@ -293,14 +420,10 @@ Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wir
   };
   const auto now = Clock::now();
   Server::Impl& srv = server_;
-  static constexpr std::string_view kOps[] = {"register",         "stats",           "health",      "clear",
-                                              "prepare_store",    "commit_store",    "abort_store", "lookup",
-                                              "prepare_retrieve", "commit_retrieve", "remove"};
-  if (std::find(std::begin(kOps), std::end(kOps), op) == std::end(kOps)) {
-    return Status::InvalidArgument(fmt::format("unknown operation '{}'", op));
-  }
+  const Op kind = ParseOp(op);
+  if (kind == Op::kUnknown) return Status::InvalidArgument(fmt::format("unknown operation '{}'", op));
 
-  if (op == "register") {
+  if (kind == Op::kRegister) {
     auto instance = req.Str("instance_id");
     if (!instance.ok()) return instance.status();
     auto ns = req.Map("namespace");
@@ -328,6 +451,19 @@ Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wir
     if (ns->Has("world_size") && ns->Has("rank") && *ns->U64("rank") >= *ns->U64("world_size")) {
       return Status::InvalidArgument("namespace rank must be below world_size");
     }
+    // Version negotiation: the client offers the highest version it speaks (absent: 1); the
+    // reply carries the lower of that and ours, and both sides speak it from here on.
+    uint64_t offered = 1;
+    if (req.Has("protocol")) {
+      auto p = req.U64("protocol");
+      if (!p.ok()) return p.status();
+      offered = *p;
+    }
+    if (offered < wire::kMinProtocolVersion) {
+      return Status::InvalidArgument(fmt::format("client offers protocol {}; this server speaks {}..{}", offered,
+                                                 wire::kMinProtocolVersion, wire::kProtocolVersion));
+    }
+    protocol_ = static_cast<uint32_t>(std::min<uint64_t>(offered, wire::kProtocolVersion));
     instance_ = std::string(*instance);
     prefix_ = NamespacePrefix(srv.NamespaceId(canonical));
     if (srv.disk) srv.disk->RegisterNamespace(prefix_, canonical);
@@ -344,12 +480,12 @@ Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wir
     field("server_version");
     wire::PackStr(pk, kVersionString);
     field("protocol");
-    pk.pack_uint32(wire::kProtocolVersion);
+    pk.pack_uint32(protocol_);
     field("generation");
     pk.pack_uint64(srv.generation);
     return Status::Ok();
   }
-  if (op == "stats") {
+  if (kind == Op::kStats) {
     const StoreStats s = srv.store.stats();
     const std::pair<std::string_view, uint64_t> items[] = {
         {"objects", s.objects},
@@ -388,7 +524,7 @@ Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wir
     wire::PackStr(pk, srv.segment.name());
     return Status::Ok();
   }
-  if (op == "health") {
+  if (kind == Op::kHealth) {
     field("status");
     wire::PackStr(pk, "serving");
     field("generation");
@@ -397,37 +533,35 @@ Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wir
   }
   if (!registered_) return Status::InvalidArgument("the session is not registered (send 'register' first)");
 
-  if (op == "clear") {
+  if (kind == Op::kClear) {
     field("removed");
     const size_t removed = srv.store.Clear(prefix_);
     pk.pack_uint64(srv.disk ? removed + srv.disk->ClearNamespace(prefix_) : removed);
     return Status::Ok();
   }
-  auto raw_keys = req.Bytes("keys", wire::kMaxKeyBytes);
-  if (!raw_keys.ok()) return raw_keys.status();
-  const std::vector<std::string_view> keys = Namespaced(*raw_keys);
+  SHMKV_RETURN_IF_ERROR(req.BytesInto("keys", wire::kMaxKeyBytes, raw_keys_));
+  const std::vector<std::string_view>& keys = Namespaced(raw_keys_);
 
-  if (op == "prepare_store") {
-    auto sizes = req.U64s("sizes");
-    if (!sizes.ok()) return sizes.status();
-    auto slots = srv.disk ? srv.disk->PrepareStore(session_, keys, *sizes, now)
-                          : srv.store.PrepareStore(session_, keys, *sizes, now);
+  if (kind == Op::kPrepareStore) {
+    SHMKV_RETURN_IF_ERROR(req.U64sInto("sizes", sizes_));
+    auto slots = srv.disk ? srv.disk->PrepareStore(session_, keys, sizes_, now)
+                          : srv.store.PrepareStore(session_, keys, sizes_, now);
     if (!slots.ok()) return slots.status();
     field("slots");
     PackSlots(pk, *slots);
     return Status::Ok();
   }
-  if (op == "commit_store") {
+  if (kind == Op::kCommitStore) {
     Status st = srv.store.CommitStore(session_, keys, now);
     if (srv.disk) srv.disk->Pump();
     return st;
   }
-  if (op == "abort_store") {
+  if (kind == Op::kAbortStore) {
     field("aborted");
     pk.pack_uint64(srv.store.AbortStore(session_, keys));
     return Status::Ok();
   }
-  if (op == "lookup") {
+  if (kind == Op::kLookup) {
     auto pin = req.Bool("pin", false);
     if (!pin.ok()) return pin.status();
     field("count");
@@ -437,7 +571,7 @@ Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wir
     pk.pack_uint64(n);
     return Status::Ok();
   }
-  if (op == "prepare_retrieve") {
+  if (kind == Op::kPrepareRetrieve) {
     if (srv.disk && srv.disk->NeedsLoad(keys)) {
       deferred_ = true;
       std::vector<std::string> owned(keys.begin(), keys.end());
@@ -450,8 +584,8 @@ Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wir
     PackSlots(pk, srv.store.PrepareRetrieve(session_, keys, now));
     return Status::Ok();
   }
-  if (op == "commit_retrieve") return srv.store.CommitRetrieve(session_, keys);
-  if (op == "remove") {
+  if (kind == Op::kCommitRetrieve) return srv.store.CommitRetrieve(session_, keys);
+  if (kind == Op::kRemove) {
     auto out = srv.store.Remove(keys);
     if (srv.disk) {
       for (size_t i = 0; i < out.size(); ++i) {

@@ -39,8 +39,8 @@ void Store::CloseSession(SessionId session) {
   auto sit = sessions_.find(session);
   if (sit == sessions_.end()) return;
   Session& s = sit->second;
-  for (auto& [key, when] : s.reservations) {
-    auto it = index_.find(key);
+  for (const std::string* key : s.reservations) {
+    auto it = index_.find(*key);
     if (it != index_.end() && it->second.state == State::kReserved && it->second.writer == session) Erase(it);
   }
   for (auto& [key, lease] : s.pins) {
@@ -129,7 +129,10 @@ Result<std::vector<SlotResult>> Store::PrepareStore(SessionId session, std::span
   }
   for (size_t i = 0; i < keys.size(); ++i) {
     if (out[i].outcome == SlotOutcome::kExists || out[i].outcome == SlotOutcome::kBusy) continue;
-    if (index_.find(keys[i]) != index_.end()) {  // the same key twice in one batch
+    // One hash for both the duplicate check and the insert. The new entry is a reservation
+    // from here on: not in the LRU, so the evictions below never touch it.
+    auto [it, inserted] = index_.try_emplace(std::string(keys[i]));
+    if (!inserted) {  // the same key twice in one batch
       out[i].outcome = SlotOutcome::kBusy;
       continue;
     }
@@ -138,16 +141,16 @@ Result<std::vector<SlotResult>> Store::PrepareStore(SessionId session, std::span
       offset = allocator_.Allocate(sizes[i]);
     }
     if (!offset.ok()) {
+      index_.erase(it);  // no slot: the key was never visible
       out[i].outcome = SlotOutcome::kFull;
       continue;
     }
-    Object o;
+    Object& o = it->second;
     o.offset = *offset;
     o.length = sizes[i];
     o.writer = session;
     o.reserved_at = now;
-    s->reservations.emplace(keys[i], now);
-    index_.emplace(keys[i], o);
+    s->reservations.insert(&it->first);
     out[i] = {SlotOutcome::kSlot, o.offset, o.length};
   }
   return out;
@@ -173,7 +176,7 @@ Status Store::CommitStore(SessionId session, std::span<const std::string_view> k
   for (size_t i = found.size(); i-- > 0;) {
     Index::iterator it = found[i];
     if (it->second.state == State::kCommitted) continue;  // a key listed twice
-    s->reservations.erase(it->first);
+    s->reservations.erase(&it->first);
     it->second.state = State::kCommitted;
     it->second.writer = 0;
     it->second.lru = lru_.insert(lru_.end(), &it->first);
@@ -195,7 +198,7 @@ size_t Store::AbortStore(SessionId session, std::span<const std::string_view> ke
   for (std::string_view k : keys) {
     auto it = index_.find(k);
     if (it == index_.end() || it->second.state != State::kReserved || it->second.writer != session) continue;
-    s->reservations.erase(it->first);
+    s->reservations.erase(&it->first);
     Erase(it);
     ++n;
   }
@@ -319,13 +322,13 @@ size_t Store::ExpireLeases(Clock::time_point now) {
   size_t expired = 0;
   for (auto& [id, s] : sessions_) {
     for (auto rit = s.reservations.begin(); rit != s.reservations.end();) {
-      if (now - rit->second < options_.reserve_ttl) {
+      auto it = index_.find(**rit);
+      if (it != index_.end() && now - it->second.reserved_at < options_.reserve_ttl) {
         ++rit;
         continue;
       }
-      auto it = index_.find(rit->first);
+      rit = s.reservations.erase(rit);  // before Erase: the pointer targets the index's key
       if (it != index_.end() && it->second.state == State::kReserved && it->second.writer == id) Erase(it);
-      rit = s.reservations.erase(rit);
       ++expired;
     }
     std::vector<std::string> stale;
@@ -454,7 +457,7 @@ Status Store::CheckInvariants() const {
   std::unordered_map<std::string_view, SessionId> reserved_by;
   for (const auto& [id, s] : sessions_) {
     for (const auto& [key, lease] : s.pins) pins_by_sessions[key] += lease.retrieve_pins + (lease.lookup_pin ? 1 : 0);
-    for (const auto& [key, when] : s.reservations) reserved_by[key] = id;
+    for (const std::string* key : s.reservations) reserved_by[*key] = id;
   }
   for (const auto& [key, o] : index_) {
     auto slot = allocator_.SlotSize(o.offset);

@@ -28,6 +28,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "pool/slot_allocator.h"
@@ -189,7 +190,10 @@ class Store {
     Clock::time_point since{};
   };
   struct Session {
-    KeyMap<Clock::time_point> reservations;  // key -> reserved at
+    // Keys of this session's reserved objects, as pointers to their index_ keys (stable: the
+    // index is node-based), so a key is stored once and committing hashes a pointer, not the key.
+    // An entry leaves this set before its object leaves the index. Reserved-at: Object::reserved_at.
+    std::unordered_set<const std::string*> reservations;
     KeyMap<PinLease> pins;
   };
   using Index = KeyMap<Object>;

@@ -1,5 +1,7 @@
 // The C++ client against a real shmkv-server process.
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 
 #include <chrono>
@@ -7,6 +9,7 @@
 #include <random>
 #include <thread>
 
+#include "protocol/wire.h"
 #include "shmkv/client.h"
 #include "test_util.h"
 
@@ -117,6 +120,250 @@ TEST_F(ServerFixture, ConnectToANonexistentSocketFailsClearly) {
   auto c = Client::Connect(o);
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("is the server running"), std::string::npos) << c.status().message();
+}
+
+// ---- protocol 2: posted commits and chained requests ----------------------------------------
+
+std::vector<std::string_view> Views(const std::vector<std::string>& names) {
+  return {names.begin(), names.end()};
+}
+
+TEST_F(ServerFixture, PostedCommitIsAppliedInOrderAndVisibleToOthers) {
+  auto writer = Client::Connect(Options());
+  auto reader = Client::Connect(Options());
+  ASSERT_TRUE(writer.ok() && reader.ok());
+  EXPECT_EQ(writer->info().protocol, 2u);
+  const std::vector<std::string> names = {"p0", "p1"};
+  const auto keys = Views(names);
+  const std::vector<uint64_t> sizes = {8192, 100};
+  auto batch = writer->PrepareStore(keys, sizes);
+  ASSERT_TRUE(batch.ok()) << batch.status().ToString();
+  for (const Slot& s : batch->slots) std::memset(s.bytes.data(), 0x5a, s.bytes.size());
+  ASSERT_TRUE(writer->PostCommitStore(keys).ok());
+  EXPECT_EQ(writer->posted(), 1u);
+  // The writer's next request runs after the commit: it sees both objects.
+  auto n = writer->Lookup(keys);
+  ASSERT_TRUE(n.ok()) << n.status().ToString();
+  EXPECT_EQ(*n, 2u);
+  EXPECT_EQ(writer->posted(), 0u);
+  EXPECT_EQ(*reader->Lookup(keys), 2u);
+  auto got = reader->PrepareRetrieve(keys);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(std::to_integer<int>(got->slots[0].bytes[8191]), 0x5a);
+  ASSERT_TRUE(reader->PostCommitRetrieve(keys).ok());
+  ASSERT_TRUE(reader->Sync().ok());
+  EXPECT_EQ(reader->posted(), 0u);
+  EXPECT_EQ(reader->Stats()->at("pinned_objects"), 0u);
+}
+
+TEST_F(ServerFixture, FailedPostedCommitFailsTheNextCallWhichIsNotExecuted) {
+  auto c = Client::Connect(Options());
+  ASSERT_TRUE(c.ok());
+  const std::vector<std::string> never = {"never-prepared"}, fresh = {"fresh"};
+  const std::vector<uint64_t> size = {4096};
+  ASSERT_TRUE(c->PostCommitStore(Views(never)).ok());  // the error comes with the next call
+  auto next = c->PrepareStore(Views(fresh), size);
+  ASSERT_FALSE(next.ok());
+  EXPECT_EQ(next.status().code(), StatusCode::kInvalidArgument);
+  const std::string m = next.status().message();
+  EXPECT_NE(m.find("posted commit_store"), std::string::npos) << m;
+  EXPECT_NE(m.find("not reserved by this session"), std::string::npos) << m;
+  EXPECT_NE(m.find("prepare_store was not executed"), std::string::npos) << m;
+  // Not executed means nothing was reserved: the key is free for anyone, and the connection
+  // is still in step for the next call.
+  auto stats = c->Stats();
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_EQ(stats->at("reserved_objects"), 0u);
+  auto again = c->PrepareStore(Views(fresh), size);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->slots[0].status, SlotStatus::kOk);
+}
+
+TEST_F(ServerFixture, SyncReportsAFailedPostAndSkipsThePostsChainedAfterIt) {
+  auto c = Client::Connect(Options());
+  ASSERT_TRUE(c.ok());
+  const std::vector<std::string> stored = {"s"}, never = {"never"};
+  ASSERT_TRUE(c->Put("s", std::as_bytes(std::span("abc", 3))).ok());
+  auto pinned = c->PrepareRetrieve(Views(stored));
+  ASSERT_TRUE(pinned.ok());
+  ASSERT_EQ(pinned->slots[0].status, SlotStatus::kOk);
+  ASSERT_TRUE(c->PostCommitStore(Views(never)).ok());
+  ASSERT_TRUE(c->PostCommitRetrieve(Views(stored)).ok());  // chained after the failing one
+  EXPECT_EQ(c->posted(), 2u);
+  Status s = c->Sync();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("posted commit_store"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("1 later posted request(s) were not executed"), std::string::npos) << s.message();
+  EXPECT_EQ(c->posted(), 0u);
+  // The skipped commit_retrieve released nothing: the pin is still held, and a plain commit frees it.
+  EXPECT_EQ(c->Stats()->at("pinned_objects"), 1u);
+  ASSERT_TRUE(c->CommitRetrieve(Views(stored)).ok());
+  EXPECT_EQ(c->Stats()->at("pinned_objects"), 0u);
+  EXPECT_TRUE(c->Sync().ok());  // nothing posted: nothing to report
+}
+
+TEST_F(ServerFixture, PostedRepliesLostToATimeoutAreNamedInTheError) {
+  auto c = Client::Connect(Options(std::chrono::milliseconds(200)));
+  ASSERT_TRUE(c.ok());
+  const std::vector<std::string> k = {"t"};
+  const std::vector<uint64_t> size = {4096};
+  ASSERT_TRUE(c->PrepareStore(Views(k), size).ok());
+  ::kill(pid_, SIGSTOP);
+  ASSERT_TRUE(c->PostCommitStore(Views(k)).ok());  // sent; the stopped server never answers
+  Status s = c->Sync();
+  ::kill(pid_, SIGCONT);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), StatusCode::kTimeout);
+  EXPECT_NE(s.message().find("outcome of 1 posted request(s) is unknown: commit_store (1 keys)"), std::string::npos)
+      << s.message();
+  EXPECT_EQ(c->posted(), 0u);
+  auto again = c->Lookup(Views(k));  // reconnects
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+}
+
+TEST_F(ServerFixture, DestroyingAClientWithPostedCommitsStillAppliesThem) {
+  const std::vector<std::string> k = {"d"};
+  const std::vector<uint64_t> size = {4096};
+  {
+    auto c = Client::Connect(Options());
+    ASSERT_TRUE(c.ok());
+    ASSERT_TRUE(c->PrepareStore(Views(k), size).ok());
+    ASSERT_TRUE(c->PostCommitStore(Views(k)).ok());
+  }  // the destructor waits for the reply (and would log a failure)
+  auto other = Client::Connect(Options());
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(*other->Lookup(Views(k)), 1u);
+}
+
+// A raw connection, to check what clients other than this one (older, other languages) get.
+class RawConnection {
+ public:
+  explicit RawConnection(const std::string& path) {
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.data(), path.size());
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  }
+  ~RawConnection() { ::close(fd_); }
+  bool connected() const { return connected_; }
+
+  // Sends one request map; `body` packs `n` fields after "id" and "op".
+  template <typename Body>
+  void Send(uint64_t id, std::string_view op, uint32_t n, Body&& body) {
+    wire::FrameBuffer fb;
+    wire::Packer pk(fb.sbuf());
+    pk.pack_map(2 + n);
+    wire::PackStr(pk, "id");
+    pk.pack_uint64(id);
+    wire::PackStr(pk, "op");
+    wire::PackStr(pk, op);
+    body(pk);
+    const std::string_view frame = fb.Finish();
+    ASSERT_EQ(::send(fd_, frame.data(), frame.size(), MSG_NOSIGNAL), static_cast<ssize_t>(frame.size()));
+  }
+  // Reads one reply into the handle; returns the map.
+  wire::MapReader Read() {
+    uint8_t header[4];
+    ReadExact(reinterpret_cast<char*>(header), 4);
+    body_.resize(wire::ReadLength(header));
+    ReadExact(body_.data(), body_.size());
+    handle_ = msgpack::unpack(body_.data(), body_.size());
+    auto r = wire::MapReader::From(handle_.get());
+    EXPECT_TRUE(r.ok());
+    return *r;
+  }
+
+ private:
+  void ReadExact(char* p, size_t n) {
+    while (n > 0) {
+      const ssize_t r = ::recv(fd_, p, n, 0);
+      ASSERT_GT(r, 0);
+      p += r;
+      n -= static_cast<size_t>(r);
+    }
+  }
+  int fd_ = -1;
+  bool connected_ = false;
+  std::string body_;
+  msgpack::object_handle handle_;
+};
+
+void PackRegister(wire::Packer& pk, std::optional<uint32_t> protocol) {
+  wire::PackStr(pk, "instance_id");
+  wire::PackStr(pk, "raw");
+  wire::PackStr(pk, "namespace");
+  pk.pack_map(1);
+  wire::PackStr(pk, "model");
+  wire::PackStr(pk, "m");
+  if (protocol) {
+    wire::PackStr(pk, "protocol");
+    pk.pack_uint32(*protocol);
+  }
+}
+
+TEST_F(ServerFixture, VersionOneClientsAreServedVersionOne) {
+  RawConnection old_client(socket_);
+  ASSERT_TRUE(old_client.connected());
+  old_client.Send(1, "register", 2, [](wire::Packer& pk) { PackRegister(pk, std::nullopt); });
+  wire::MapReader reg = old_client.Read();
+  EXPECT_EQ(*reg.U64("protocol"), 1u);
+  // Version 1 knows no `chained`: a request that carries it after a failure still runs.
+  old_client.Send(2, "commit_store", 1, [](wire::Packer& pk) {
+    wire::PackStr(pk, "keys");
+    pk.pack_array(1);
+    wire::PackBin(pk, "never");
+  });
+  EXPECT_FALSE(*old_client.Read().Bool("ok"));
+  old_client.Send(3, "health", 1, [](wire::Packer& pk) {
+    wire::PackStr(pk, "chained");
+    pk.pack_true();
+  });
+  EXPECT_TRUE(*old_client.Read().Bool("ok"));
+
+  RawConnection newer(socket_);  // a client newer than this server gets the server's version
+  newer.Send(1, "register", 3, [](wire::Packer& pk) { PackRegister(pk, 99); });
+  EXPECT_EQ(*newer.Read().U64("protocol"), wire::kProtocolVersion);
+}
+
+TEST_F(ServerFixture, ChainedRequestAfterAFailureIsNotExecuted) {
+  RawConnection c(socket_);
+  ASSERT_TRUE(c.connected());
+  c.Send(1, "register", 3, [](wire::Packer& pk) { PackRegister(pk, 2); });
+  EXPECT_EQ(*c.Read().U64("protocol"), 2u);
+  auto keys = [](wire::Packer& pk, std::string_view k) {
+    wire::PackStr(pk, "keys");
+    pk.pack_array(1);
+    wire::PackBin(pk, k);
+  };
+  // Pipelined: a failing commit, then a chained prepare_store, then an unchained one.
+  c.Send(2, "commit_store", 1, [&](wire::Packer& pk) { keys(pk, "never"); });
+  for (uint64_t id : {3, 4}) {
+    c.Send(id, "prepare_store", id == 3 ? 3 : 2, [&](wire::Packer& pk) {
+      keys(pk, id == 3 ? "a" : "b");
+      wire::PackStr(pk, "sizes");
+      pk.pack_array(1);
+      pk.pack_uint64(4096);
+      if (id == 3) {
+        wire::PackStr(pk, "chained");
+        pk.pack_true();
+      }
+    });
+  }
+  wire::MapReader failed = c.Read();
+  EXPECT_EQ(*failed.U64("id"), 2u);
+  EXPECT_FALSE(*failed.Bool("ok"));
+  wire::MapReader skipped = c.Read();
+  EXPECT_EQ(*skipped.U64("id"), 3u);
+  EXPECT_FALSE(*skipped.Bool("ok"));
+  EXPECT_EQ(*skipped.Map("error")->Str("code"), wire::kNotExecutedCode);
+  wire::MapReader ran = c.Read();
+  EXPECT_EQ(*ran.U64("id"), 4u);
+  EXPECT_TRUE(*ran.Bool("ok"));
+  auto stats = Client::QueryStats(socket_, std::chrono::seconds(5));
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->at("reserved_objects"), 1u);  // "b" only: "a" was never reserved
 }
 
 }  // namespace

@@ -115,6 +115,61 @@ TEST(Store, LeasesExpireAfterTheirTtl) {
   EXPECT_TRUE(s.CheckInvariants().ok());
 }
 
+TEST(Store, AKeyTwiceInOneBatchGetsOneSlotAndBusy) {
+  Store s = MakeStore(8);
+  s.OpenSession(1);
+  std::vector<std::string> k = {"a", "a"};
+  std::vector<uint64_t> sz = {kChunk, kChunk};
+  auto r = s.PrepareStore(1, Keys(k), sz, kT0);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ((*r)[0].outcome, SlotOutcome::kSlot);
+  EXPECT_EQ((*r)[1].outcome, SlotOutcome::kBusy);
+  EXPECT_EQ(s.stats().reserved_objects, 1u);
+  EXPECT_TRUE(s.CommitStore(1, Keys(k), kT0).ok());  // listing it twice commits it once
+  EXPECT_EQ(s.stats().objects, 1u);
+  EXPECT_TRUE(s.CheckInvariants().ok());
+}
+
+TEST(Store, AKeyThatGotFullLeavesNoTraceAndCanBeStoredLater) {
+  Store s = MakeStore(2);
+  s.OpenSession(1);
+  std::vector<std::string> held = {"held"}, big = {"big"};
+  std::vector<uint64_t> one = {kChunk}, two = {2 * kChunk};
+  ASSERT_EQ((*s.PrepareStore(1, Keys(held), one, kT0))[0].outcome, SlotOutcome::kSlot);  // reserved: not evictable
+  auto r = s.PrepareStore(1, Keys(big), two, kT0);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ((*r)[0].outcome, SlotOutcome::kFull);
+  EXPECT_EQ(s.stats().reserved_objects, 1u);
+  EXPECT_FALSE(s.CommitStore(1, Keys(big), kT0).ok());  // never reserved
+  EXPECT_TRUE(s.CheckInvariants().ok());
+  EXPECT_EQ(s.AbortStore(1, Keys(held)), 1u);
+  r = s.PrepareStore(1, Keys(big), two, kT0);  // the same key, once there is room
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ((*r)[0].outcome, SlotOutcome::kSlot);
+  EXPECT_TRUE(s.CommitStore(1, Keys(big), kT0).ok());
+  EXPECT_EQ(s.Lookup(1, Keys(big), false, kT0), 1u);
+  EXPECT_TRUE(s.CheckInvariants().ok());
+}
+
+TEST(Store, CommitAfterAbortOrExpiryIsAnErrorAndCommitsNothing) {
+  Store s = MakeStore(8, std::chrono::milliseconds(100));
+  s.OpenSession(1);
+  std::vector<std::string> ab = {"a", "b"}, a = {"a"};
+  std::vector<uint64_t> sz = {kChunk, kChunk};
+  ASSERT_TRUE(s.PrepareStore(1, Keys(ab), sz, kT0).ok());
+  EXPECT_EQ(s.AbortStore(1, Keys(a)), 1u);
+  Status st = s.CommitStore(1, Keys(ab), kT0);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("key #0 is not reserved"), std::string::npos) << st.message();
+  EXPECT_EQ(s.stats().objects, 0u);  // all or nothing: "b" stays reserved
+  EXPECT_EQ(s.stats().reserved_objects, 1u);
+  EXPECT_EQ(s.ExpireLeases(kT0 + std::chrono::milliseconds(100)), 1u);
+  EXPECT_EQ(s.stats().reserved_objects, 0u);
+  std::vector<std::string> b = {"b"};
+  EXPECT_FALSE(s.CommitStore(1, Keys(b), kT0).ok());
+  EXPECT_TRUE(s.CheckInvariants().ok());
+}
+
 TEST(Store, RandomisedSessionsKeepEveryInvariant) {
   Store s = MakeStore(64);
   std::mt19937 rng(5);
