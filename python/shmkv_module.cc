@@ -127,6 +127,17 @@ class PyClient {
     auto k = Keys(keys);
     Check(Locked([&](Client& c) { return c.CommitRetrieve(k); }));
   }
+  void PostCommitStore(const std::vector<py::bytes>& keys) {
+    auto k = Keys(keys);
+    Check(Locked([&](Client& c) { return c.PostCommitStore(k); }));
+  }
+  void PostCommitRetrieve(const std::vector<py::bytes>& keys) {
+    auto k = Keys(keys);
+    Check(Locked([&](Client& c) { return c.PostCommitRetrieve(k); }));
+  }
+  void Sync() {
+    Check(Locked([&](Client& c) { return c.Sync(); }));
+  }
   std::vector<std::string> Remove(const std::vector<py::bytes>& keys) {
     auto k = Keys(keys);
     return Check(Locked([&](Client& c) { return c.Remove(k); }));
@@ -452,6 +463,11 @@ PYBIND11_MODULE(_native, m) {
       .def("lookup", &PyClient::Lookup, py::arg("keys"), py::arg("pin") = false)
       .def("prepare_retrieve", &PyClient::PrepareRetrieve, py::arg("keys"))
       .def("commit_retrieve", &PyClient::CommitRetrieve, py::arg("keys"))
+      .def("post_commit_store", &PyClient::PostCommitStore, py::arg("keys"),
+           "commit_store without waiting for the reply; a failure is raised by the next call or sync()")
+      .def("post_commit_retrieve", &PyClient::PostCommitRetrieve, py::arg("keys"),
+           "commit_retrieve without waiting for the reply; a failure is raised by the next call or sync()")
+      .def("sync", &PyClient::Sync, "waits for the replies of posted commits; raises the first failure")
       .def("remove", &PyClient::Remove, py::arg("keys"))
       .def("clear", &PyClient::Clear)
       .def("stats", &PyClient::Stats)

@@ -151,8 +151,12 @@ class KVConnector:
             skip_in_first = skip_first_n_tokens - first * self.chunk_tokens
             stream = self._scatter(views[:hits], kv_caches, blocks[first * blocks_per_chunk:], skip_in_first)
             _sync_stream(kv_caches, stream)
-        finally:
+        except BaseException:
             self.client.commit_retrieve(keys[:hits])
+            raise
+        # Posted (protocol 2): the pins are released without a wait; a failure of the release
+        # surfaces on this connector's next call.
+        self.client.post_commit_retrieve(keys[:hits])
         return hits * self.chunk_tokens - (skip_first_n_tokens - first * self.chunk_tokens)
 
     def stats(self) -> dict:

@@ -364,3 +364,20 @@ def test_shmkv_stats_cli(shmkv_module, server, shmkv_bin):
     missing = subprocess.run([shmkv_bin, "stats", "--socket", "/nonexistent.sock"], capture_output=True, text=True,
                              timeout=10)
     assert missing.returncode == 1 and "is the server running" in missing.stderr
+
+
+def test_posted_commits_apply_and_a_failed_one_is_raised_by_the_next_call(shmkv_module, server):
+    with shmkv_module.Client(server.socket) as c:
+        slots = c.prepare_store([b"p1"], [4096])
+        memoryview(slots[0])[:3] = b"abc"
+        c.post_commit_store([b"p1"])
+        assert c.lookup([b"p1"]) == 1  # the next call read the post's reply first: it was applied
+        views = c.prepare_retrieve([b"p1"])
+        assert bytes(views[0][:3]) == b"abc"
+        c.post_commit_retrieve([b"p1"])
+        c.sync()
+        assert c.stats()["pinned_objects"] == 0
+        c.post_commit_store([b"never-prepared"])
+        with pytest.raises(shmkv_module.Error, match="never-prepared|not reserved|unknown"):
+            c.lookup([b"p1"])
+        assert c.lookup([b"p1"]) == 1  # the failure is reported once; the connection serves on
