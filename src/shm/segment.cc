@@ -101,6 +101,19 @@ Status SizeSegment(int fd, const std::string& name, uint64_t size) {
 #endif
 }
 
+// Asks for transparent huge pages before the pages are faulted in: 2 MiB pages cut the TLB
+// misses of multi-MiB chunk copies. It takes effect only where the host allows it for shared
+// memory (/sys/kernel/mm/transparent_hugepage/shmem_enabled = advise, within_size or always);
+// elsewhere the kernel ignores it or refuses it, and 4 KiB pages are used as before.
+void AdviseHugePages(std::byte* data, uint64_t size) {
+#if defined(MADV_HUGEPAGE)
+  (void)::madvise(data, size, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)size;
+#endif
+}
+
 void Prefault(std::byte* data, uint64_t size) {
 #if defined(MADV_POPULATE_WRITE)
   if (::madvise(data, size, MADV_POPULATE_WRITE) == 0) return;
@@ -173,6 +186,7 @@ Result<SharedSegment> SharedSegment::Create(const SegmentCreateOptions& options)
   }
   MappingGuard unmap_on_error(mapped, size);
   auto* data = static_cast<std::byte*>(mapped);
+  AdviseHugePages(data, size);
   if (options.prefault) Prefault(data, size);
 
   SharedSegment seg;
