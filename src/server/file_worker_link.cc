@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -190,18 +191,22 @@ FileWorkerLink::FileWorkerLink(asio::io_context& io, pid_t pid, int to_worker, i
       from_worker_(io, from_worker),
       on_death_(std::move(on_death)),
       reply_timeout_(reply_timeout),
-      watchdog_(io) {
+      watchdog_(io),
+      grace_(io) {
   ReadReplies();
 }
 
 FileWorkerLink::~FileWorkerLink() {
   *token_ = false;
   watchdog_.cancel();
+  grace_.cancel();
   asio::error_code ignored;
+  if (pidfd_) pidfd_->close(ignored);
   to_worker_.close(ignored);  // EOF: the worker finishes what is in flight and exits
   from_worker_.close(ignored);
-  if (alive_) {
-    const std::string how = Reap(pid_, std::chrono::milliseconds(5000));
+  if (!reaped_) {
+    // Alive: it gets 5 s to finish its writes. Dying (a reap still pending): no more waiting.
+    const std::string how = Reap(pid_, std::chrono::milliseconds(alive_ ? 5000 : 0));
     Log().debug("file worker (pid {}) {}", pid_, how);
   }
 }
@@ -267,7 +272,30 @@ void FileWorkerLink::Die(const std::string& why) {
   asio::error_code ignored;
   to_worker_.close(ignored);
   from_worker_.close(ignored);
-  const std::string how = Reap(pid_, std::chrono::milliseconds(200));
+  int status = 0;
+  auto done = sys::Call([&] { return ::waitpid(pid_, &status, WNOHANG); });
+  if (done.ok() && done.value == pid_) return Buried(why, DescribeExit(status));
+  auto pidfd = sys::Call([&] { return static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)); });
+  if (!done.ok() || !pidfd.ok()) {
+    return Buried(why, Reap(pid_, std::chrono::milliseconds(200)));  // no pidfd: the blocking way
+  }
+  pidfd_ = std::make_unique<asio::posix::stream_descriptor>(io_, pidfd.value);
+  pidfd_->async_wait(asio::posix::stream_descriptor::wait_read,
+                     [this, token = token_, why](const asio::error_code& ec) {
+                       if (!*token || ec) return;
+                       grace_.cancel();
+                       // Exited: this waitpid returns at once.
+                       Buried(why, Reap(pid_, std::chrono::milliseconds(0)));
+                     });
+  grace_.expires_after(std::chrono::milliseconds(200));
+  grace_.async_wait([this, token = token_](const asio::error_code& ec) {
+    if (!*token || ec) return;
+    ::kill(pid_, SIGKILL);  // the pidfd turns readable once it is gone
+  });
+}
+
+void FileWorkerLink::Buried(const std::string& why, const std::string& how) {
+  reaped_ = true;
   const std::string message = fmt::format("file worker (pid {}) is gone: {}; it {}", pid_, why, how);
   std::deque<Callback> failed;
   failed.swap(pending_);

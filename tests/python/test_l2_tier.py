@@ -740,6 +740,8 @@ def test_a_hung_worker_fails_loads_after_the_io_timeout_and_is_restarted(l2, shm
     t.join(timeout=9)  # below the client's 10 s timeout
     assert not t.is_alive() and got["v"] is None
     assert "no reply within 2000 ms" in srv2.log()
+    # A stopped worker does not exit by itself: after its grace it is killed (reaped through a pidfd).
+    wait_for(lambda: "killed by signal 9" in srv2.log(), what="the hung worker to be killed")
     wait_for(lambda: c2.stats()["l2_available"] == 1, what="the restart")
     assert sha(c2.get(b"k")) == sha(payload(1, MiB))
     assert c2.stats()["l2_worker_deaths"] == 1
