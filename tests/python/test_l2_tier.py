@@ -746,3 +746,34 @@ def test_a_hung_worker_fails_loads_after_the_io_timeout_and_is_restarted(l2, shm
     assert sha(c2.get(b"k")) == sha(payload(1, MiB))
     assert c2.stats()["l2_worker_deaths"] == 1
     c2.close()
+
+
+def test_a_client_that_disconnects_during_its_load_leaves_nothing_pinned(l2, shmkv_module, build_dir, tmp_path):
+    """A client killed while its prepare_retrieve waits for a disk load: the load settles, its pins
+    go with the session, the server keeps serving the object."""
+    disk = tmp_path / "disk"
+    srv = l2(disk, "--disk-write-through", pool="16MiB")
+    c = client(shmkv_module, srv)
+    c.put(b"k", payload(1, MiB))
+    settled(c)
+    srv2 = evict_all_by_restart(l2, disk, srv, c)
+    c2 = client(shmkv_module, srv2)
+    worker = worker_pid(srv2)
+    script = (f"import sys; sys.path.insert(0, {str(build_dir / 'python')!r}); import shmkv\n"
+              f"c = shmkv.Client({srv2.socket!r}, timeout=60.0, model='llama', world_size=1, rank=0, dtype='bf16', "
+              "layout='NHD')\nprint('connected', flush=True)\nc.get(b'k')\n")
+    os.kill(worker, signal.SIGSTOP)
+    doomed = subprocess.Popen(["/usr/bin/python3", "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert doomed.stdout.readline().strip() == "connected"
+        wait_for(lambda: c2.stats()["l2_loads_in_flight"] == 1, what="the load to start")
+        doomed.kill()
+        doomed.wait(timeout=10)
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    st = wait_for(lambda: (lambda s: s if s["l2_loads_in_flight"] == 0 and s["pinned_objects"] == 0 else None)(
+        c2.stats()), what="the load to settle and the pins to go")
+    assert st["l2_loads"] == 1 and st["l2_read_errors"] == 0, st
+    assert sha(c2.get(b"k")) == sha(payload(1, MiB))
+    assert c2.stats()["l2_loads"] == 1  # served from L1 now
+    c2.close()
