@@ -322,7 +322,8 @@ size_t DiskTier::ClearNamespace(std::string_view store_prefix) {
   const std::string& digest = it->second;
   size_t disk_only = 0;
   for (const std::string& dk : index_.KeysOfNamespace(digest)) {
-    if (!store_.Contains(prefix + dk.substr(kNamespaceDigestBytes))) ++disk_only;
+    // Store::Clear counts the committed L1 copies.
+    if (!store_.IsCommitted(prefix + dk.substr(kNamespaceDigestBytes))) ++disk_only;
     index_.Erase(dk);
     DeleteFile(dk);
   }
