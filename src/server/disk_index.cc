@@ -9,6 +9,8 @@
 
 #include <fmt/format.h>
 
+#include "common/check.h"
+
 namespace shmkv {
 
 namespace fs = std::filesystem;
@@ -79,9 +81,15 @@ Result<ScanResult> ScanDiskDir(const std::string& dir) {
   };
   fs::directory_iterator top(dir, ec);
   if (ec) return Status::IoError(fmt::format("disk dir '{}': cannot list it: {}", dir, ec.message()));
-  for (const fs::directory_entry& ns_entry : top) {
+  // increment(ec), not ++: a readdir error is a Status, not an exception out of the server's start.
+  // A failed increment leaves the iterator at the end, so the error is checked after each one.
+  std::error_code top_ec;
+  for (; top != fs::directory_iterator(); top.increment(top_ec)) {
+    if (top_ec) break;
+    const fs::directory_entry& ns_entry = *top;
     const std::string ns_name = ns_entry.path().filename().string();
     const fs::file_status ns_st = ns_entry.symlink_status(ec);
+    if (ns_name == kDiskLockFile) continue;
     if (ns_name.starts_with(kTempPrefix) && fs::is_regular_file(ns_st)) {
       remove_temp(ns_entry.path());
       continue;
@@ -92,7 +100,10 @@ Result<ScanResult> ScanDiskDir(const std::string& dir) {
     }
     fs::directory_iterator inner(ns_entry.path(), ec);
     if (ec) return Status::IoError(fmt::format("disk dir '{}': cannot list {}: {}", dir, ns_name, ec.message()));
-    for (const fs::directory_entry& f : inner) {
+    std::error_code inner_ec;
+    for (; inner != fs::directory_iterator(); inner.increment(inner_ec)) {
+      if (inner_ec) break;
+      const fs::directory_entry& f = *inner;
       const std::string name = f.path().filename().string();
       const fs::file_status st = f.symlink_status(ec);
       if (!fs::is_regular_file(st)) {
@@ -112,7 +123,11 @@ Result<ScanResult> ScanDiskDir(const std::string& dir) {
       out.files.push_back({std::move(*key), static_cast<uint64_t>(sb.st_size),
                            int64_t{sb.st_mtim.tv_sec} * 1'000'000'000 + sb.st_mtim.tv_nsec});
     }
+    if (inner_ec) {
+      return Status::IoError(fmt::format("disk dir '{}': cannot list {}: {}", dir, ns_name, inner_ec.message()));
+    }
   }
+  if (top_ec) return Status::IoError(fmt::format("disk dir '{}': cannot list it: {}", dir, top_ec.message()));
   std::stable_sort(out.files.begin(), out.files.end(),
                    [](const ScannedFile& a, const ScannedFile& b) { return a.mtime_ns < b.mtime_ns; });
   return out;
@@ -147,18 +162,46 @@ bool DiskIndex::Erase(std::string_view disk_key) {
 
 DiskIndex::Reservation DiskIndex::Reserve(uint64_t bytes, std::vector<std::string>* victims) {
   if (bytes > capacity_) return Reservation::kTooLarge;
-  while (bytes_ + reserved_ + bytes > capacity_ && !lru_.empty()) {
-    std::string victim = *lru_.front();
+  // Writes in flight alone are in the way: deleting files would not make room.
+  if (reserved_ + bytes > capacity_) return Reservation::kWait;
+  const uint64_t total = bytes_ + reserved_ + bytes;
+  const uint64_t need = total > capacity_ ? total - capacity_ : 0;
+  // Choose first, erase after: when the choice cannot make room, nothing is dropped.
+  std::vector<const std::string*> chosen;
+  uint64_t freed = 0;
+  for (auto it = lru_.begin(); it != lru_.end() && freed < need; ++it) {
+    if (Busy(**it)) continue;
+    chosen.push_back(*it);
+    freed += map_.find(**it)->second.size;
+  }
+  if (freed < need) return Reservation::kWait;
+  for (const std::string* key : chosen) {
+    std::string victim = *key;
     Erase(victim);
     victims->push_back(std::move(victim));
   }
-  if (bytes_ + reserved_ + bytes > capacity_) return Reservation::kWait;
   reserved_ += bytes;
   return Reservation::kOk;
 }
 
 void DiskIndex::Unreserve(uint64_t bytes) {
+  SHMKV_DCHECK(bytes <= reserved_);
   reserved_ -= std::min(reserved_, bytes);
+}
+
+void DiskIndex::MarkBusy(std::string_view disk_key) {
+  auto it = busy_.find(disk_key);
+  if (it == busy_.end()) {
+    busy_.emplace(std::string(disk_key), 1);
+  } else {
+    it->second++;
+  }
+}
+
+void DiskIndex::UnmarkBusy(std::string_view disk_key) {
+  auto it = busy_.find(disk_key);
+  SHMKV_DCHECK(it != busy_.end());
+  if (it != busy_.end() && --it->second == 0) busy_.erase(it);
 }
 
 std::vector<std::string> DiskIndex::TrimToCapacity() {

@@ -44,7 +44,9 @@ struct ScanResult {
   size_t ignored = 0;              // entries that are not ours (left alone)
 };
 // Reads the disk directory (creating it when missing): every object file, oldest first. Temp
-// files of torn writes (".shmkv-tmp-*") are removed; symlinks and foreign names are ignored.
+// files of torn writes (".shmkv-tmp-*") are removed; symlinks and foreign names are ignored,
+// and so is the lock file (kDiskLockFile).
+inline constexpr std::string_view kDiskLockFile = ".shmkv.lock";
 Result<ScanResult> ScanDiskDir(const std::string& dir);
 
 // The disk tier's index: which objects are on disk, their sizes, their LRU order and the byte
@@ -63,12 +65,17 @@ class DiskIndex {
 
   enum class Reservation : uint8_t { kOk, kTooLarge, kWait };
   // Reserves `bytes` for a write, choosing least-recently-used entries to delete (appended to
-  // `victims`, already erased from the index) until it fits. kTooLarge: `bytes` exceeds the
-  // capacity (nothing chosen). kWait: only other writes in flight are in the way; try again
-  // after one of them finished.
+  // `victims`, already erased from the index) until it fits. Busy entries are never chosen.
+  // kTooLarge: `bytes` exceeds the capacity. kWait: writes in flight or busy entries are in
+  // the way; try again after one of them finished. Both leave the index untouched.
   Reservation Reserve(uint64_t bytes, std::vector<std::string>* victims);
   // Returns a reservation (the write finished, landed or not).
   void Unreserve(uint64_t bytes);
+  // Marks a key busy while I/O on its file is in flight (a READ): Reserve does not delete it.
+  // Counted; the key need not be indexed.
+  void MarkBusy(std::string_view disk_key);
+  void UnmarkBusy(std::string_view disk_key);
+  bool Busy(std::string_view disk_key) const { return busy_.find(disk_key) != busy_.end(); }
   // Entries to delete so that the indexed bytes fit the capacity (after a restart with a smaller
   // --disk-size); already erased.
   std::vector<std::string> TrimToCapacity();
@@ -90,6 +97,7 @@ class DiskIndex {
   uint64_t bytes_ = 0;
   uint64_t reserved_ = 0;
   KeyMap<Entry> map_;
+  KeyMap<uint32_t> busy_;              // disk key -> I/O operations in flight on its file
   std::list<const std::string*> lru_;  // front = least recently used
 };
 

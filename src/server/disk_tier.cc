@@ -1,6 +1,8 @@
 #include "server/disk_tier.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/statvfs.h>
 
 #include <filesystem>
@@ -15,10 +17,43 @@ namespace {
 
 constexpr size_t kStorePrefixBytes = 4;  // the server's namespace id in front of every Store key
 
+// Errors that say the disk as a whole is not taking writes (retrying other objects now is
+// pointless), as opposed to one object's own trouble (a name squatted by a directory, ...).
+bool IsGlobalWriteError(std::string_view why) {
+  for (std::string_view s :
+       {"No space left on device", "Input/output error", "Read-only file system", "Disk quota exceeded"}) {
+    if (why.find(s) != std::string_view::npos) return true;
+  }
+  return false;
+}
+
+// One server per disk directory: two would delete each other's files as LRU victims and serve
+// stale index entries. flock, so a crashed server's lock is gone with it.
+Result<sys::UniqueFd> LockDiskDir(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return Status::IoError(fmt::format("disk dir '{}': cannot create it: {}", dir, ec.message()));
+  const std::string path = (std::filesystem::path(dir) / kDiskLockFile).string();
+  auto fd = sys::Call([&] { return ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644); });
+  if (!fd.ok()) return Status::FromErrno(fmt::format("disk dir '{}': cannot open its lock file {}", dir, path), fd.err);
+  sys::UniqueFd lock(fd.value);
+  auto locked = sys::Call([&] { return ::flock(lock.get(), LOCK_EX | LOCK_NB); });
+  if (locked.err == EWOULDBLOCK) {
+    return Status::Busy(fmt::format(
+        "disk dir '{}' is in use by another shmkv-server (it holds the lock on {}); give each server its own "
+        "--disk-dir",
+        dir, path));
+  }
+  if (!locked.ok()) return Status::FromErrno(fmt::format("disk dir '{}': cannot lock {}", dir, path), locked.err);
+  return lock;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<DiskTier>> DiskTier::Start(asio::io_context& io, Store& store, const std::string& shm_name,
                                                   uint64_t shm_size, const DiskTierOptions& options) {
+  auto lock = LockDiskDir(options.dir);
+  if (!lock.ok()) return lock.status();
   auto scan = ScanDiskDir(options.dir);
   if (!scan.ok()) return scan.status();
   uint64_t found_bytes = 0;
@@ -37,25 +72,39 @@ Result<std::unique_ptr<DiskTier>> DiskTier::Start(asio::io_context& io, Store& s
   // Signal handlers are process-wide: a write to a dead worker's pipe must be EPIPE, not death.
   ::signal(SIGPIPE, SIG_IGN);
   std::unique_ptr<DiskTier> tier(new DiskTier(io, store, options, capacity));
-  for (const ScannedFile& f : scan->files) tier->index_.Insert(f.disk_key, f.size);  // oldest first = LRU
-  size_t trimmed = 0;
-  for (const std::string& victim : tier->index_.TrimToCapacity()) {
-    std::error_code ec;
-    if (std::filesystem::remove(std::filesystem::path(options.dir) / DiskPath(victim), ec)) ++trimmed;
+  tier->dir_lock_ = std::move(lock).value();
+  for (const ScannedFile& f : scan->files) {  // oldest first = LRU
+    // Left by a run with a bigger pool: it could never be loaded, so it is no hit (kept on disk).
+    if (f.size > store.pool_size()) {
+      tier->c_.ignored_too_large++;
+      continue;
+    }
+    tier->index_.Insert(f.disk_key, f.size);
+  }
+  if (tier->c_.ignored_too_large > 0) {
+    Log().warn("L2: {} file(s) in '{}' are larger than the pool ({} bytes) and are ignored (not served, not deleted)",
+               tier->c_.ignored_too_large, options.dir, store.pool_size());
   }
   FileWorkerOptions& wopts = tier->worker_options_;
   wopts.binary = options.worker_binary.empty() ? DefaultFileWorkerBinary() : options.worker_binary;
   wopts.root = options.dir;
   wopts.queue_depth = options.queue_depth;
+  wopts.reply_timeout = options.io_timeout;
   tier->shm_name_ = shm_name;
   tier->shm_size_ = shm_size;
   auto link = FileWorkerLink::Start(io, wopts, shm_name, shm_size, tier->DeathHandler());
   if (!link.ok()) return link.status();
   tier->worker_ = std::move(link).value();
   tier->attached_ = true;
+  // Only now that the tier can run: a server that fails to start deletes nothing.
+  size_t trimmed = 0;
+  for (const std::string& victim : tier->index_.TrimToCapacity()) {
+    std::error_code ec;
+    if (std::filesystem::remove(std::filesystem::path(options.dir) / DiskPath(victim), ec)) ++trimmed;
+  }
   Log().info(
-      "L2 disk tier: dir '{}', {} object(s) ({} bytes) found, {} torn temp file(s) removed, {} trimmed to fit, "
-      "{} foreign entr(y/ies) ignored; capacity {} bytes; {}; file worker '{}' pid {}",
+      "L2 disk tier: dir '{}' (locked), {} object(s) ({} bytes) indexed, {} torn temp file(s) removed, {} trimmed to "
+      "fit, {} foreign entr(y/ies) ignored; capacity {} bytes; {}; file worker '{}' pid {}",
       options.dir, tier->index_.objects(), tier->index_.bytes(), scan->temp_removed, trimmed, scan->ignored, capacity,
       options.write_through ? "write-through" : "demote on eviction (write-behind)", wopts.binary,
       tier->worker_->pid());
@@ -82,13 +131,17 @@ DiskTier::~DiskTier() {
   backoff_timer_.cancel();
   drain_timer_.cancel();
   restart_timer_.cancel();
-  worker_.reset();  // the worker finishes the writes in flight before it exits
+  worker_.reset();  // the worker finishes the writes and deletes in flight before it exits
+  // Dropped while no worker ran: deleted here (shutdown may block) so the next start does not
+  // serve them again.
+  for (const std::string& dk : pending_deletes_) {
+    std::error_code ec;
+    std::filesystem::remove(std::filesystem::path(options_.dir) / DiskPath(dk), ec);
+  }
 }
 
 void DiskTier::RegisterNamespace(std::string_view store_prefix, std::string_view canonical_namespace) {
-  std::string digest = NamespaceDigest(canonical_namespace);
-  prefix_by_digest_[digest] = std::string(store_prefix);
-  digest_by_prefix_[std::string(store_prefix)] = std::move(digest);
+  digest_by_prefix_[std::string(store_prefix)] = NamespaceDigest(canonical_namespace);
 }
 
 std::string DiskTier::DiskKey(std::string_view store_key) const {
@@ -102,12 +155,11 @@ size_t DiskTier::CountOnDisk(std::span<const std::string_view> keys) {
   if (!available()) return 0;
   size_t n = 0;
   for (std::string_view k : keys) {
-    const std::string dk = DiskKey(k);
-    if (!dk.empty() && index_.Contains(dk)) {
+    if (!store_.IsCommitted(k)) {  // an L1 hit is not an L2 hit
+      const std::string dk = DiskKey(k);
+      if (dk.empty() || !index_.Contains(dk)) break;
       index_.Touch(dk);
       c_.hits++;
-    } else if (!store_.IsCommitted(k)) {
-      break;
     }
     ++n;
   }
@@ -168,49 +220,43 @@ void DiskTier::Load(std::vector<std::string> keys, std::function<void(std::vecto
   auto settle = [batch] {
     if (--batch->outstanding == 0) batch->done(std::move(batch->pinned));
   };
+  // First every committed key of the prefix is io-pinned, then room is reserved for the loads:
+  // making room must not evict a later key of this very batch.
+  std::vector<const std::string*> to_load;
   for (const std::string& key : keys) {
     if (store_.IsCommitted(key)) {
-      // Pinned so that making room for the loads below cannot evict it.
       if (store_.IoPin(key)) batch->pinned.push_back(key);
       continue;
     }
+    if (loading_.contains(key)) {
+      to_load.push_back(&key);
+      continue;
+    }
+    const std::string dk = available() ? DiskKey(key) : std::string();
+    // Reserved in L1 by a client's prepare_store, or in neither tier: the prefix ends here.
+    if (dk.empty() || !index_.Contains(dk) || store_.Contains(key)) break;
+    to_load.push_back(&key);
+  }
+  for (const std::string* key_ptr : to_load) {
+    const std::string& key = *key_ptr;
     auto waiting = loading_.find(key);
     if (waiting == loading_.end()) {
       const std::string dk = available() ? DiskKey(key) : std::string();
       const std::optional<uint64_t> size = dk.empty() ? std::nullopt : index_.Size(dk);
-      if (!size) break;  // not on disk either: the prefix ends here
+      if (!size) break;
       auto offset = store_.ReserveForLoad(key, *size);
       if (!offset.ok()) {
         if (offset.status().code() == StatusCode::kFull) c_.load_full++;
-        Log().debug("L2 load skipped: {}", offset.status().ToString());
+        Log().warn("L2 load skipped, the key reports missing: {}", offset.status().ToString());
         break;
       }
       index_.Touch(dk);
+      index_.MarkBusy(dk);  // not an LRU victim while its READ runs
       waiting = loading_.emplace(key, std::vector<std::function<void(bool)>>{}).first;
       worker_->Send(fmt::format("READ {} {} {}", DiskPath(dk), *offset, *size),
                     [this, token = alive_token_, key, dk, size = *size](Result<uint64_t> r) {
                       if (!*token) return;
-                      const bool ok = r.ok() && *r == size;
-                      if (ok) {
-                        c_.loads++;
-                        c_.load_bytes += size;
-                      } else {
-                        c_.read_errors++;
-                        const std::string why = r.ok() ? fmt::format("read {} of {} bytes (file truncated)", *r, size)
-                                                       : r.status().message();
-                        Log().error("L2 read of {} failed: {}; the key reports missing", DiskPath(dk), why);
-                        // A bad file is dropped so it is not retried; a dead worker leaves the
-                        // files alone for the next start.
-                        if (!r.ok() && r.status().code() == StatusCode::kUnavailable) {
-                        } else if (index_.Erase(dk)) {
-                          DeleteFile(dk);
-                        }
-                      }
-                      store_.FinishLoad(key, ok);
-                      auto node = loading_.extract(key);
-                      if (!node.empty()) {
-                        for (auto& w : node.mapped()) w(ok);
-                      }
+                      OnReadDone(key, dk, size, r);
                     });
     }
     batch->outstanding++;
@@ -225,33 +271,95 @@ void DiskTier::Load(std::vector<std::string> keys, std::function<void(std::vecto
   });
 }
 
+void DiskTier::OnReadDone(const std::string& key, const std::string& dk, uint64_t size, const Result<uint64_t>& r) {
+  index_.UnmarkBusy(dk);
+  const bool cancelled = cancelled_loads_.erase(key) > 0;  // cleared meanwhile: never committed
+  const bool read_all = r.ok() && *r == size;
+  if (read_all && !cancelled) {
+    c_.loads++;
+    c_.load_bytes += size;
+  } else if (!read_all) {
+    c_.read_errors++;
+    const std::string why =
+        r.ok() ? fmt::format("read {} of {} bytes (file truncated)", *r, size) : r.status().message();
+    // Only a file that is gone or too short is dropped; any other error (EIO, EMFILE, a dead
+    // worker) may pass, so the file is kept and the key reports missing this time only.
+    const bool gone = !r.ok() && r.status().code() == StatusCode::kIoError &&
+                      r.status().message().find("No such file") != std::string::npos;
+    const bool drop = (r.ok() || gone) && !cancelled;
+    Log().error("L2 read of {} failed: {}; the key reports missing{}", DiskPath(dk), why,
+                drop ? " and the file is dropped" : " this time (the file is kept)");
+    if (drop && index_.Erase(dk) && r.ok()) DeleteFile(dk);
+  }
+  const bool ok = read_all && !cancelled;
+  store_.FinishLoad(key, ok);
+  auto node = loading_.extract(key);
+  if (!node.empty()) {
+    for (auto& w : node.mapped()) w(ok);
+  }
+}
+
 bool DiskTier::Remove(std::string_view store_key) {
   const std::string dk = DiskKey(store_key);
-  if (dk.empty() || !index_.Erase(dk)) return false;
-  DeleteFile(dk);
-  return true;
+  if (dk.empty()) return false;
+  write_failures_.erase(std::string(store_key));
+  bool removed = false;
+  if (auto w = writing_.find(dk); w != writing_.end()) {
+    w->second = true;  // its reply must not index it
+    removed = true;
+  }
+  if (index_.Erase(dk)) {
+    DeleteFile(dk);
+    removed = true;
+  }
+  return removed;
 }
 
 size_t DiskTier::ClearNamespace(std::string_view store_prefix) {
-  auto it = digest_by_prefix_.find(std::string(store_prefix));
+  const std::string prefix(store_prefix);
+  auto it = digest_by_prefix_.find(prefix);
   if (it == digest_by_prefix_.end()) return 0;
-  size_t n = 0;
-  for (const std::string& dk : index_.KeysOfNamespace(it->second)) {
+  const std::string& digest = it->second;
+  size_t disk_only = 0;
+  for (const std::string& dk : index_.KeysOfNamespace(digest)) {
+    // Store::Clear counts the committed L1 copies.
+    if (!store_.IsCommitted(prefix + dk.substr(kNamespaceDigestBytes))) ++disk_only;
     index_.Erase(dk);
     DeleteFile(dk);
-    ++n;
   }
-  return n;
+  for (auto& [dk, cancelled] : writing_) {
+    if (dk.starts_with(digest)) cancelled = true;
+  }
+  for (const auto& [key, waiters] : loading_) {
+    if (key.starts_with(prefix)) cancelled_loads_.insert(key);
+  }
+  std::erase_if(write_failures_, [&](const auto& e) { return e.first.starts_with(prefix); });
+  return disk_only;
 }
 
 void DiskTier::DeleteFile(const std::string& disk_key) {
-  if (!available()) return;  // the index forgets it; a restart finds the file and serves it
-  c_.deletes++;
-  worker_->Send("DELETE " + DiskPath(disk_key), [path = DiskPath(disk_key)](Result<uint64_t> r) {
-    if (!r.ok() && r.status().code() != StatusCode::kUnavailable) {
-      Log().warn("L2 delete of {} failed: {}", path, r.status().message());
+  // DELETE needs no ATTACH, only a running worker; until one runs, the file is remembered.
+  if (!worker_ || !worker_->alive()) {
+    pending_deletes_.insert(disk_key);
+    return;
+  }
+  worker_->Send("DELETE " + DiskPath(disk_key), [this, token = alive_token_, disk_key](Result<uint64_t> r) {
+    if (!*token) return;
+    if (r.ok()) {
+      c_.deletes++;
+    } else if (r.status().code() == StatusCode::kUnavailable) {
+      // The worker died first: try again with the next one, unless the key was written anew.
+      if (!index_.Contains(disk_key) && !writing_.contains(disk_key)) pending_deletes_.insert(disk_key);
+    } else {
+      Log().warn("L2 delete of {} failed: {}", DiskPath(disk_key), r.status().message());
     }
   });
+}
+
+void DiskTier::SendPendingDeletes() {
+  std::unordered_set<std::string> todo;
+  todo.swap(pending_deletes_);
+  for (const std::string& dk : todo) DeleteFile(dk);
 }
 
 void DiskTier::Pump() {
@@ -271,8 +379,14 @@ void DiskTier::Pump() {
 void DiskTier::StartWrite(IoSlot slot) {
   const std::string dk = DiskKey(slot.key);
   if (dk.empty()) return store_.FinishWrite(slot.key, /*requeue=*/false);
+  if (writing_.contains(dk)) {  // the same file is being written: wait for that reply
+    waiting_for_room_ = true;
+    return store_.FinishWrite(slot.key, /*requeue=*/true);
+  }
   std::vector<std::string> victims;
-  switch (index_.Reserve(slot.length, &victims)) {
+  const DiskIndex::Reservation reservation = index_.Reserve(slot.length, &victims);
+  for (const std::string& v : victims) DeleteFile(v);  // erased from the index: their files must go
+  switch (reservation) {
     case DiskIndex::Reservation::kTooLarge:
       if (c_.skipped_too_large++ == 0) {
         Log().warn(
@@ -284,39 +398,77 @@ void DiskTier::StartWrite(IoSlot slot) {
     case DiskIndex::Reservation::kWait: waiting_for_room_ = true; return store_.FinishWrite(slot.key, /*requeue=*/true);
     case DiskIndex::Reservation::kOk: break;
   }
-  for (const std::string& v : victims) DeleteFile(v);
+  pending_deletes_.erase(dk);  // this write replaces the file
+  writing_[dk] = false;
   writes_in_flight_++;
-  worker_->Send(
-      fmt::format("WRITE {} {} {}", DiskPath(dk), slot.offset, slot.length),
-      [this, token = alive_token_, key = slot.key, dk, len = slot.length](Result<uint64_t> r) {
-        if (!*token) return;
-        writes_in_flight_--;
-        index_.Unreserve(len);
-        waiting_for_room_ = false;
-        if (r.ok() && *r == len) {
-          index_.Insert(dk, len);
-          c_.writes++;
-          c_.write_bytes += len;
-          store_.FinishWrite(key, /*requeue=*/false);
-        } else {
-          c_.write_errors++;
-          store_.FinishWrite(key, /*requeue=*/true);
-          if (!r.ok() && r.status().code() == StatusCode::kUnavailable) return;  // logged once by the death
-          Log().error(
-              "L2 write of {} ({} bytes) failed: {}; the object stays in L1 only (dirty), write-behind pauses {} ms; "
-              "L1 keeps serving",
-              DiskPath(dk), len, r.ok() ? fmt::format("wrote {} bytes", *r) : r.status().message(),
-              options_.error_backoff.count());
-          PauseWrites();
-          if (drained_) {  // shutting down: a failing disk is not waited for
-            Log().warn("stopping with {} dirty byte(s) not written to L2: writes fail", store_.dirty_bytes());
-            drain_timer_.cancel();
-            asio::post(io_, std::exchange(drained_, nullptr));
-          }
-        }
-        Pump();
-        CheckDrained();
-      });
+  worker_->Send(fmt::format("WRITE {} {} {}", DiskPath(dk), slot.offset, slot.length),
+                [this, token = alive_token_, key = slot.key, dk, len = slot.length](Result<uint64_t> r) {
+                  if (!*token) return;
+                  OnWriteDone(key, dk, len, r);
+                });
+}
+
+void DiskTier::OnWriteDone(const std::string& key, const std::string& dk, uint64_t len, const Result<uint64_t>& r) {
+  writes_in_flight_--;
+  index_.Unreserve(len);
+  waiting_for_room_ = false;
+  auto node = writing_.extract(dk);
+  const bool cancelled = !node.empty() && node.mapped();
+  if (cancelled) {
+    // Removed or cleared while it was written: neither tier may keep it.
+    store_.FinishWrite(key, /*requeue=*/false);
+    const std::string_view k = key;
+    (void)store_.Remove(std::span(&k, 1));
+    write_failures_.erase(key);
+    if (r.ok()) DeleteFile(dk);
+  } else if (r.ok() && *r == len) {
+    index_.Insert(dk, len);
+    c_.writes++;
+    c_.write_bytes += len;
+    write_failures_.erase(key);
+    store_.FinishWrite(key, /*requeue=*/false);
+  } else {
+    OnWriteFailed(key, dk, len, r);
+  }
+  Pump();
+  CheckDrained();
+}
+
+void DiskTier::OnWriteFailed(const std::string& key, const std::string& dk, uint64_t len, const Result<uint64_t>& r) {
+  c_.write_errors++;
+  if (!r.ok() && r.status().code() == StatusCode::kUnavailable) {
+    store_.FinishWrite(key, /*requeue=*/true);  // the death is logged once; the next worker writes it
+    return;
+  }
+  const std::string why = r.ok() ? fmt::format("wrote {} bytes", *r) : r.status().message();
+  // A short write is the disk filling up.
+  if (r.ok() || IsGlobalWriteError(why)) {
+    store_.FinishWrite(key, /*requeue=*/true);
+    Log().error(
+        "L2 write of {} ({} bytes) failed: {}; the object stays in L1 only (dirty), write-behind pauses {} ms; "
+        "L1 keeps serving",
+        DiskPath(dk), len, why, options_.error_backoff.count());
+    PauseWrites();
+    if (drained_) {  // shutting down: a failing disk is not waited for
+      Log().warn("stopping with {} dirty byte(s) not written to L2: writes fail", store_.dirty_bytes());
+      drain_timer_.cancel();
+      asio::post(io_, std::exchange(drained_, nullptr));
+    }
+    return;
+  }
+  // This object's own trouble: the others go on; it is retried after them, a few times.
+  const int failures = ++write_failures_[key];
+  if (failures >= options_.max_write_failures) {
+    write_failures_.erase(key);
+    c_.write_gave_up++;
+    store_.FinishWrite(key, /*requeue=*/false);
+    Log().error("L2 write of {} ({} bytes) failed {} times, last: {}; given up: the object stays in L1 only",
+                DiskPath(dk), len, failures, why);
+    return;
+  }
+  store_.FinishWrite(key, /*requeue=*/true);
+  Log().error("L2 write of {} ({} bytes) failed: {}; retried after the other dirty objects ({} of {})", DiskPath(dk),
+              len, why, failures, options_.max_write_failures);
 }
 
 void DiskTier::Drain(std::chrono::milliseconds limit, std::function<void()> done) {
@@ -363,7 +515,7 @@ void DiskTier::PauseWrites() {
 void DiskTier::OnWorkerDeath(const std::string& why) {
   c_.worker_deaths++;
   attached_ = false;
-  if (c_.worker_restarts < kMaxWorkerRestarts && !drained_) {
+  if (!gave_up_ && c_.worker_restarts < kMaxWorkerRestarts && !drained_) {
     Log().error("L2 disk tier unavailable: {}. L1 keeps serving; restarting the file worker in {} ms ({} of {})", why,
                 kRestartDelay.count(), c_.worker_restarts + 1, kMaxWorkerRestarts);
     // Not from here: this runs inside the dead link's handler, which must not be destroyed yet.
@@ -385,7 +537,7 @@ void DiskTier::RestartWorker() {
   worker_.reset();  // already dead and reaped
   auto link = FileWorkerLink::Spawn(io_, worker_options_, DeathHandler());
   if (!link.ok()) {
-    c_.worker_restarts = kMaxWorkerRestarts;  // the binary is gone: trying again will not help
+    gave_up_ = true;  // the binary is gone: trying again will not help
     Log().error("L2 disk tier stays unavailable: {}", link.status().ToString());
     return;
   }
@@ -396,7 +548,7 @@ void DiskTier::RestartWorker() {
                   if (!*token) return;
                   if (!r.ok()) {
                     if (r.status().code() != StatusCode::kUnavailable) {
-                      c_.worker_restarts = kMaxWorkerRestarts;
+                      gave_up_ = true;
                       Log().error(
                           "L2 disk tier stays unavailable: the restarted file worker (pid {}) refused "
                           "ATTACH: {}",
@@ -408,6 +560,7 @@ void DiskTier::RestartWorker() {
                   Log().warn("L2 disk tier available again: file worker restarted (pid {})", pid);
                   Pump();
                 });
+  SendPendingDeletes();  // DELETE needs no ATTACH
 }
 
 std::vector<std::pair<std::string_view, uint64_t>> DiskTier::Stats() const {
@@ -428,6 +581,9 @@ std::vector<std::pair<std::string_view, uint64_t>> DiskTier::Stats() const {
       {"l2_writes_in_flight", writes_in_flight_},
       {"l2_loads_in_flight", loading_.size()},
       {"l2_skipped_too_large", c_.skipped_too_large},
+      {"l2_write_gave_up", c_.write_gave_up},
+      {"l2_ignored_too_large", c_.ignored_too_large},
+      {"l2_pending_deletes", pending_deletes_.size()},
       {"l2_worker_deaths", c_.worker_deaths},
       {"l2_worker_restarts", c_.worker_restarts},
   };

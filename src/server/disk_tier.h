@@ -10,6 +10,10 @@
 //  - loads: prepare_retrieve of keys that are only on disk reserves L1 slots, READs into them,
 //    and calls back when every load has settled; a failed load frees its slot (never visible).
 //  - its own bound and LRU: before a WRITE, the least recently used files are DELETEd.
+// Files the tier drops while no worker runs are remembered and deleted once one runs again (or
+// at shutdown), so nothing removed comes back at the next start. Keys with I/O in flight are
+// never chosen as LRU victims, and a clear/remove during their I/O wins over its late reply.
+// The disk directory is locked (flock on DIR/.shmkv.lock) for the server's life.
 // When the worker dies, the tier turns unavailable (logged, counted in stats) and L1 serves on;
 // objects only on disk are no longer counted as hits. The worker is restarted after a pause, at
 // most kMaxWorkerRestarts times in the server's life; after that the tier stays unavailable.
@@ -29,9 +33,11 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
+#include "common/syscall.h"
 #include "server/disk_index.h"
 #include "server/disk_tier_options.h"
 #include "server/file_worker_link.h"
@@ -69,7 +75,8 @@ class DiskTier {
   void Load(std::vector<std::string> keys, std::function<void(std::vector<std::string> pinned)> done);
   // remove: drops the disk copy; true when there was one.
   bool Remove(std::string_view store_key);
-  // clear: drops every disk copy of the namespace; returns how many.
+  // clear, before Store::Clear: drops every disk copy of the namespace and cancels its I/O in
+  // flight; returns how many of them are not in L1 (the caller adds L1's count: the union).
   size_t ClearNamespace(std::string_view store_prefix);
   // Starts background writes when the policy says so. Cheap when there is nothing to do.
   void Pump();
@@ -83,15 +90,19 @@ class DiskTier {
  private:
   struct Counters {
     uint64_t hits = 0, loads = 0, load_bytes = 0, writes = 0, write_bytes = 0, write_errors = 0, read_errors = 0,
-             deletes = 0, skipped_too_large = 0, load_full = 0, worker_deaths = 0, worker_restarts = 0;
+             deletes = 0, skipped_too_large = 0, load_full = 0, worker_deaths = 0, worker_restarts = 0,
+             write_gave_up = 0, ignored_too_large = 0;
   };
   struct LoadWaiter;
 
   DiskTier(asio::io_context& io, Store& store, DiskTierOptions options, uint64_t capacity);
   std::string DiskKey(std::string_view store_key) const;  // empty when the namespace is unknown
-  std::string StoreKey(std::string_view disk_key) const;  // empty when the namespace is unknown here
   void StartWrite(IoSlot slot);
   void DeleteFile(const std::string& disk_key);
+  void SendPendingDeletes();
+  void OnReadDone(const std::string& key, const std::string& dk, uint64_t size, const Result<uint64_t>& r);
+  void OnWriteDone(const std::string& key, const std::string& dk, uint64_t len, const Result<uint64_t>& r);
+  void OnWriteFailed(const std::string& key, const std::string& dk, uint64_t len, const Result<uint64_t>& r);
   void OnWorkerDeath(const std::string& why);
   void RestartWorker();
   FileWorkerLink::DeathHandler DeathHandler();
@@ -107,11 +118,18 @@ class DiskTier {
   std::string shm_name_;
   uint64_t shm_size_ = 0;
   bool attached_ = false;  // the current worker has answered ATTACH with OK
+  bool gave_up_ = false;   // a restart cannot help (binary gone, ATTACH refused)
   asio::steady_timer restart_timer_;
   std::unordered_map<std::string, std::string> digest_by_prefix_;  // store prefix -> ns digest
-  std::unordered_map<std::string, std::string> prefix_by_digest_;
   // Loads in flight: store key -> callbacks waiting for it (the first started the READ).
   std::unordered_map<std::string, std::vector<std::function<void(bool)>>> loading_;
+  std::unordered_set<std::string> cancelled_loads_;  // store keys cleared while their READ ran
+  // Writes in flight: disk key -> cancelled (removed or cleared meanwhile: not indexed on OK).
+  std::unordered_map<std::string, bool> writing_;
+  std::unordered_map<std::string, int> write_failures_;  // store key -> failed WRITEs so far
+  // Disk keys dropped from the index whose file is not deleted yet (no worker was running).
+  std::unordered_set<std::string> pending_deletes_;
+  sys::UniqueFd dir_lock_;  // flock on DIR/.shmkv.lock, held for the tier's life
   size_t writes_in_flight_ = 0;
   bool writes_paused_ = false;
   bool waiting_for_room_ = false;  // a write waits for an earlier one to free its reservation

@@ -20,6 +20,11 @@ struct DiskTierOptions {
   double writeback_watermark = 0.5;
   // After a failed WRITE, write-behind pauses this long (a full disk is not hammered).
   std::chrono::milliseconds error_backoff{1000};
+  // A WRITE of one object failing this often (for a reason of its own, not a full or failing
+  // disk) gives up on it: it stays in L1 only (l2_write_gave_up).
+  int max_write_failures = 3;
+  // The file worker is treated as hung (killed, restarted) after this long without a reply.
+  std::chrono::milliseconds io_timeout{30000};
 };
 
 }  // namespace shmkv

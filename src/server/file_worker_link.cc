@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -116,6 +117,9 @@ Result<Child> SpawnChild(const FileWorkerOptions& options) {
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, to_r.get(), STDIN_FILENO);
   posix_spawn_file_actions_adddup2(&actions, from_w.get(), STDOUT_FILENO);
+  // Nothing else of the server's: client sockets, the listener and the disk lock would stay open
+  // in the worker (a restarted one is spawned while clients are connected).
+  posix_spawn_file_actions_addclosefrom_np(&actions, STDERR_FILENO + 1);
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   // Its own process group: a terminal's Ctrl-C reaches the server, which then stops the worker
@@ -152,7 +156,8 @@ Result<std::unique_ptr<FileWorkerLink>> FileWorkerLink::Spawn(asio::io_context& 
   auto child = SpawnChild(options);
   if (!child.ok()) return child.status();
   return std::unique_ptr<FileWorkerLink>(new FileWorkerLink(io, child->pid, child->to_worker.release(),
-                                                            child->from_worker.release(), std::move(on_death)));
+                                                            child->from_worker.release(), options.reply_timeout,
+                                                            std::move(on_death)));
 }
 
 Result<std::unique_ptr<FileWorkerLink>> FileWorkerLink::Start(asio::io_context& io, const FileWorkerOptions& options,
@@ -175,21 +180,33 @@ Result<std::unique_ptr<FileWorkerLink>> FileWorkerLink::Start(asio::io_context& 
                                            options.binary, pid, shm_name, why, how));
   }
   return std::unique_ptr<FileWorkerLink>(
-      new FileWorkerLink(io, pid, to_w.release(), from_r.release(), std::move(on_death)));
+      new FileWorkerLink(io, pid, to_w.release(), from_r.release(), options.reply_timeout, std::move(on_death)));
 }
 
-FileWorkerLink::FileWorkerLink(asio::io_context& io, pid_t pid, int to_worker, int from_worker, DeathHandler on_death)
-    : io_(io), pid_(pid), to_worker_(io, to_worker), from_worker_(io, from_worker), on_death_(std::move(on_death)) {
+FileWorkerLink::FileWorkerLink(asio::io_context& io, pid_t pid, int to_worker, int from_worker,
+                               std::chrono::milliseconds reply_timeout, DeathHandler on_death)
+    : io_(io),
+      pid_(pid),
+      to_worker_(io, to_worker),
+      from_worker_(io, from_worker),
+      on_death_(std::move(on_death)),
+      reply_timeout_(reply_timeout),
+      watchdog_(io),
+      grace_(io) {
   ReadReplies();
 }
 
 FileWorkerLink::~FileWorkerLink() {
   *token_ = false;
+  watchdog_.cancel();
+  grace_.cancel();
   asio::error_code ignored;
+  if (pidfd_) pidfd_->close(ignored);
   to_worker_.close(ignored);  // EOF: the worker finishes what is in flight and exits
   from_worker_.close(ignored);
-  if (alive_) {
-    const std::string how = Reap(pid_, std::chrono::milliseconds(5000));
+  if (!reaped_) {
+    // Alive: it gets 5 s to finish its writes. Dying (a reap still pending): no more waiting.
+    const std::string how = Reap(pid_, std::chrono::milliseconds(alive_ ? 5000 : 0));
     Log().debug("file worker (pid {}) {}", pid_, how);
   }
 }
@@ -201,8 +218,18 @@ void FileWorkerLink::Send(std::string line, Callback done) {
   }
   out_pending_.append(line);
   out_pending_.push_back('\n');
+  if (pending_.empty()) ArmWatchdog();
   pending_.push_back(std::move(done));
   WriteMore();
+}
+
+// One deadline for the oldest unanswered command, re-armed at every reply.
+void FileWorkerLink::ArmWatchdog() {
+  watchdog_.expires_after(reply_timeout_);
+  watchdog_.async_wait([this, token = token_](const asio::error_code& ec) {
+    if (ec || !*token || pending_.empty()) return;
+    Die(fmt::format("no reply within {} ms (hung: stuck disk or stopped process)", reply_timeout_.count()));
+  });
 }
 
 void FileWorkerLink::WriteMore() {
@@ -228,6 +255,11 @@ void FileWorkerLink::ReadReplies() {
     if (pending_.empty()) return Die(fmt::format("it sent a reply nobody asked for: '{}'", line.substr(0, 80)));
     Callback done = std::move(pending_.front());
     pending_.pop_front();
+    if (pending_.empty()) {
+      watchdog_.cancel();
+    } else {
+      ArmWatchdog();
+    }
     done(ParseReply(line));
     if (*token && alive_) ReadReplies();
   });
@@ -236,10 +268,34 @@ void FileWorkerLink::ReadReplies() {
 void FileWorkerLink::Die(const std::string& why) {
   if (!alive_) return;
   alive_ = false;
+  watchdog_.cancel();
   asio::error_code ignored;
   to_worker_.close(ignored);
   from_worker_.close(ignored);
-  const std::string how = Reap(pid_, std::chrono::milliseconds(200));
+  int status = 0;
+  auto done = sys::Call([&] { return ::waitpid(pid_, &status, WNOHANG); });
+  if (done.ok() && done.value == pid_) return Buried(why, DescribeExit(status));
+  auto pidfd = sys::Call([&] { return static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)); });
+  if (!done.ok() || !pidfd.ok()) {
+    return Buried(why, Reap(pid_, std::chrono::milliseconds(200)));  // no pidfd: the blocking way
+  }
+  pidfd_ = std::make_unique<asio::posix::stream_descriptor>(io_, pidfd.value);
+  pidfd_->async_wait(asio::posix::stream_descriptor::wait_read,
+                     [this, token = token_, why](const asio::error_code& ec) {
+                       if (!*token || ec) return;
+                       grace_.cancel();
+                       // Exited: this waitpid returns at once.
+                       Buried(why, Reap(pid_, std::chrono::milliseconds(0)));
+                     });
+  grace_.expires_after(std::chrono::milliseconds(200));
+  grace_.async_wait([this, token = token_](const asio::error_code& ec) {
+    if (!*token || ec) return;
+    ::kill(pid_, SIGKILL);  // the pidfd turns readable once it is gone
+  });
+}
+
+void FileWorkerLink::Buried(const std::string& why, const std::string& how) {
+  reaped_ = true;
   const std::string message = fmt::format("file worker (pid {}) is gone: {}; it {}", pid_, why, how);
   std::deque<Callback> failed;
   failed.swap(pending_);

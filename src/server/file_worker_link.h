@@ -3,8 +3,11 @@
 // back in command order on its stdout, each completing the oldest pending callback. The loop
 // never waits on disk I/O.
 //
-// The worker's death (EOF or an error on its stdout) fails every pending callback with
-// kUnavailable and calls the death handler once; the link stays dead (DiskTier spawns a new one).
+// The worker's death (EOF or an error on its stdout, or no reply within reply_timeout) fails every
+// pending callback with kUnavailable and calls the death handler once; the link stays dead
+// (DiskTier spawns a new one). The dead child is reaped asynchronously (a pidfd in the loop; it
+// gets 200 ms to exit, then SIGKILL), so a worker stuck in the kernel does not stall the loop;
+// the callbacks and the handler run once it is reaped, with how it ended.
 //
 // Thread-safety: none; every method runs on the io_context's one thread.
 #pragma once
@@ -12,6 +15,7 @@
 #include <sys/types.h>
 
 #include <asio.hpp>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -27,6 +31,9 @@ struct FileWorkerOptions {
   std::string root;    // --root
   size_t queue_depth = 4;
   std::string log_level = "warn";
+  // A command unanswered this long means a hung worker (stuck disk, stopped process): it is
+  // killed and treated as dead, so waiting loads fail as missing instead of hanging clients.
+  std::chrono::milliseconds reply_timeout{30000};
 };
 
 class FileWorkerLink {
@@ -60,16 +67,24 @@ class FileWorkerLink {
   size_t in_flight() const { return pending_.size(); }
 
  private:
-  FileWorkerLink(asio::io_context& io, pid_t pid, int to_worker, int from_worker, DeathHandler on_death);
+  FileWorkerLink(asio::io_context& io, pid_t pid, int to_worker, int from_worker,
+                 std::chrono::milliseconds reply_timeout, DeathHandler on_death);
   void ReadReplies();
   void WriteMore();
   void Die(const std::string& why);
+  void Buried(const std::string& why, const std::string& how);
+  void ArmWatchdog();
 
   asio::io_context& io_;
   pid_t pid_;
   asio::posix::stream_descriptor to_worker_;
   asio::posix::stream_descriptor from_worker_;
   DeathHandler on_death_;
+  std::chrono::milliseconds reply_timeout_;
+  asio::steady_timer watchdog_;
+  asio::steady_timer grace_;                               // SIGKILL when a dying worker lingers
+  std::unique_ptr<asio::posix::stream_descriptor> pidfd_;  // readable once the child has exited
+  bool reaped_ = false;
   std::deque<Callback> pending_;
   std::string out_pending_, out_flight_;
   asio::streambuf in_;

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   bool no_prefault = false;
   std::string disk_dir, disk_size_text, file_worker;
   bool disk_write_through = false;
+  double disk_io_timeout_s = 30;
   app.add_option("--pool-size", pool_size_text, "Pool size: 512MiB, 4GiB or a byte count")->required();
   app.add_option("--shm-name", shm_name, "Segment name (prefixed with lmcache_l1_pool_; default: the pid)");
   app.add_option("--socket", o.socket_path, "Control socket path")->capture_default_str();
@@ -36,6 +37,9 @@ int main(int argc, char** argv) {
                "Write every committed object to L2 (default: write-behind once L1 is half full)");
   app.add_option("--file-worker", file_worker,
                  "shmkv-file-worker binary for L2 (default: next to this executable, else on PATH)");
+  app.add_option("--disk-io-timeout", disk_io_timeout_s,
+                 "Seconds without a reply after which the file worker counts as hung and is restarted")
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
@@ -67,6 +71,8 @@ int main(int argc, char** argv) {
     d.dir = disk_dir;
     d.write_through = disk_write_through;
     d.worker_binary = file_worker;
+    if (disk_io_timeout_s <= 0) return fail("--disk-io-timeout must be positive");
+    d.io_timeout = std::chrono::milliseconds(static_cast<int64_t>(disk_io_timeout_s * 1000));
     if (!disk_size_text.empty()) {
       auto ds = shmkv::ParseSize(disk_size_text);
       if (!ds.ok()) return fail("--disk-size: " + ds.status().message());

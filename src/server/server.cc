@@ -535,8 +535,9 @@ Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wir
 
   if (kind == Op::kClear) {
     field("removed");
-    const size_t removed = srv.store.Clear(prefix_);
-    pk.pack_uint64(srv.disk ? removed + srv.disk->ClearNamespace(prefix_) : removed);
+    // Disk first: it counts only what L1 does not hold, so an object in both counts once.
+    const size_t disk_only = srv.disk ? srv.disk->ClearNamespace(prefix_) : 0;
+    pk.pack_uint64(srv.store.Clear(prefix_) + disk_only);
     return Status::Ok();
   }
   SHMKV_RETURN_IF_ERROR(req.BytesInto("keys", wire::kMaxKeyBytes, raw_keys_));

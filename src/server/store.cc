@@ -375,7 +375,7 @@ void Store::FinishWrite(std::string_view key, bool requeue) {
   Object& o = it->second;
   o.writing = false;
   if (requeue) {
-    o.dirty = dirty_.insert(dirty_.begin(), &it->first);
+    o.dirty = dirty_.insert(dirty_.end(), &it->first);  // the tail: one failing object does not block the rest
     o.in_dirty = true;
     dirty_bytes_ += o.length;
   }

@@ -152,7 +152,7 @@ class Store {
   bool Contains(std::string_view key) const;  // in any state
   // Up to `max_objects` of the oldest dirty objects, io-pinned and marked as being written.
   std::vector<IoSlot> TakeDirty(size_t max_objects);
-  // Ends a write taken by TakeDirty: unpins; `requeue` puts the object back at the head of the
+  // Ends a write taken by TakeDirty: unpins; `requeue` puts the object back at the tail of the
   // dirty queue (the write failed), otherwise it is clean (dropping it later loses nothing).
   void FinishWrite(std::string_view key, bool requeue);
   // Reserves a slot for bytes coming up from a lower tier, evicting as needed; the object is

@@ -143,6 +143,62 @@ TEST(DiskIndex, TooLargeAndWaitingForWritesInFlight) {
   EXPECT_EQ(idx.reserved(), 60u);
 }
 
+// Review finding 2: a write that must wait for writes in flight used to empty the index first
+// (every entry erased as a victim, the wait returned anyway).
+TEST(DiskIndex, WaitForWritesInFlightKeepsEveryEntry) {
+  DiskIndex idx(3 << 20);
+  idx.Insert("A", 512 << 10);
+  std::vector<std::string> victims;
+  ASSERT_EQ(idx.Reserve(2 << 20, &victims), DiskIndex::Reservation::kOk);  // B, in flight
+  ASSERT_TRUE(victims.empty());
+  EXPECT_EQ(idx.Reserve(1536 << 10, &victims), DiskIndex::Reservation::kWait);  // C cannot fit beside B
+  EXPECT_TRUE(victims.empty());
+  EXPECT_TRUE(idx.Contains("A"));
+  EXPECT_EQ(idx.objects(), 1u);
+  EXPECT_EQ(idx.reserved(), uint64_t{2} << 20);
+  // Once B landed, C fits by deleting A (and only A).
+  idx.Unreserve(2 << 20);
+  idx.Insert("B", 2 << 20);
+  idx.Touch("B");
+  EXPECT_EQ(idx.Reserve(1 << 20, &victims), DiskIndex::Reservation::kOk);
+  EXPECT_EQ(victims, std::vector<std::string>{"A"});
+  EXPECT_TRUE(idx.CheckInvariants().ok());
+}
+
+// Review finding 8: a file being read is never chosen as a victim; when only busy files could
+// make room, the write waits and nothing is erased.
+TEST(DiskIndex, BusyEntriesAreNeverVictims) {
+  DiskIndex idx(100);
+  idx.Insert("a", 40);  // least recently used, but being read
+  idx.Insert("b", 40);
+  idx.MarkBusy("a");
+  std::vector<std::string> victims;
+  ASSERT_EQ(idx.Reserve(30, &victims), DiskIndex::Reservation::kOk);
+  EXPECT_EQ(victims, std::vector<std::string>{"b"});
+  EXPECT_TRUE(idx.Contains("a"));
+  idx.Unreserve(30);
+  victims.clear();
+  // Room only by deleting a: wait, nothing erased.
+  EXPECT_EQ(idx.Reserve(70, &victims), DiskIndex::Reservation::kWait);
+  EXPECT_TRUE(victims.empty());
+  EXPECT_TRUE(idx.Contains("a"));
+  EXPECT_EQ(idx.reserved(), 0u);
+  idx.UnmarkBusy("a");
+  EXPECT_FALSE(idx.Busy("a"));
+  EXPECT_EQ(idx.Reserve(70, &victims), DiskIndex::Reservation::kOk);
+  EXPECT_EQ(victims, std::vector<std::string>{"a"});
+  EXPECT_TRUE(idx.CheckInvariants().ok());
+}
+
+TEST(DiskIndex, ScanSkipsTheLockFile) {
+  TempDir dir;
+  WriteFile(fs::path(dir.path()) / std::string(kDiskLockFile), 0);
+  auto scan = ScanDiskDir(dir.path());
+  ASSERT_TRUE(scan.ok()) << scan.status().ToString();
+  EXPECT_TRUE(scan->files.empty());
+  EXPECT_EQ(scan->ignored, 0u);
+}
+
 TEST(DiskIndex, TrimAndNamespaceListing) {
   DiskIndex idx(50);
   const std::string n1 = Ns("1"), n2 = Ns("2");

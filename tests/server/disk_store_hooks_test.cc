@@ -52,14 +52,18 @@ TEST(StoreDiskHooks, CommitsAreDirtyOldestFirstAndAWriteKeepsTheSlot) {
   EXPECT_TRUE(s.CheckInvariants().ok()) << s.CheckInvariants().ToString();
 }
 
-TEST(StoreDiskHooks, AFailedWriteRequeuesAtTheHead) {
+// Review finding 5: a failed write goes to the tail, so an object that always fails does not
+// keep the others from being written.
+TEST(StoreDiskHooks, AFailedWriteRequeuesAtTheTail) {
   Store s = MakeStore(4);
   s.OpenSession(1);
   Put(s, 1, "a");
   Put(s, 1, "b");
   auto taken = s.TakeDirty(1);
+  ASSERT_EQ(taken[0].key, "a");
   s.FinishWrite(taken[0].key, /*requeue=*/true);
   EXPECT_EQ(s.stats().dirty_objects, 2u);
+  EXPECT_EQ(s.TakeDirty(1)[0].key, "b");
   EXPECT_EQ(s.TakeDirty(1)[0].key, "a");
   EXPECT_TRUE(s.CheckInvariants().ok()) << s.CheckInvariants().ToString();
 }
