@@ -352,6 +352,12 @@ TEST(PagedKvTest, ConcurrentCallsFromSeveralThreadsAllComplete) {
 }
 
 TEST(PagedKvTest, AForkedChildCopiesOnItsOwnThreadAndExitsCleanly) {
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan's allocator is not fork-safe while other threads run: a pool worker freeing memory at
+  // the moment of fork() leaves the allocator's lock held in the child, whose exit-time leak
+  // check then waits on it forever (seen in CI-like runs). The release build runs this test.
+  GTEST_SKIP() << "fork() of a multi-threaded process is not supported under AddressSanitizer";
+#endif
   const KvGeometry g = ThreadedGeometry(KvLayout::kNHD);
   const uint64_t chunks = 4;
   const auto block_ids = BlockTable(g, chunks * g.blocks_per_chunk(), 26);
