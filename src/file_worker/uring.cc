@@ -84,9 +84,9 @@ void UringExecutor::Reap() {
     const int rc = io_uring_wait_cqe(ring_.get(), &cqe);
     if (rc == -EINTR || rc == -EAGAIN) continue;
     if (rc < 0) {
-      // Cannot happen with a live ring; waiting callers would hang, so make it loud.
-      Log().error("file worker: io_uring_wait_cqe failed: {}", std::strerror(-rc));
-      continue;
+      // Cannot happen with a live ring; waiting callers would hang forever, so fail loudly.
+      Log().error("file worker: io_uring_wait_cqe failed: {}; aborting", std::strerror(-rc));
+      std::abort();
     }
     const uint64_t data = io_uring_cqe_get_data64(cqe);
     const int res = cqe->res;
