@@ -4,9 +4,9 @@
 // Ring owns one io_uring instance (io_uring_queue_init .. io_uring_queue_exit); move-only.
 // UringExecutor shares one Ring among the I/O pool threads: a caller submits one SQE under a mutex
 // and sleeps until a reaper thread hands it the CQE's result. Opening, temp-name + rename and
-// fsync stay synchronous on the pool thread (FileStore), so crash safety is unchanged; what moves
-// to io_uring is the byte transfer, which the kernel can then run without a blocked thread per
-// request. At most `entries` requests are in flight at once (the --queue-depth pool threads
+// fsync stay synchronous on the pool thread (FileStore), so crash safety is unchanged; only the
+// byte transfer moves to io_uring (the pool thread waits for its completion, so concurrency is
+// still bounded by the pool). At most `entries` requests are in flight (the --queue-depth pool threads
 // submit one each, so that bound is not reached in the worker; the limit keeps the CQ from
 // overflowing for any caller).
 //
