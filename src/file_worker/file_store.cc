@@ -138,7 +138,6 @@ Status ListInto(sys::UniqueFd dir, const std::string& prefix, int depth, std::ve
   return Status::Ok();
 }
 
-// Writes all of [src, src+len) at offset 0 of fd.
 // io_uring and pread/pwrite return the same thing (count or failure), so one loop serves both.
 sys::CallResult<ssize_t> PWrite(UringExecutor* io, int fd, const std::byte* src, size_t n, uint64_t off) {
   if (io == nullptr) return sys::Call([&] { return ::pwrite(fd, src, n, static_cast<off_t>(off)); });
@@ -154,6 +153,7 @@ sys::CallResult<ssize_t> PRead(UringExecutor* io, int fd, std::byte* dst, size_t
   return {static_cast<ssize_t>(r), 0};
 }
 
+// Writes all of [src, src+len) at offset 0 of fd.
 Status WriteAll(UringExecutor* io, int fd, const std::byte* src, uint64_t len, std::string_view rel) {
   uint64_t done = 0;
   while (done < len) {

@@ -113,10 +113,10 @@ int main(int argc, char** argv) {
     }
     // One line on stderr, so an operator sees which engine a container really gets.
     if (log_level != "off") {
-      std::fprintf(
-          stderr, "shmkv-file-worker: I/O engine %s\n",
-          uring ? fmt::format("io_uring (--io-engine {}; queue depth {})", io_engine, queue_depth).c_str()
-                : fmt::format("threads (--io-engine auto: io_uring unavailable: {})", ring.status().message()).c_str());
+      const std::string why =
+          uring ? fmt::format("io_uring (--io-engine {}; queue depth {})", io_engine, queue_depth)
+                : fmt::format("threads (--io-engine auto: io_uring unavailable: {})", ring.status().message());
+      std::fprintf(stderr, "shmkv-file-worker: I/O engine %s\n", why.c_str());
     }
   } else if (log_level != "off") {
     std::fprintf(stderr, "shmkv-file-worker: I/O engine threads (--io-engine threads)\n");
