@@ -17,6 +17,7 @@ Worker and fio rounds alternate so drift of the disk hits both alike. Reports th
 
 Usage (from the repository root, after building):
   /usr/bin/python3 bench/file_worker_bench.py [--objects 32] [--queue-depths 1,8] [--rounds 3]
+      [--io-engines auto|uring|threads|uring,threads]
 """
 import argparse
 import ctypes
@@ -39,8 +40,9 @@ def log(msg: str) -> None:
 
 
 class Worker:
-    def __init__(self, binary: str, root: str, queue_depth: int):
-        self.proc = subprocess.Popen([binary, "--root", root, "--direct", "--queue-depth", str(queue_depth)],
+    def __init__(self, binary: str, root: str, queue_depth: int, engine: str):
+        self.proc = subprocess.Popen([binary, "--root", root, "--direct", "--queue-depth", str(queue_depth),
+                                      "--io-engine", engine],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
 
     def send(self, text: str) -> None:
@@ -85,6 +87,9 @@ def main() -> int:
     ap.add_argument("--object-mib", type=int, default=32)
     ap.add_argument("--queue-depths", default="1,8")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--io-engines", default="auto",
+                    help="comma-separated --io-engine values of the worker (auto, uring, threads); each is "
+                         "measured in every round, against the same fio runs")
     args = ap.parse_args()
 
     worker_bin = os.path.join(args.build_dir, "src", "file_worker", "shmkv-file-worker")
@@ -101,6 +106,7 @@ def main() -> int:
     obj = args.object_mib * MIB
     n = args.objects
     depths = [int(q) for q in args.queue_depths.split(",")]
+    engines = [e for e in args.io_engines.split(",") if e]
     scratch = tempfile.mkdtemp(prefix="shmkv_fw_bench_", dir=args.dir)
     worker_root = os.path.join(scratch, "worker")
     fio_dir = os.path.join(scratch, "fio")
@@ -126,34 +132,38 @@ def main() -> int:
             shm.buf[i * obj:(i + 1) * obj] = block
             shm.buf[i * obj:i * obj + 8] = i.to_bytes(8, "little")  # objects differ
         log(f"scratch {scratch} ({fstype}); {n} objects x {args.object_mib} MiB per pass; "
-            f"queue depths {depths}; {args.rounds} rounds")
+            f"queue depths {depths}; worker engines {engines}; {args.rounds} rounds")
 
         results = {}
         for q in depths:
-            wr, rd, fwr, frd, xwr, xrd = [], [], [], [], [], []
-            worker = Worker(worker_bin, worker_root, q)
-            assert worker.call(f"ATTACH {seg_name} {seg_size} {base}") == "OK"
+            wr = {e: [] for e in engines}
+            rd = {e: [] for e in engines}
+            fwr, frd, xwr, xrd = [], [], [], []
+            workers = {e: Worker(worker_bin, worker_root, q, e) for e in engines}
+            for w in workers.values():
+                assert w.call(f"ATTACH {seg_name} {seg_size} {base}") == "OK"
             for r in range(args.rounds):
-                for i in range(n):
-                    worker.call(f"DELETE obj{i}")
-                batch = "".join(f"WRITE obj{i} {base + i * obj} {obj}\n" for i in range(n))
-                t0 = time.perf_counter()
-                worker.send(batch)
-                got = worker.replies(n)
-                t1 = time.perf_counter()
-                assert got == [f"OK {obj}"] * n, got[:3]
-                wr.append(n * obj / (t1 - t0) / 1e9)
+                for e, worker in workers.items():
+                    for i in range(n):
+                        worker.call(f"DELETE obj{i}")
+                    batch = "".join(f"WRITE obj{i} {base + i * obj} {obj}\n" for i in range(n))
+                    t0 = time.perf_counter()
+                    worker.send(batch)
+                    got = worker.replies(n)
+                    t1 = time.perf_counter()
+                    assert got == [f"OK {obj}"] * n, got[:3]
+                    wr[e].append(n * obj / (t1 - t0) / 1e9)
 
-                dst = n * obj
-                shm.buf[dst:dst + n * obj] = bytes(n * obj)  # the READ must really bring the bytes
-                batch = "".join(f"READ obj{i} {base + dst + i * obj} {obj}\n" for i in range(n))
-                t0 = time.perf_counter()
-                worker.send(batch)
-                got = worker.replies(n)
-                t1 = time.perf_counter()
-                assert got == [f"OK {obj}"] * n, got[:3]
-                rd.append(n * obj / (t1 - t0) / 1e9)
-                assert bytes(shm.buf[dst:dst + n * obj]) == bytes(shm.buf[0:n * obj]), "READ returned other bytes"
+                    dst = n * obj
+                    shm.buf[dst:dst + n * obj] = bytes(n * obj)  # the READ must really bring the bytes
+                    batch = "".join(f"READ obj{i} {base + dst + i * obj} {obj}\n" for i in range(n))
+                    t0 = time.perf_counter()
+                    worker.send(batch)
+                    got = worker.replies(n)
+                    t1 = time.perf_counter()
+                    assert got == [f"OK {obj}"] * n, got[:3]
+                    rd[e].append(n * obj / (t1 - t0) / 1e9)
+                    assert bytes(shm.buf[dst:dst + n * obj]) == bytes(shm.buf[0:n * obj]), "READ returned other bytes"
 
                 clear(fio_dir)
                 fwr.append(fio(fio_dir, "write", n, obj, q, fixedbufs=False))
@@ -161,24 +171,27 @@ def main() -> int:
                 clear(fio_dir)
                 xwr.append(fio(fio_dir, "write", n, obj, q, fixedbufs=True))
                 xrd.append(fio(fio_dir, "read", n, obj, q, fixedbufs=True))
-                log(f"qd {q} round {r + 1}: worker write {wr[-1]:.2f} read {rd[-1]:.2f} | "
+                mine = " | ".join(f"worker[{e}] write {wr[e][-1]:.2f} read {rd[e][-1]:.2f}" for e in engines)
+                log(f"qd {q} round {r + 1}: {mine} | "
                     f"fio write {fwr[-1]:.2f} read {frd[-1]:.2f} | "
                     f"fio fixedbufs write {xwr[-1]:.2f} read {xrd[-1]:.2f} GB/s")
-            worker.close()
-            results[q] = {k: statistics.median(v) for k, v in
-                          (("write", wr), ("read", rd), ("fio_write", fwr), ("fio_read", frd),
-                           ("fix_write", xwr), ("fix_read", xrd))}
+            for w in workers.values():
+                w.close()
+            for e in engines:
+                results[(q, e)] = {k: statistics.median(v) for k, v in
+                                   (("write", wr[e]), ("read", rd[e]), ("fio_write", fwr), ("fio_read", frd),
+                                    ("fix_write", xwr), ("fix_read", xrd))}
 
         print(f"{n} objects of {args.object_mib} MiB per pass, O_DIRECT, {fstype} under {args.dir}, "
               f"median of {args.rounds} rounds, GB/s = 1e9 bytes/s\n")
-        print("| queue depth | direction | shmkv-file-worker GB/s | fio io_uring GB/s | worker / fio "
-              "| fio io_uring --fixedbufs GB/s | worker / fio --fixedbufs |")
-        print("|---|---|---|---|---|---|---|")
-        for q, m in results.items():
+        print("| queue depth | worker --io-engine | direction | shmkv-file-worker GB/s | fio io_uring GB/s "
+              "| worker / fio | fio io_uring --fixedbufs GB/s | worker / fio --fixedbufs |")
+        print("|---|---|---|---|---|---|---|---|")
+        for (q, e), m in results.items():
             for d in ("write", "read"):
                 label = "WRITE (pool → file)" if d == "write" else "READ (file → pool)"
                 f, x = m["fio_" + d], m["fix_" + d]
-                print(f"| {q} | {label} | {m[d]:.2f} | {f:.2f} | {m[d] / f:.2f} | {x:.2f} | {m[d] / x:.2f} |")
+                print(f"| {q} | {e} | {label} | {m[d]:.2f} | {f:.2f} | {m[d] / f:.2f} | {x:.2f} | {m[d] / x:.2f} |")
         return 0
     finally:
         if shm is not None:

@@ -23,6 +23,7 @@
 
 #include "common/log.h"
 #include "file_worker/protocol.h"
+#include "file_worker/uring.h"
 
 namespace shmkv::file_worker {
 namespace {
@@ -137,12 +138,27 @@ Status ListInto(sys::UniqueFd dir, const std::string& prefix, int depth, std::ve
   return Status::Ok();
 }
 
+// io_uring and pread/pwrite return the same thing (count or failure), so one loop serves both.
+sys::CallResult<ssize_t> PWrite(UringExecutor* io, int fd, const std::byte* src, size_t n, uint64_t off) {
+  if (io == nullptr) return sys::Call([&] { return ::pwrite(fd, src, n, static_cast<off_t>(off)); });
+  const int64_t r = io->Write(fd, src, static_cast<uint32_t>(n), off);
+  if (r < 0) return {-1, static_cast<int>(-r)};
+  return {static_cast<ssize_t>(r), 0};
+}
+
+sys::CallResult<ssize_t> PRead(UringExecutor* io, int fd, std::byte* dst, size_t n, uint64_t off) {
+  if (io == nullptr) return sys::Call([&] { return ::pread(fd, dst, n, static_cast<off_t>(off)); });
+  const int64_t r = io->Read(fd, dst, static_cast<uint32_t>(n), off);
+  if (r < 0) return {-1, static_cast<int>(-r)};
+  return {static_cast<ssize_t>(r), 0};
+}
+
 // Writes all of [src, src+len) at offset 0 of fd.
-Status WriteAll(int fd, const std::byte* src, uint64_t len, std::string_view rel) {
+Status WriteAll(UringExecutor* io, int fd, const std::byte* src, uint64_t len, std::string_view rel) {
   uint64_t done = 0;
   while (done < len) {
     const auto chunk = static_cast<size_t>(std::min(len - done, kMaxIoChunk));
-    auto r = sys::Call([&] { return ::pwrite(fd, src + done, chunk, static_cast<off_t>(done)); });
+    auto r = PWrite(io, fd, src + done, chunk, done);
     if (!r.ok()) return Status::FromErrno(fmt::format("write {} at {}", Quote(rel, 256), done), r.err);
     if (r.value == 0) return Status::IoError(fmt::format("write {}: no progress at byte {}", Quote(rel, 256), done));
     done += static_cast<uint64_t>(r.value);
@@ -331,7 +347,7 @@ Result<sys::UniqueFd> FileStore::WalkDir(std::string_view dir, bool create) cons
   return cur;
 }
 
-Result<uint64_t> FileStore::Write(const RelPath& path, const std::byte* src, uint64_t len) const {
+Result<uint64_t> FileStore::Write(const RelPath& path, const std::byte* src, uint64_t len, UringExecutor* io) const {
   const auto [parent, leaf] = SplitLeaf(path.str());
   const std::string leaf_name(leaf);
   auto dir = OpenDir(parent, /*create=*/true);
@@ -355,7 +371,7 @@ Result<uint64_t> FileStore::Write(const RelPath& path, const std::byte* src, uin
   TempGuard remove_tmp(dir->get(), tmp);
   {
     sys::UniqueFd fd(opened.value);
-    SHMKV_RETURN_IF_ERROR(WriteAll(fd.get(), src, len, path.str()));
+    SHMKV_RETURN_IF_ERROR(WriteAll(io, fd.get(), src, len, path.str()));
     if (options_.fsync) {
       SHMKV_RETURN_IF_ERROR(sys::Call([&] {
                               return ::fdatasync(fd.get());
@@ -380,7 +396,7 @@ Result<uint64_t> FileStore::Write(const RelPath& path, const std::byte* src, uin
   return len;
 }
 
-Result<uint64_t> FileStore::Read(const RelPath& path, std::byte* dst, uint64_t len) const {
+Result<uint64_t> FileStore::Read(const RelPath& path, std::byte* dst, uint64_t len, UringExecutor* io) const {
   const auto [parent, leaf] = SplitLeaf(path.str());
   const std::string leaf_name(leaf);
   auto dir = OpenDir(parent, /*create=*/false);
@@ -406,7 +422,7 @@ Result<uint64_t> FileStore::Read(const RelPath& path, std::byte* dst, uint64_t l
   uint64_t done = 0;
   while (done < want) {
     const auto chunk = static_cast<size_t>(std::min(want - done, kMaxIoChunk));
-    auto r = sys::Call([&] { return ::pread(fd.get(), dst + done, chunk, static_cast<off_t>(done)); });
+    auto r = PRead(io, fd.get(), dst + done, chunk, done);
     if (!r.ok()) return Status::FromErrno(fmt::format("read {} at {}", Quote(path.str(), 256), done), r.err);
     if (r.value == 0) break;  // end of file (it may have shrunk since fstat)
     done += static_cast<uint64_t>(r.value);

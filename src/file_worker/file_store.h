@@ -26,6 +26,10 @@
 #include "shmkv/status.h"
 
 namespace shmkv::file_worker {
+class UringExecutor;
+}
+
+namespace shmkv::file_worker {
 
 // Temporary files of in-progress writes start with this; clients can neither name nor list them.
 inline constexpr std::string_view kTempPrefix = ".shmkv-tmp-";
@@ -68,11 +72,13 @@ class FileStore {
 
   // Copies len bytes from src into the file (created with mode 0600, missing parent directories
   // with 0700), atomically replacing an existing regular file. Refuses to replace a symlink or
-  // anything but a regular file. Returns len.
-  Result<uint64_t> Write(const RelPath& path, const std::byte* src, uint64_t len) const;
+  // anything but a regular file. Returns len. With `io`, the bytes move through io_uring instead
+  // of pwrite; everything else (temp name, rename, fsync) is the same.
+  Result<uint64_t> Write(const RelPath& path, const std::byte* src, uint64_t len, UringExecutor* io = nullptr) const;
   // Copies min(len, file size) bytes of the file to dst; returns the count. Only regular files are
-  // read (a FIFO or device planted in the root is refused without blocking).
-  Result<uint64_t> Read(const RelPath& path, std::byte* dst, uint64_t len) const;
+  // read (a FIFO or device planted in the root is refused without blocking). With `io`, through
+  // io_uring instead of pread.
+  Result<uint64_t> Read(const RelPath& path, std::byte* dst, uint64_t len, UringExecutor* io = nullptr) const;
   // True when the path names a regular file; false when nothing is there. A symlink is an error.
   Result<bool> Exists(const RelPath& path) const;
   // Removes a regular file: true when removed, false when nothing was there.

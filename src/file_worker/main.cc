@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <memory>
 #include <string>
 
 #include <fmt/format.h>
@@ -18,6 +19,7 @@
 #include "file_worker/session.h"
 #include "file_worker/tcp_server.h"
 #include "file_worker/thread_pool.h"
+#include "file_worker/uring.h"
 
 namespace {
 
@@ -46,6 +48,7 @@ int main(int argc, char** argv) {
   bool fsync = false;
   size_t queue_depth = 4;
   size_t max_clients = 64;
+  std::string io_engine = "auto";
   app.add_option("--root", root, "directory every path is confined to (created when missing)")->required();
   app.add_option("--listen", listen,
                  "TCP mode on HOST:PORT (HOST an IP literal or localhost; default 127.0.0.1; port 0 = any free "
@@ -59,6 +62,11 @@ int main(int argc, char** argv) {
   app.add_flag("--fsync", fsync, "fdatasync each file and fsync its directory before WRITE replies");
   app.add_option("--max-clients", max_clients, "TCP clients served at once")
       ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  app.add_option("--io-engine", io_engine,
+                 "how READ/WRITE move bytes: uring (io_uring; fail at start if unavailable), threads (blocking "
+                 "pread/pwrite on the I/O threads) or auto (uring when io_uring can be set up, else threads)")
+      ->check(CLI::IsMember({"auto", "uring", "threads"}))
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -94,8 +102,29 @@ int main(int argc, char** argv) {
   auto store = FileStore::Open(root, store_options);
   if (!store.ok()) return Fail(1, store.status().message());
 
+  // The ring outlives every pool below (declared first, destroyed last): pool tasks use it.
+  std::unique_ptr<UringExecutor> uring;
+  if (io_engine != "threads") {
+    auto ring = Ring::Create(static_cast<unsigned>(queue_depth));
+    if (ring.ok()) {
+      uring = std::make_unique<UringExecutor>(std::move(ring).value());
+    } else if (io_engine == "uring") {
+      return Fail(1, fmt::format("--io-engine uring: {}", ring.status().message()));
+    }
+    // One line on stderr, so an operator sees which engine a container really gets.
+    if (log_level != "off") {
+      const std::string why =
+          uring ? fmt::format("io_uring (--io-engine {}; queue depth {})", io_engine, queue_depth)
+                : fmt::format("threads (--io-engine auto: io_uring unavailable: {})", ring.status().message());
+      std::fprintf(stderr, "shmkv-file-worker: I/O engine %s\n", why.c_str());
+    }
+  } else if (log_level != "off") {
+    std::fprintf(stderr, "shmkv-file-worker: I/O engine threads (--io-engine threads)\n");
+  }
+
   SessionOptions session_options;
   session_options.queue_depth = queue_depth;
+  session_options.uring = uring.get();
   session_options.token = token;
   session_options.stop_fd = stop_fd.get();
 

@@ -327,16 +327,16 @@ void Session::Dispatch(Op op, Footprint footprint) {
     shared_->inflight.emplace(id, std::move(footprint));
     shared_->replies.push_back(slot);
   }
-  pool_.Submit([shared = shared_, slot, id, op = std::move(op), &store = store_]() mutable {
+  pool_.Submit([shared = shared_, slot, id, op = std::move(op), &store = store_, io = options_.uring]() mutable {
     std::string reply;
     switch (op.verb) {
       case Verb::kWrite: {
-        auto r = store.Write(op.path, op.attachment->segment.data() + op.region.offset, op.region.len);
+        auto r = store.Write(op.path, op.attachment->segment.data() + op.region.offset, op.region.len, io);
         reply = r.ok() ? OkReply(*r) : ErrorReply(r.status().message());
         break;
       }
       case Verb::kRead: {
-        auto r = store.Read(op.path, op.attachment->segment.data() + op.region.offset, op.region.len);
+        auto r = store.Read(op.path, op.attachment->segment.data() + op.region.offset, op.region.len, io);
         reply = r.ok() ? OkReply(*r) : ErrorReply(r.status().message());
         break;
       }

@@ -1,14 +1,13 @@
 // Session: one client of the file worker (stdin/stdout in PIPE mode, one socket in TCP mode).
 //
 // A reader thread (the caller of Serve) parses lines and dispatches file commands to the shared
-// ThreadPool; a writer thread sends replies strictly in command order as they complete. Up to
-// `queue_depth` commands of one client run at once. Pipelined commands keep the meaning they
-// would have one at a time: a command waits for every earlier in-flight command it conflicts
-// with (the same file or directory tree where one of them changes it, or overlapping pool bytes
-// where one of them writes the pool) before it starts. ATTACH runs in the reader, in order; each
-// in-flight command holds the attachment it was checked against, so a second ATTACH replaces the
-// mapping at once and the old one is unmapped when its last command finishes (no leak, no
-// use-after-unmap).
+// ThreadPool (whose tasks move READ/WRITE bytes with io_uring when options.uring is set); a writer thread sends replies
+// strictly in command order as they complete. Up to `queue_depth` commands of one client run at once. Pipelined
+// commands keep the meaning they would have one at a time: a command waits for every earlier in-flight command it
+// conflicts with (the same file or directory tree where one of them changes it, or overlapping pool bytes where one of
+// them writes the pool) before it starts. ATTACH runs in the reader, in order; each in-flight command holds the
+// attachment it was checked against, so a second ATTACH replaces the mapping at once and the old one is unmapped when
+// its last command finishes (no leak, no use-after-unmap).
 //
 // Thread-safety: one Serve call per Session object. Sessions share only the FileStore (immutable)
 // and the ThreadPool (thread-safe).
@@ -23,6 +22,7 @@
 #include "file_worker/file_store.h"
 #include "file_worker/protocol.h"
 #include "file_worker/thread_pool.h"
+#include "file_worker/uring.h"
 
 namespace shmkv::file_worker {
 
@@ -31,6 +31,9 @@ struct SessionOptions {
   std::string token;       // non-empty: the first line must be "AUTH <token>", else ERROR and close
   int auth_timeout_ms = 10000;
   int stop_fd = -1;  // when readable (a signalfd, a pipe), stop reading, finish in-flight work, return
+  // Non-null: READ/WRITE move their bytes through this io_uring (must outlive the session);
+  // null: blocking pread/pwrite on the pool thread.
+  UringExecutor* uring = nullptr;
 };
 
 // What a command touches, for ordering pipelined commands.

@@ -109,7 +109,8 @@ SessionOptions Opts(F set) {
   return o;
 }
 
-class SessionTest : public ::testing::Test {
+// Every session test runs with both engines: GetParam() true = READ/WRITE through io_uring.
+class SessionTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override { OpenStore({}); }
   void TearDown() override { Finish(); }
@@ -126,6 +127,12 @@ class SessionTest : public ::testing::Test {
     ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     server_fd_ = sv[0];
     peer_ = std::make_unique<Peer>(sv[1]);
+    if (GetParam()) {
+      auto ring = Ring::Create(8);
+      ASSERT_TRUE(ring.ok()) << ring.status().ToString();
+      uring_ = std::make_unique<UringExecutor>(std::move(ring).value());
+      options.uring = uring_.get();
+    }
     session_ = std::make_unique<Session>(*store_, pool_, std::move(options));
     thread_ = std::thread([this] {
       end_ = session_->Serve(server_fd_, server_fd_);
@@ -162,6 +169,7 @@ class SessionTest : public ::testing::Test {
   TempDir outside_;
   SharedSegment seg_ = MakeSegment("fws");
   std::unique_ptr<FileStore> store_;
+  std::unique_ptr<UringExecutor> uring_;  // before pool_: the pool's tasks use it, so it goes last
   ThreadPool pool_{4};
   std::unique_ptr<Session> session_;
   std::unique_ptr<Peer> peer_;
@@ -170,7 +178,7 @@ class SessionTest : public ::testing::Test {
   Session::End end_ = Session::End::kIoError;
 };
 
-TEST_F(SessionTest, RoundTripCopiesPoolBytesToAFileAndBack) {
+TEST_P(SessionTest, RoundTripCopiesPoolBytesToAFileAndBack) {
   Start();
   Fill(8192, 20000, 1);
   EXPECT_EQ(Attach(seg_), "OK");
@@ -193,7 +201,7 @@ TEST_F(SessionTest, RoundTripCopiesPoolBytesToAFileAndBack) {
   EXPECT_EQ(Finish(), Session::End::kQuit);
 }
 
-TEST_F(SessionTest, HostileInputsEachGetAnErrorAndTheSessionKeepsServing) {
+TEST_P(SessionTest, HostileInputsEachGetAnErrorAndTheSessionKeepsServing) {
   Start();
   ASSERT_EQ(Attach(seg_), "OK");
   const std::string outside = outside_ / "victim";
@@ -244,7 +252,7 @@ TEST_F(SessionTest, HostileInputsEachGetAnErrorAndTheSessionKeepsServing) {
   EXPECT_FALSE(std::filesystem::exists(std::filesystem::path(root_.path()).parent_path() / "escape"));
 }
 
-TEST_F(SessionTest, WriteOrReadBeforeAttachIsAnError) {
+TEST_P(SessionTest, WriteOrReadBeforeAttachIsAnError) {
   Start();
   EXPECT_EQ(peer_->Call("WRITE f 4096 16"), "ERROR not attached: send ATTACH <shm_name> <size> <base_addr> first");
   EXPECT_TRUE(peer_->Call("READ f 4096 16").starts_with("ERROR not attached"));
@@ -252,7 +260,7 @@ TEST_F(SessionTest, WriteOrReadBeforeAttachIsAnError) {
   EXPECT_TRUE(Tree(root_.path()).empty());
 }
 
-TEST_F(SessionTest, ASecondAttachReplacesTheFirstWithoutALeak) {
+TEST_P(SessionTest, ASecondAttachReplacesTheFirstWithoutALeak) {
   SharedSegment other = MakeSegment("fws2");
   Start();
   EXPECT_EQ(MappingCount(seg_.name()), 1);  // this test's own (owner) mapping
@@ -273,7 +281,7 @@ TEST_F(SessionTest, ASecondAttachReplacesTheFirstWithoutALeak) {
   EXPECT_TRUE(peer_->Call(fmt::format("WRITE g {} 16", kBase)).starts_with("ERROR not attached"));
 }
 
-TEST_F(SessionTest, PipelinedCommandsReplyInCommandOrderWithSerialMeaning) {
+TEST_P(SessionTest, PipelinedCommandsReplyInCommandOrderWithSerialMeaning) {
   Start(Opts([](SessionOptions& o) { o.queue_depth = 4; }));
   Fill(0, kSegSize / 2, 9);
   std::memset(seg_.data() + kSegSize / 2, 0, kSegSize / 2);
@@ -303,7 +311,7 @@ TEST_F(SessionTest, PipelinedCommandsReplyInCommandOrderWithSerialMeaning) {
   }
 }
 
-TEST_F(SessionTest, AnOverlongLineIsRefusedAndTheNextCommandWorks) {
+TEST_P(SessionTest, AnOverlongLineIsRefusedAndTheNextCommandWorks) {
   Start();
   peer_->Send("EXISTS " + std::string(3 * kMaxLineBytes, 'a'));  // no newline yet
   EXPECT_TRUE(peer_->Line().starts_with("ERROR line too long"));
@@ -314,7 +322,7 @@ TEST_F(SessionTest, AnOverlongLineIsRefusedAndTheNextCommandWorks) {
   EXPECT_EQ(peer_->Line(), "OK 0");
 }
 
-TEST_F(SessionTest, ACommandCutOffByADisconnectIsNeverRun) {
+TEST_P(SessionTest, ACommandCutOffByADisconnectIsNeverRun) {
   Start();
   ASSERT_EQ(Attach(seg_), "OK");
   peer_->Send(fmt::format("WRITE cut {} 40", kBase));  // the client meant 4096, then died
@@ -324,7 +332,7 @@ TEST_F(SessionTest, ACommandCutOffByADisconnectIsNeverRun) {
   EXPECT_TRUE(Tree(root_.path()).empty());
 }
 
-TEST_F(SessionTest, AClientThatVanishesWithCommandsInFlightCostsNothing) {
+TEST_P(SessionTest, AClientThatVanishesWithCommandsInFlightCostsNothing) {
   Start(Opts([](SessionOptions& o) { o.queue_depth = 2; }));
   ASSERT_EQ(Attach(seg_), "OK");
   std::string batch;
@@ -339,7 +347,7 @@ TEST_F(SessionTest, AClientThatVanishesWithCommandsInFlightCostsNothing) {
   }
 }
 
-TEST_F(SessionTest, DirectModeRefusesUnalignedRequestsClearly) {
+TEST_P(SessionTest, DirectModeRefusesUnalignedRequestsClearly) {
   FileStore::Options o;
   o.direct = true;
   OpenStore(o);
@@ -355,7 +363,7 @@ TEST_F(SessionTest, DirectModeRefusesUnalignedRequestsClearly) {
   EXPECT_EQ(PoolBytes(65536, 8192), PoolBytes(4096, 8192));
 }
 
-TEST_F(SessionTest, WithATokenTheFirstLineMustAuthenticate) {
+TEST_P(SessionTest, WithATokenTheFirstLineMustAuthenticate) {
   Start(Opts([](SessionOptions& o) { o.token = "s3cret"; }));
   EXPECT_EQ(peer_->Call("EXISTS x"), "ERROR authentication required: the first line must be AUTH <token>");
   EXPECT_EQ(peer_->Line(), "<eof>");
@@ -379,7 +387,7 @@ TEST_F(SessionTest, WithATokenTheFirstLineMustAuthenticate) {
   EXPECT_EQ(Finish(), Session::End::kAuthFailed);
 }
 
-TEST_F(SessionTest, TheStopDescriptorEndsTheSession) {
+TEST_P(SessionTest, TheStopDescriptorEndsTheSession) {
   int p[2];
   ASSERT_EQ(::pipe(p), 0);
   Start(Opts([&](SessionOptions& o) { o.stop_fd = p[0]; }));
@@ -390,6 +398,9 @@ TEST_F(SessionTest, TheStopDescriptorEndsTheSession) {
   ::close(p[0]);
   ::close(p[1]);
 }
+
+INSTANTIATE_TEST_SUITE_P(Engines, SessionTest, ::testing::Values(false, true),
+                         [](const auto& p) { return p.param ? "uring" : "threads"; });
 
 TEST(ListenAddress, ParsesLoopbackAndRefusesNames) {
   struct Case {

@@ -256,12 +256,18 @@ def pool2(holder_bin, segment_name):
     _stop_holder(holder)
 
 
+@pytest.fixture(params=["uring", "threads"])
+def io_engine(request):
+    """Every test that starts a worker runs once per --io-engine."""
+    return request.param
+
+
 @pytest.fixture
-def pipe_worker(worker_bin, root):
+def pipe_worker(worker_bin, root, io_engine):
     workers = []
 
     def start(*args):
-        w = PipeWorker(worker_bin, root, *args)
+        w = PipeWorker(worker_bin, root, "--io-engine", io_engine, *args)
         workers.append(w)
         return w
 
@@ -271,11 +277,11 @@ def pipe_worker(worker_bin, root):
 
 
 @pytest.fixture
-def tcp_worker(worker_bin, root):
+def tcp_worker(worker_bin, root, io_engine):
     workers = []
 
     def start(*args, listen="127.0.0.1:0"):
-        w = TcpWorker(worker_bin, root, *args, listen=listen)
+        w = TcpWorker(worker_bin, root, "--io-engine", io_engine, *args, listen=listen)
         workers.append(w)
         return w
 
@@ -699,3 +705,62 @@ def test_cli_rejects_bad_options(worker_bin, root):
     out = subprocess.run([worker_bin], capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
     assert out.returncode != 0
     assert "--root" in out.stderr
+
+
+# ---------------------------------------------------------------- --io-engine
+
+
+def _uring_fds(pid: int) -> int:
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            n += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[io_uring]"
+    return n
+
+
+def _stderr_of(w: PipeWorker) -> str:
+    w.stderr.seek(0)
+    return w.stderr.read().decode()
+
+
+@pytest.mark.parametrize("args, line, rings", [
+    ([], "I/O engine io_uring (--io-engine auto; queue depth 4)", 1),
+    (["--io-engine", "auto"], "I/O engine io_uring (--io-engine auto; queue depth 4)", 1),
+    (["--io-engine", "uring", "--queue-depth", "8"], "I/O engine io_uring (--io-engine uring; queue depth 8)", 1),
+    (["--io-engine", "threads"], "I/O engine threads (--io-engine threads)", 0),
+])
+def test_io_engine_is_reported_once_and_used(worker_bin, root, pool, args, line, rings):
+    # io_uring works on this machine (fio uses it), so auto must pick it; the ring's descriptor in
+    # /proc shows which engine really runs, not just what the log says.
+    w = PipeWorker(worker_bin, root, *args)
+    try:
+        pool.put(0, b"engine" * 100)
+        assert w.call(pool.attach_line()) == "OK"
+        assert w.call(f"WRITE e {pool.base} 600") == "OK 600"
+        assert w.call(f"READ e {pool.base + 4096} 600") == "OK 600"
+        assert pool.get(4096, 600) == b"engine" * 100
+        assert _uring_fds(w.proc.pid) == rings
+        assert w.call("QUIT") == "OK"
+        assert w.proc.wait(timeout=TIMEOUT) == 0
+        err = _stderr_of(w)
+        assert err.count("I/O engine") == 1, err
+        assert f"shmkv-file-worker: {line}" in err, err
+    finally:
+        w.close()
+
+
+def test_io_engine_bad_value_is_a_usage_error(worker_bin, root):
+    for value in ("fast", "", "URING", "io_uring"):
+        out = subprocess.run([worker_bin, "--root", root, "--io-engine", value], capture_output=True, text=True,
+                             timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+        assert out.returncode != 0, value
+        assert "--io-engine" in out.stderr, out.stderr
+        assert "auto" in out.stderr and "uring" in out.stderr and "threads" in out.stderr, out.stderr
+
+
+def test_log_level_off_silences_the_engine_line(worker_bin, root):
+    out = subprocess.run([worker_bin, "--root", root, "--log-level", "off"], input="EXISTS x\n", capture_output=True,
+                         text=True, timeout=TIMEOUT)
+    assert out.returncode == 0
+    assert out.stdout == "OK 0\n"
+    assert out.stderr == ""
