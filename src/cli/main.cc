@@ -15,6 +15,11 @@ int main(int argc, char** argv) {
   app.parse_complete_callback([&] {
     if (auto s = shmkv::SetLogLevel(log_level); !s.ok()) throw CLI::ValidationError("--log-level", s.message());
   });
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and --version exit 0; every usage error exits 2, as the documentation says.
+    return app.exit(e) == 0 ? 0 : 2;
+  }
   return exit_code;
 }

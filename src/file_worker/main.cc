@@ -69,7 +69,12 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "uring", "threads"}))
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and --version exit 0; every usage error exits 2, as the documentation says.
+    return app.exit(e) == 0 ? 0 : 2;
+  }
 
   if (auto s = SetLogLevel(log_level); !s.ok()) return Fail(2, s.message());
   if (!token.empty()) {

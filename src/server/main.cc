@@ -41,7 +41,12 @@ int main(int argc, char** argv) {
                  "Seconds without a reply after which the file worker counts as hung and is restarted")
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and --version exit 0; every usage error exits 2, as the documentation says.
+    return app.exit(e) == 0 ? 0 : 2;
+  }
 
   auto fail = [](const std::string& what) {
     fmt::print(stderr, "shmkv-server: {}\n", what);

@@ -701,9 +701,9 @@ def test_cli_rejects_bad_options(worker_bin, root):
                  ["--token", "has space"]):
         out = subprocess.run([worker_bin, "--root", root, *args], capture_output=True, text=True, timeout=TIMEOUT,
                              stdin=subprocess.DEVNULL)
-        assert out.returncode != 0, args
+        assert out.returncode == 2, args  # a usage error, as docs/file-worker.md says
     out = subprocess.run([worker_bin], capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
-    assert out.returncode != 0
+    assert out.returncode == 2
     assert "--root" in out.stderr
 
 
@@ -753,7 +753,7 @@ def test_io_engine_bad_value_is_a_usage_error(worker_bin, root):
     for value in ("fast", "", "URING", "io_uring"):
         out = subprocess.run([worker_bin, "--root", root, "--io-engine", value], capture_output=True, text=True,
                              timeout=TIMEOUT, stdin=subprocess.DEVNULL)
-        assert out.returncode != 0, value
+        assert out.returncode == 2, value
         assert "--io-engine" in out.stderr, out.stderr
         assert "auto" in out.stderr and "uring" in out.stderr and "threads" in out.stderr, out.stderr
 
