@@ -101,7 +101,8 @@ def main():
     assert st["l2_objects"] == n and st["l2_write_errors"] == 0, st
     c.close()
     s.stop()
-    files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(disk) for f in fs)
+    # The object files (not the tier's lock file, .shmkv.lock).
+    files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(disk) for f in fs if not f.startswith("."))
     assert len(files) == n
 
     pool_mib = max(n * args.size_mib // 4, 2 * batch * args.size_mib)
