@@ -430,45 +430,40 @@ Result<uint64_t> FileStore::Read(const RelPath& path, std::byte* dst, uint64_t l
   return std::min(done, len);
 }
 
-Result<bool> FileStore::Exists(const RelPath& path) const {
+Result<std::optional<FileStore::Leaf>> FileStore::FindLeaf(const RelPath& path, bool absent_on_enotdir) const {
   const auto [parent, leaf] = SplitLeaf(path.str());
   auto dir = OpenDir(parent, /*create=*/false);
   if (!dir.ok()) {
     const int err = dir.status().sys_errno();
-    if (err == ENOENT || err == ENOTDIR) return false;
+    if (err == ENOENT || (absent_on_enotdir && err == ENOTDIR)) return std::optional<Leaf>();
     return dir.status();
   }
-  struct stat st {};
-  const std::string leaf_name(leaf);
-  auto r = sys::Call([&] { return ::fstatat(dir->get(), leaf_name.c_str(), &st, AT_SYMLINK_NOFOLLOW); });
+  Leaf out{std::move(dir).value(), std::string(leaf), {}};
+  auto r = sys::Call([&] { return ::fstatat(out.dir.get(), out.name.c_str(), &out.st, AT_SYMLINK_NOFOLLOW); });
   if (!r.ok()) {
-    if (r.err == ENOENT) return false;
+    if (r.err == ENOENT) return std::optional<Leaf>();
     return FromErrnoAt("stat", path.str(), r.err);
   }
-  if (S_ISLNK(st.st_mode)) return SymlinkRefused(path.str());
-  return S_ISREG(st.st_mode);
+  if (S_ISLNK(out.st.st_mode)) return SymlinkRefused(path.str());
+  return std::optional<Leaf>(std::move(out));
+}
+
+Result<bool> FileStore::Exists(const RelPath& path) const {
+  auto leaf = FindLeaf(path, /*absent_on_enotdir=*/true);
+  if (!leaf.ok()) return leaf.status();
+  return leaf->has_value() && S_ISREG((*leaf)->st.st_mode);
 }
 
 Result<bool> FileStore::Delete(const RelPath& path) const {
-  const auto [parent, leaf] = SplitLeaf(path.str());
-  auto dir = OpenDir(parent, /*create=*/false);
-  if (!dir.ok()) {
-    if (dir.status().sys_errno() == ENOENT) return false;
-    return dir.status();
-  }
-  struct stat st {};
-  const std::string leaf_name(leaf);
-  auto r = sys::Call([&] { return ::fstatat(dir->get(), leaf_name.c_str(), &st, AT_SYMLINK_NOFOLLOW); });
-  if (!r.ok()) {
-    if (r.err == ENOENT) return false;
-    return FromErrnoAt("stat", path.str(), r.err);
-  }
-  if (S_ISLNK(st.st_mode)) return SymlinkRefused(path.str());
-  if (!S_ISREG(st.st_mode)) {
+  auto found = FindLeaf(path, /*absent_on_enotdir=*/false);
+  if (!found.ok()) return found.status();
+  if (!found->has_value()) return false;
+  const Leaf& leaf = **found;
+  if (!S_ISREG(leaf.st.st_mode)) {
     return Status::InvalidArgument(
         fmt::format("{} is not a regular file; DELETE removes files only", Quote(path.str(), 256)));
   }
-  auto u = sys::Call([&] { return ::unlinkat(dir->get(), leaf_name.c_str(), 0); });
+  auto u = sys::Call([&] { return ::unlinkat(leaf.dir.get(), leaf.name.c_str(), 0); });
   if (!u.ok()) {
     if (u.err == ENOENT) return false;
     return FromErrnoAt("delete", path.str(), u.err);

@@ -16,8 +16,11 @@
 // Thread-safety: a FileStore is immutable after Open; all const methods may run concurrently.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -100,6 +103,16 @@ class FileStore {
   // directories are made on the way.
   Result<sys::UniqueFd> OpenDir(std::string_view dir, bool create) const;
   Result<sys::UniqueFd> WalkDir(std::string_view dir, bool create) const;
+
+  // The last component of `path`, stat'ed in its parent without following a symlink (a symlink
+  // is refused). nullopt when it does not exist: a missing leaf or parent (ENOENT), and also a
+  // parent that is not a directory (ENOTDIR) when absent_on_enotdir.
+  struct Leaf {
+    sys::UniqueFd dir;
+    std::string name;
+    struct stat st {};
+  };
+  Result<std::optional<Leaf>> FindLeaf(const RelPath& path, bool absent_on_enotdir) const;
 
   sys::UniqueFd root_fd_;
   std::string given_root_;      // absolute, lexically normal, as on the command line
