@@ -7,6 +7,8 @@ set -euo pipefail
 packages=(
   # toolchain and hygiene
   build-essential cmake ninja-build pkg-config clang-format clang-tidy
+  # clang: the -Werror build with a second compiler, libFuzzer targets and the TSan build
+  clang libclang-rt-14-dev llvm
   # C++ libraries
   libasio-dev libmsgpack-cxx-dev libcli11-dev libspdlog-dev libfmt-dev libssl-dev
   libxxhash-dev liburing-dev libhiredis-dev libcpp-httplib-dev

@@ -28,6 +28,8 @@ enum class StatusCode : int {
   kDisconnected,     // the peer closed the connection or the server restarted
   kUnavailable,      // an optional facility (CUDA, io_uring) is not present
   kInternal,         // a broken invariant: a bug in shmkv
+  // Keep kExpired last: the client maps wire names back by iterating up to it.
+  kExpired,          // a lease (reservation or pin) passed its TTL: the bytes it covered are not valid
 };
 
 std::string_view StatusCodeName(StatusCode code);
@@ -50,6 +52,7 @@ class [[nodiscard]] Status {
   static Status Disconnected(std::string m) { return {StatusCode::kDisconnected, std::move(m)}; }
   static Status Unavailable(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
   static Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
+  static Status Expired(std::string m) { return {StatusCode::kExpired, std::move(m)}; }
   // An OS call failed: "<what>: <strerror(err)>". ENOENT maps to kNotFound, EEXIST to
   // kAlreadyExists, ENOSPC to kFull, ETIMEDOUT to kTimeout, everything else to kIoError.
   static Status FromErrno(std::string_view what, int err);

@@ -182,7 +182,7 @@ SlotStatus ParseSlotStatus(std::string_view s) {
 }
 
 StatusCode ParseCode(std::string_view name) {
-  for (int c = 0; c <= static_cast<int>(StatusCode::kInternal); ++c) {
+  for (int c = 0; c <= static_cast<int>(StatusCode::kExpired); ++c) {
     if (StatusCodeName(static_cast<StatusCode>(c)) == name) return static_cast<StatusCode>(c);
   }
   return StatusCode::kInternal;

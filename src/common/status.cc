@@ -21,6 +21,7 @@ std::string_view StatusCodeName(StatusCode code) {
     case StatusCode::kDisconnected: return "Disconnected";
     case StatusCode::kUnavailable: return "Unavailable";
     case StatusCode::kInternal: return "Internal";
+    case StatusCode::kExpired: return "Expired";
   }
   return "Unknown";
 }
