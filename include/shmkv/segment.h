@@ -119,14 +119,18 @@ class SharedSegment {
 struct SegmentInfo {
   std::string name;  // full name, no leading slash
   uint64_t size = 0;
-  bool live = false;  // some process holds its liveness lock
+  bool live = false;  // some process holds its liveness lock (not probed for other users' segments)
+  uid_t owner = 0;    // the uid that owns the segment file
 };
 
 // Every segment whose name carries the prefix, live or stale, sorted by name.
 Result<std::vector<SegmentInfo>> ListSegments();
 
-// Removes every stale prefixed segment (dry_run: removes nothing). Returns the segments removed,
-// or that would be removed. A live segment and a name without the prefix are never touched.
-Result<std::vector<SegmentInfo>> RemoveStaleSegments(bool dry_run);
+// Removes every stale prefixed segment owned by this process's effective uid (dry_run: removes
+// nothing). Returns the segments removed, or that would be removed. A live segment and a name
+// without the prefix are never touched, and neither is a segment of another user, also when the
+// caller is root (a root server's start-up must not delete other users' pools): those are not
+// even probed, and are appended to *foreign when given (their `live` is not known).
+Result<std::vector<SegmentInfo>> RemoveStaleSegments(bool dry_run, std::vector<SegmentInfo>* foreign = nullptr);
 
 }  // namespace shmkv

@@ -124,6 +124,31 @@ void Prefault(std::byte* data, uint64_t size) {
   for (uint64_t off = 0; off < size; off += page) bytes[off] = bytes[off];
 }
 
+// Why Create found `name` taken: whose it is (another user may have created a predictable name
+// first), its mode, and whether a live process holds it.
+Status ExistsError(const std::string& name) {
+  const std::optional<struct stat> st = shm::StatSegment(name);
+  const std::string owner =
+      st ? fmt::format("owner {}, mode {:04o}", shm::DescribeUid(st->st_uid), st->st_mode & 07777) : "owner unknown";
+  if (st && st->st_uid != ::geteuid()) {
+    return Status(StatusCode::kAlreadyExists,
+                  fmt::format("segment '{}' already exists and belongs to another user ({}); shmkv never removes "
+                              "another user's segment: choose another segment name",
+                              name, owner),
+                  EEXIST);
+  }
+  bool live = false;
+  if (auto existing = shm::OpenExisting(name); existing.ok()) {
+    live = shm::TryLockLiveness(existing->get(), name).status().code() == StatusCode::kBusy;
+  }
+  return Status(StatusCode::kAlreadyExists,
+                live ? fmt::format("segment '{}' already exists and a live process owns it ({})", name, owner)
+                     : fmt::format("segment '{}' already exists and is stale (its owner died; {}); remove it "
+                                   "with `shmkv gc` (the server also removes stale segments at start)",
+                                   name, owner),
+                EEXIST);
+}
+
 void* Map(int fd, uint64_t size) {
   void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   return p == MAP_FAILED ? nullptr : p;
@@ -148,18 +173,7 @@ Result<SharedSegment> SharedSegment::Create(const SegmentCreateOptions& options)
   const std::string open_name = shm::ShmOpenName(name);
   auto opened = sys::Call([&] { return ::shm_open(open_name.c_str(), O_CREAT | O_EXCL | O_RDWR, options.mode); });
   if (!opened.ok()) {
-    if (opened.err == EEXIST) {
-      bool live = false;
-      if (auto existing = shm::OpenExisting(name); existing.ok()) {
-        live = shm::TryLockLiveness(existing->get(), name).status().code() == StatusCode::kBusy;
-      }
-      return Status(StatusCode::kAlreadyExists,
-                    live ? fmt::format("segment '{}' already exists and a live process owns it", name)
-                         : fmt::format("segment '{}' already exists and is stale (its owner died); remove it "
-                                       "with `shmkv gc` (the server also removes stale segments at start)",
-                                       name),
-                    EEXIST);
-    }
+    if (opened.err == EEXIST) return ExistsError(name);
     return Status::FromErrno(fmt::format("creating segment '{}'", name), opened.err);
   }
   sys::UniqueFd fd(opened.value);

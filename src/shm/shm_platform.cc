@@ -1,14 +1,38 @@
 #include "shm/shm_platform.h"
 
 #include <fcntl.h>
+#include <pwd.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 
 #include <cstdlib>
+#include <vector>
 
 #include <fmt/format.h>
 
 namespace shmkv::shm {
+
+std::string DescribeUid(uid_t uid) {
+  long hint = ::sysconf(_SC_GETPW_R_SIZE_MAX);
+  std::vector<char> buf(hint > 0 ? static_cast<size_t>(hint) : 16384);
+  passwd pw{};
+  passwd* found = nullptr;
+  if (::getpwuid_r(uid, &pw, buf.data(), buf.size(), &found) == 0 && found != nullptr && found->pw_name != nullptr) {
+    return fmt::format("uid {} ({})", uid, found->pw_name);
+  }
+  return fmt::format("uid {}", uid);
+}
+
+std::optional<struct stat> StatSegment(std::string_view name) {
+  struct stat st {};
+#if defined(__linux__)
+  const std::string path = fmt::format("{}/{}", kShmDir, name);
+  if (::stat(path.c_str(), &st) == 0) return st;
+#else
+  if (auto fd = OpenExisting(name); fd.ok() && ::fstat(fd->get(), &st) == 0) return st;
+#endif
+  return std::nullopt;
+}
 
 Result<sys::UniqueFd> OpenExisting(std::string_view name) {
   const std::string path = ShmOpenName(name);

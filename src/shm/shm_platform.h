@@ -3,6 +3,7 @@
 
 #include <sys/stat.h>
 
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -20,6 +21,13 @@ inline std::string ShmOpenName(std::string_view name) {
 // Where Linux exposes POSIX shared memory as files.
 inline constexpr const char* kShmDir = "/dev/shm";
 #endif
+
+// "uid 1000 (alice)", or "uid 1000" when no user name resolves.
+std::string DescribeUid(uid_t uid);
+
+// Owner and mode of an existing segment, without opening it where the platform allows (Linux:
+// stat of its file, so it works for segments this user may not open). nullopt when unknown.
+std::optional<struct stat> StatSegment(std::string_view name);
 
 // Opens an existing segment read-write (never creates).
 Result<sys::UniqueFd> OpenExisting(std::string_view name);

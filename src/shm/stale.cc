@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -24,7 +25,6 @@ constexpr time_t kCreationGraceSeconds = 10;
 Result<std::vector<std::string>> PrefixedNames() {
 #if defined(__linux__)
   const char* dir_path = shm::kShmDir;
-  const std::string_view strip_suffix;
 #else
   // macOS cannot enumerate shared memory; the lock files in TMPDIR stand for the segments.
   const char* tmp = std::getenv("TMPDIR");
@@ -48,54 +48,84 @@ Result<std::vector<std::string>> PrefixedNames() {
   return names;
 }
 
-// Probes one segment; when stale and !dry_run, unlinks it while holding its lock.
+// What a scan does with the segments it finds.
+enum class ScanMode {
+  kList,         // probe every segment this process can open; remove nothing
+  kFindStale,    // probe this euid's segments; set other users' aside unprobed
+  kRemoveStale,  // as kFindStale, and unlink the stale ones
+};
+
+struct Probed {
+  SegmentInfo info;
+  bool foreign = false;  // owned by another uid: left alone (kFindStale, kRemoveStale)
+};
+
+// Probes one segment; in kRemoveStale mode, unlinks it when stale, while holding its lock.
 // Returns nullopt when the segment vanished meanwhile.
-Result<std::optional<SegmentInfo>> Probe(const std::string& name, bool remove_if_stale) {
+Result<std::optional<Probed>> Probe(const std::string& name, ScanMode mode) {
   auto fd = shm::OpenExisting(name);
   if (!fd.ok()) {
-    if (fd.status().code() == StatusCode::kNotFound) return std::optional<SegmentInfo>();
+    if (fd.status().code() == StatusCode::kNotFound) return std::optional<Probed>();
     if (fd.status().sys_errno() == EACCES) {  // another user's segment: not ours to judge
       Log().debug("skipping segment '{}': {}", name, fd.status().message());
-      return std::optional<SegmentInfo>();
+      return std::optional<Probed>();
     }
     return fd.status();
   }
-  SegmentInfo info{name, 0, false};
+  Probed p{{name, 0, false, 0}, false};
+  SegmentInfo& info = p.info;
   struct stat st {};
-  if (::fstat(fd->get(), &st) == 0) info.size = static_cast<uint64_t>(st.st_size);
+  SHMKV_RETURN_IF_ERROR(
+      sys::Call([&] { return ::fstat(fd->get(), &st); }).ToStatus(fmt::format("fstat segment '{}'", name)));
+  info.size = static_cast<uint64_t>(st.st_size);
+  info.owner = st.st_uid;
+  // Root can open every user's segment, but another user's pool is never ours to remove, and
+  // even a moment's probe lock could make its owner's start-up fail: set it aside untouched.
+  if (mode != ScanMode::kList && st.st_uid != ::geteuid()) {
+    p.foreign = true;
+    return std::optional<Probed>(p);
+  }
   auto lock = shm::TryLockLiveness(fd->get(), name);
   if (!lock.ok()) {
     if (lock.status().code() != StatusCode::kBusy) return lock.status();
     info.live = true;
-    return std::optional<SegmentInfo>(info);
+    return std::optional<Probed>(p);
   }
   // An empty, unlocked segment younger than a few seconds is most likely being created right now
   // (its owner locks it a moment after shm_open): leave it alone.
   if (info.size == 0 && ::time(nullptr) - st.st_ctime < kCreationGraceSeconds) {
-    return std::optional<SegmentInfo>();
+    return std::optional<Probed>();
   }
   // We hold the lock, so no owner can be alive. Unlink only if the name still designates the
   // file we locked (another cleaner may have replaced it).
-  if (remove_if_stale && shm::StillNamed(fd->get(), name)) {
+  if (mode == ScanMode::kRemoveStale && shm::StillNamed(fd->get(), name)) {
     if (::shm_unlink(shm::ShmOpenName(name).c_str()) != 0 && errno != ENOENT) {
       return Status::FromErrno(fmt::format("removing stale segment '{}'", name), errno);
     }
     shm::RemoveLivenessFile(name);
     Log().info("removed stale segment '{}' ({} bytes)", name, info.size);
   }
-  return std::optional<SegmentInfo>(info);
+  return std::optional<Probed>(p);
 }
 
-Result<std::vector<SegmentInfo>> Scan(bool only_stale, bool remove) {
+// Lists the segments: all of them (kList), or the stale ones of this euid, with other users'
+// segments appended to *foreign when given.
+Result<std::vector<SegmentInfo>> Scan(ScanMode mode, std::vector<SegmentInfo>* foreign) {
   auto names = PrefixedNames();
   if (!names.ok()) return names.status();
   std::vector<SegmentInfo> out;
   for (const std::string& name : *names) {
-    auto info = Probe(name, remove);
-    if (!info.ok()) return info.status();
-    if (!info->has_value()) continue;
-    if (only_stale && (*info)->live) continue;
-    out.push_back(std::move(**info));
+    auto probed = Probe(name, mode);
+    if (!probed.ok()) return probed.status();
+    if (!probed->has_value()) continue;
+    Probed& p = **probed;
+    if (p.foreign) {
+      Log().debug("not removing segment '{}': owned by {}, not by this user", name, shm::DescribeUid(p.info.owner));
+      if (foreign != nullptr) foreign->push_back(std::move(p.info));
+      continue;
+    }
+    if (mode != ScanMode::kList && p.info.live) continue;
+    out.push_back(std::move(p.info));
   }
   return out;
 }
@@ -103,11 +133,11 @@ Result<std::vector<SegmentInfo>> Scan(bool only_stale, bool remove) {
 }  // namespace
 
 Result<std::vector<SegmentInfo>> ListSegments() {
-  return Scan(/*only_stale=*/false, /*remove=*/false);
+  return Scan(ScanMode::kList, nullptr);
 }
 
-Result<std::vector<SegmentInfo>> RemoveStaleSegments(bool dry_run) {
-  return Scan(/*only_stale=*/true, /*remove=*/!dry_run);
+Result<std::vector<SegmentInfo>> RemoveStaleSegments(bool dry_run, std::vector<SegmentInfo>* foreign) {
+  return Scan(dry_run ? ScanMode::kFindStale : ScanMode::kRemoveStale, foreign);
 }
 
 }  // namespace shmkv

@@ -113,9 +113,78 @@ TEST(StaleSegments, CreatingOverAStaleSegmentExplainsAndWorksAfterGc) {
   EXPECT_EQ(blocked.status().code(), StatusCode::kAlreadyExists);
   EXPECT_NE(blocked.status().message().find("stale"), std::string::npos) << blocked.status().message();
   EXPECT_NE(blocked.status().message().find("shmkv gc"), std::string::npos);
+  EXPECT_NE(blocked.status().message().find(fmt::format("owner uid {}", ::geteuid())), std::string::npos)
+      << blocked.status().message();
+  EXPECT_NE(blocked.status().message().find("mode 0600"), std::string::npos) << blocked.status().message();
   ASSERT_TRUE(RemoveStaleSegments(false).ok());
   auto fresh = SharedSegment::Create(o);
   ASSERT_TRUE(fresh.ok()) << fresh.status().ToString();
+}
+
+// A stale segment owned by another user (root only: it takes fchown). Unlocked, so it looks exactly
+// like what a dead server of that user leaves behind.
+class ForeignSegment {
+ public:
+  static constexpr uid_t kUid = 65534;  // nobody
+
+  explicit ForeignSegment(const std::string& name) : name_(name) {
+    const int fd = ::shm_open(("/" + name).c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(::ftruncate(fd, 1 << 20), 0);
+    EXPECT_EQ(::fchown(fd, kUid, kUid), 0);
+    ::close(fd);
+  }
+  ~ForeignSegment() { ::shm_unlink(("/" + name_).c_str()); }
+  ForeignSegment(const ForeignSegment&) = delete;
+  ForeignSegment& operator=(const ForeignSegment&) = delete;
+
+ private:
+  std::string name_;
+};
+
+TEST(StaleSegments, ARootCleanupNeverRemovesAnotherUsersSegment) {
+  if (::geteuid() != 0) GTEST_SKIP() << "creating another user's segment needs root";
+  const std::string theirs = UniqueSegmentName("foreign");
+  const std::string ours = UniqueSegmentName("own");
+  ForeignSegment foreign(theirs);
+  LeaveStaleSegment(ours, 1 << 20);
+
+  std::vector<SegmentInfo> skipped;
+  auto dry = RemoveStaleSegments(/*dry_run=*/true, &skipped);
+  ASSERT_TRUE(dry.ok()) << dry.status().ToString();
+  EXPECT_FALSE(Contains(*dry, theirs));
+  EXPECT_TRUE(Contains(*dry, ours));
+  auto it = std::find_if(skipped.begin(), skipped.end(), [&](const SegmentInfo& s) { return s.name == theirs; });
+  ASSERT_NE(it, skipped.end()) << "another user's segment is listed as skipped";
+  EXPECT_EQ(it->owner, ForeignSegment::kUid);
+  EXPECT_EQ(it->size, 1u << 20);
+  EXPECT_FALSE(Contains(skipped, ours));
+
+  auto removed = RemoveStaleSegments(/*dry_run=*/false);  // what a root server does at start
+  ASSERT_TRUE(removed.ok()) << removed.status().ToString();
+  EXPECT_FALSE(Contains(*removed, theirs));
+  EXPECT_TRUE(SegmentExists(theirs)) << "a root cleanup removed another user's segment";
+  EXPECT_TRUE(Contains(*removed, ours));
+  EXPECT_FALSE(SegmentExists(ours));
+}
+
+TEST(StaleSegments, CreatingOverAnotherUsersSegmentNamesTheOwnerAndMode) {
+  if (::geteuid() != 0) GTEST_SKIP() << "creating another user's segment needs root";
+  const std::string name = UniqueSegmentName("squat");
+  ForeignSegment foreign(name);
+  SegmentCreateOptions o;
+  o.name = name;
+  o.size = 1 << 20;
+  auto r = SharedSegment::Create(o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kAlreadyExists);
+  const std::string m = r.status().message();
+  EXPECT_NE(m.find(name), std::string::npos) << m;
+  EXPECT_NE(m.find("another user"), std::string::npos) << m;
+  EXPECT_NE(m.find("uid 65534"), std::string::npos) << m;
+  EXPECT_NE(m.find("mode 0600"), std::string::npos) << m;
+  EXPECT_EQ(m.find("shmkv gc"), std::string::npos) << "gc would not remove it: " << m;
+  EXPECT_TRUE(SegmentExists(name));
 }
 
 TEST(StaleSegments, AnOwnerThatExitsCleanlyUnlinksItsSegment) {
