@@ -70,6 +70,11 @@ struct SegmentCreateOptions {
 struct SegmentAttachOptions {
   // Bytes to map; 0 maps the whole segment. Attaching fails when the segment is smaller.
   uint64_t size = 0;
+  // The uid that must own the segment (a client passes its server's uid). When set, Attach
+  // refuses (kInvalidArgument, naming the segment, its owner and mode) a segment owned by anyone
+  // else or accessible to all users (mode & 0007): another local user may have created the name
+  // first, and a worker must not write KV bytes into a pool others can read or swap.
+  std::optional<uid_t> expected_owner;
   // Register the mapping with cudaHostRegister when a CUDA runtime and a device are present.
   bool pin_with_cuda = true;
 };

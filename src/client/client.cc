@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "client/peer_check.h"
 #include "common/log.h"
 #include "common/syscall.h"
 #include "protocol/wire.h"
@@ -64,6 +65,11 @@ class Channel {
       ::getsockopt(ch.fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len);
       if (err != 0) return Status::FromErrno(fmt::format("connecting to '{}'", path), err);
     }
+    // Before a byte is sent: is this the server of our user (or root), and not a squatter's?
+    auto peer = client::PeerUid(ch.fd_.get());
+    if (!peer.ok()) return peer.status().WithContext(fmt::format("checking the server at '{}'", path));
+    SHMKV_RETURN_IF_ERROR(client::CheckServerUid(path, *peer, ::geteuid()));
+    ch.server_uid_ = *peer;
     // Blocking from here on: recv waits in the kernel, bounded by SO_RCVTIMEO (SetRecvTimeout).
     const int flags = ::fcntl(ch.fd_.get(), F_GETFL);
     if (flags < 0 || ::fcntl(ch.fd_.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) {
@@ -71,6 +77,9 @@ class Channel {
     }
     return ch;
   }
+
+  // The effective uid the server runs as (checked at Open).
+  uid_t server_uid() const { return server_uid_; }
 
   Status WriteAll(std::string_view data, Deadline deadline) {
     while (!data.empty()) {
@@ -168,6 +177,7 @@ class Channel {
   }
 
   sys::UniqueFd fd_;
+  uid_t server_uid_ = 0;
   std::vector<char> buf_;
   size_t pos_ = 0, end_ = 0;  // unread bytes: [pos_, end_)
   std::chrono::microseconds recv_timeout_{0};
@@ -360,6 +370,7 @@ struct Client::Impl {
       SegmentAttachOptions ao;
       ao.size = next.pool_size;
       ao.pin_with_cuda = options.pin_with_cuda;
+      ao.expected_owner = ch->server_uid();  // and not world-accessible: see SegmentAttachOptions
       auto seg = SharedSegment::Attach(next.shm_name, ao);
       if (!seg.ok()) return seg.status();
       // Old batches keep the previous mapping alive through their own shared_ptr.

@@ -149,6 +149,23 @@ Status ExistsError(const std::string& name) {
                 EEXIST);
 }
 
+// Attach's trust check: the segment belongs to `expected` and no other user can open it.
+Status CheckOwnership(const std::string& name, const struct stat& st, uid_t expected) {
+  const mode_t mode = st.st_mode & 07777;
+  if (st.st_uid != expected) {
+    return Status::InvalidArgument(fmt::format(
+        "refusing segment '{}': it is owned by {} (mode {:04o}), but the server runs as {}; another user may have "
+        "created the name first",
+        name, shm::DescribeUid(st.st_uid), mode, shm::DescribeUid(expected)));
+  }
+  if ((mode & 0007) != 0) {
+    return Status::InvalidArgument(fmt::format(
+        "refusing segment '{}' (owner {}): its mode {:04o} lets every user access it; a pool must be 0600 or 0660",
+        name, shm::DescribeUid(st.st_uid), mode));
+  }
+  return Status::Ok();
+}
+
 void* Map(int fd, uint64_t size) {
   void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   return p == MAP_FAILED ? nullptr : p;
@@ -232,6 +249,7 @@ Result<SharedSegment> SharedSegment::Attach(std::string_view requested, const Se
   struct stat st {};
   SHMKV_RETURN_IF_ERROR(
       sys::Call([&] { return ::fstat(fd->get(), &st); }).ToStatus(fmt::format("fstat segment '{}'", name)));
+  if (options.expected_owner) SHMKV_RETURN_IF_ERROR(CheckOwnership(name, st, *options.expected_owner));
   const auto actual = static_cast<uint64_t>(st.st_size);
   if (actual == 0) {
     return Status::NotFound(fmt::format("segment '{}' is empty (its owner is still creating it, or failed)", name));

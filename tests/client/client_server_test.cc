@@ -9,6 +9,7 @@
 #include <random>
 #include <thread>
 
+#include "client/peer_check.h"
 #include "protocol/wire.h"
 #include "shmkv/client.h"
 #include "test_util.h"
@@ -25,13 +26,22 @@ class ServerFixture : public ::testing::Test {
   void SetUp() override {
     name_ = testing::UniqueSegmentName("cs");
     socket_ = fmt::format("/tmp/shmkv-test-{}.sock", name_);
+    StartServer();
+  }
+  // Starts the server on name_ and socket_ (again, after a kill: it cleans its stale segment).
+  void StartServer(std::vector<std::string> extra = {}) {
     int out[2];
     ASSERT_EQ(::pipe(out), 0);
     pid_ = ::fork();
     if (pid_ == 0) {
       ::dup2(out[1], 1);
-      ::execl(SHMKV_SERVER_BIN, SHMKV_SERVER_BIN, "--pool-size", "32MiB", "--shm-name", name_.c_str(), "--socket",
-              socket_.c_str(), "--log-level", "warn", nullptr);
+      std::vector<std::string> args = {SHMKV_SERVER_BIN, "--pool-size", "32MiB",       "--shm-name", name_,
+                                       "--socket",       socket_,       "--log-level", "warn"};
+      args.insert(args.end(), extra.begin(), extra.end());
+      std::vector<char*> argv;
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(SHMKV_SERVER_BIN, argv.data());
       ::_exit(127);
     }
     ::close(out[1]);
@@ -47,6 +57,12 @@ class ServerFixture : public ::testing::Test {
       ::kill(pid_, SIGTERM);
       testing::Reap(pid_);
     }
+  }
+  // SIGKILL: the server leaves its socket file and a stale segment, as a crash does.
+  void KillServer() {
+    ::kill(pid_, SIGKILL);
+    testing::Reap(pid_);
+    pid_ = -1;
   }
   ClientOptions Options(std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
     ClientOptions o;
@@ -120,6 +136,75 @@ TEST_F(ServerFixture, ConnectToANonexistentSocketFailsClearly) {
   auto c = Client::Connect(o);
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("is the server running"), std::string::npos) << c.status().message();
+}
+
+// ---- whom a client trusts -------------------------------------------------------------------
+
+TEST(ServerTrust, AWorkerTrustsOnlyItsOwnUserOrRoot) {
+  EXPECT_TRUE(client::CheckServerUid("/s", 1000, 1000).ok());
+  EXPECT_TRUE(client::CheckServerUid("/s", 0, 1000).ok());  // a root server serves every user
+  EXPECT_TRUE(client::CheckServerUid("/s", 0, 0).ok());
+  Status other = client::CheckServerUid("/run/shmkv.sock", 1001, 1000);
+  ASSERT_FALSE(other.ok());
+  EXPECT_EQ(other.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(other.message().find("'/run/shmkv.sock'"), std::string::npos) << other.message();
+  EXPECT_NE(other.message().find("runs as uid 1001"), std::string::npos) << other.message();
+  EXPECT_NE(other.message().find("this process as uid 1000"), std::string::npos) << other.message();
+  EXPECT_FALSE(client::CheckServerUid("/s", 1000, 0).ok());  // root trusts no one but root
+}
+
+// Another user listening on the socket path (root only: the child drops to `nobody`). The client
+// refuses right after connect, before it sends a byte.
+TEST(ServerTrust, ConnectRefusesAServerOfAnotherUserAndSendsItNothing) {
+  if (::geteuid() != 0) GTEST_SKIP() << "a listener of another uid needs root to set up";
+  const std::string path = fmt::format("/tmp/shmkv-test-squat-{}.sock", ::getpid());
+  ::unlink(path.c_str());
+  testing::ReadyPipe ready;
+  const pid_t squatter = testing::Spawn([&] {
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) return 3;
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.data(), path.size());
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 4) != 0) return 4;
+    ready.Signal();
+    const int conn = ::accept(fd, nullptr, nullptr);
+    if (conn < 0) return 5;
+    char byte = 0;
+    return ::recv(conn, &byte, 1, 0) == 0 ? 0 : 6;  // 0: the client hung up without sending
+  });
+  ASSERT_TRUE(ready.Wait());
+  ClientOptions o;
+  o.socket_path = path;
+  o.timeout = std::chrono::seconds(5);
+  auto c = Client::Connect(o);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), StatusCode::kInvalidArgument);
+  const std::string m = c.status().message();
+  EXPECT_NE(m.find(path), std::string::npos) << m;
+  EXPECT_NE(m.find("runs as uid 65534"), std::string::npos) << m;
+  EXPECT_NE(m.find("this process as uid 0"), std::string::npos) << m;
+  auto stats = Client::QueryStats(path, std::chrono::seconds(5));  // the tool path checks too
+  EXPECT_EQ(stats.status().code(), StatusCode::kInvalidArgument);
+  const int status = testing::Reap(squatter);
+  ::unlink(path.c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "the client sent the squatter something";
+}
+
+TEST_F(ServerFixture, ConnectRefusesASegmentEveryUserCanAccessAndAcceptsItOnceFixed) {
+  const std::string file = "/dev/shm/" + name_;
+  ASSERT_EQ(::chmod(file.c_str(), 0606), 0);
+  auto refused = Client::Connect(Options());
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
+  const std::string m = refused.status().message();
+  EXPECT_NE(m.find(name_), std::string::npos) << m;
+  EXPECT_NE(m.find("mode 0606"), std::string::npos) << m;
+  ASSERT_EQ(::chmod(file.c_str(), 0600), 0);
+  auto ok = Client::Connect(Options());  // the happy path: our own server, a private segment
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(ok->info().shm_name, name_);
 }
 
 // ---- protocol 2: posted commits and chained requests ----------------------------------------

@@ -224,6 +224,49 @@ TEST(SharedSegment, AttachErrorsNameTheSegmentAndLeaveNoPartialState) {
   EXPECT_FALSE(SegmentExists(missing));
 }
 
+void Chmod(const std::string& name, mode_t mode) {
+  ASSERT_EQ(::chmod(("/dev/shm/" + name).c_str(), mode), 0) << std::strerror(errno);
+}
+
+TEST(SharedSegment, AttachWithAnExpectedOwnerRefusesAWorldAccessibleSegment) {
+  SharedSegment owner = MustCreate(UniqueSegmentName("world"), kMiB);
+  SegmentAttachOptions o;
+  o.expected_owner = ::geteuid();
+  ASSERT_TRUE(SharedSegment::Attach(owner.name(), o).ok());
+  const int fds = CountOpenFds();
+  const int maps = CountMappings();
+  for (mode_t mode : {0606, 0604, 0601}) {
+    Chmod(owner.name(), mode);
+    auto r = SharedSegment::Attach(owner.name(), o);
+    ASSERT_FALSE(r.ok()) << fmt::format("mode {:04o} was accepted", mode);
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    const std::string m = r.status().message();
+    EXPECT_NE(m.find(owner.name()), std::string::npos) << m;
+    EXPECT_NE(m.find(fmt::format("mode {:04o}", mode)), std::string::npos) << m;
+    EXPECT_NE(m.find(fmt::format("uid {}", ::geteuid())), std::string::npos) << m;
+  }
+  EXPECT_EQ(CountOpenFds(), fds);  // refused before mapping: nothing left behind
+  EXPECT_EQ(CountMappings(), maps);
+  Chmod(owner.name(), 0660);  // --socket-mode 660: the group may share the pool
+  EXPECT_TRUE(SharedSegment::Attach(owner.name(), o).ok());
+  Chmod(owner.name(), 0606);
+  EXPECT_TRUE(SharedSegment::Attach(owner.name()).ok()) << "without an expected owner nothing is checked";
+}
+
+TEST(SharedSegment, AttachWithAnExpectedOwnerRefusesAnotherOwnersSegment) {
+  SharedSegment owner = MustCreate(UniqueSegmentName("owner"), kMiB);
+  SegmentAttachOptions o;
+  o.expected_owner = ::geteuid() + 4242;  // the uid the server reported is not the segment's owner
+  auto r = SharedSegment::Attach(owner.name(), o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  const std::string m = r.status().message();
+  EXPECT_NE(m.find(owner.name()), std::string::npos) << m;
+  EXPECT_NE(m.find(fmt::format("owned by uid {}", ::geteuid())), std::string::npos) << m;
+  EXPECT_NE(m.find(fmt::format("server runs as uid {}", ::geteuid() + 4242)), std::string::npos) << m;
+  EXPECT_NE(m.find("mode 0600"), std::string::npos) << m;
+}
+
 TEST(SharedSegment, AChildThatAttachesAndExitsLeavesTheSegmentIntact) {
   SharedSegment owner = MustCreate(UniqueSegmentName("child_exit"), kMiB);
   pid_t pid = Spawn([&] {
