@@ -10,12 +10,15 @@ std::optional<std::string_view> AsBytes(const msgpack::object& o) {
   return std::nullopt;
 }
 
-msgpack::object UnpackReferenced(msgpack::zone& zone, std::string_view data) {
+msgpack::object UnpackReferenced(msgpack::zone& zone, std::string_view data, const msgpack::unpack_limit& limits,
+                                 size_t* used) {
   zone.clear();
   size_t off = 0;
   // Referencing every str/bin saves a copy per key; the caller keeps `data` alive.
   auto reference_all = [](msgpack::type::object_type, size_t, void*) { return true; };
-  return msgpack::unpack(zone, data.data(), data.size(), off, reference_all);
+  msgpack::object obj = msgpack::unpack(zone, data.data(), data.size(), off, reference_all, nullptr, limits);
+  if (used != nullptr) *used = off;
+  return obj;
 }
 
 Result<MapReader> MapReader::From(const msgpack::object& obj) {

@@ -27,6 +27,8 @@ inline constexpr std::string_view kNotExecutedCode = "NotExecuted";
 inline constexpr size_t kHeaderBytes = 4;
 inline constexpr uint32_t kDefaultMaxFrame = 64u << 20;
 inline constexpr size_t kMaxKeyBytes = 64;
+// The most keys (and elements of any array) one request may carry.
+inline constexpr uint32_t kMaxBatchKeys = 65536;
 
 inline uint32_t ReadLength(const uint8_t* p) {
   return uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24;
@@ -101,7 +103,10 @@ class MapReader {
 std::optional<std::string_view> AsBytes(const msgpack::object& o);
 
 // Unpacks one message into `zone` (cleared first). Strings and binaries are not copied: the
-// object points into `data`, which must outlive it. Throws msgpack's exceptions on bad input.
-msgpack::object UnpackReferenced(msgpack::zone& zone, std::string_view data);
+// object points into `data`, which must outlive it. Throws msgpack's exceptions on bad input,
+// msgpack::size_overflow when a container exceeds `limits` (checked before it is allocated).
+// `used`, when given, receives the bytes the value took (the rest of `data` was not read).
+msgpack::object UnpackReferenced(msgpack::zone& zone, std::string_view data,
+                                 const msgpack::unpack_limit& limits = msgpack::unpack_limit(), size_t* used = nullptr);
 
 }  // namespace shmkv::wire

@@ -15,8 +15,6 @@ namespace shmkv {
 
 namespace {
 
-constexpr size_t kStorePrefixBytes = 4;  // the server's namespace id in front of every Store key
-
 // Errors that say the disk as a whole is not taking writes (retrying other objects now is
 // pointless), as opposed to one object's own trouble (a name squatted by a directory, ...).
 bool IsGlobalWriteError(std::string_view why) {
@@ -140,15 +138,10 @@ DiskTier::~DiskTier() {
   }
 }
 
-void DiskTier::RegisterNamespace(std::string_view store_prefix, std::string_view canonical_namespace) {
-  digest_by_prefix_[std::string(store_prefix)] = NamespaceDigest(canonical_namespace);
-}
-
 std::string DiskTier::DiskKey(std::string_view store_key) const {
-  if (store_key.size() <= kStorePrefixBytes) return {};
-  auto it = digest_by_prefix_.find(std::string(store_key.substr(0, kStorePrefixBytes)));
-  if (it == digest_by_prefix_.end()) return {};
-  return it->second + std::string(store_key.substr(kStorePrefixBytes));
+  // A Store key is already a disk key: the namespace digest, then the client's key.
+  if (store_key.size() <= kNamespaceDigestBytes) return {};
+  return std::string(store_key);
 }
 
 size_t DiskTier::CountOnDisk(std::span<const std::string_view> keys) {
@@ -316,14 +309,12 @@ bool DiskTier::Remove(std::string_view store_key) {
 }
 
 size_t DiskTier::ClearNamespace(std::string_view store_prefix) {
-  const std::string prefix(store_prefix);
-  auto it = digest_by_prefix_.find(prefix);
-  if (it == digest_by_prefix_.end()) return 0;
-  const std::string& digest = it->second;
+  const std::string prefix(store_prefix);  // the namespace digest
+  const std::string& digest = prefix;
   size_t disk_only = 0;
   for (const std::string& dk : index_.KeysOfNamespace(digest)) {
     // Store::Clear counts the committed L1 copies.
-    if (!store_.IsCommitted(prefix + dk.substr(kNamespaceDigestBytes))) ++disk_only;
+    if (!store_.IsCommitted(dk)) ++disk_only;
     index_.Erase(dk);
     DeleteFile(dk);
   }

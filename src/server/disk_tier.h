@@ -18,8 +18,8 @@
 // objects only on disk are no longer counted as hits. The worker is restarted after a pause, at
 // most kMaxWorkerRestarts times in the server's life; after that the tier stays unavailable.
 //
-// Keys given to the tier are the Store's (4-byte namespace id + raw key); RegisterNamespace maps
-// the id to the namespace digest that names the folder on disk.
+// Keys given to the tier are the Store's: the 16-byte namespace digest + the raw key, which is
+// also the disk key (the digest names the folder on disk).
 //
 // Thread-safety: none; every method runs on the server's event-loop thread.
 #pragma once
@@ -53,8 +53,6 @@ class DiskTier {
   ~DiskTier();
   DiskTier(const DiskTier&) = delete;
   DiskTier& operator=(const DiskTier&) = delete;
-
-  void RegisterNamespace(std::string_view store_prefix, std::string_view canonical_namespace);
 
   static constexpr int kMaxWorkerRestarts = 3;
   static constexpr std::chrono::milliseconds kRestartDelay{1000};
@@ -96,7 +94,7 @@ class DiskTier {
   struct LoadWaiter;
 
   DiskTier(asio::io_context& io, Store& store, DiskTierOptions options, uint64_t capacity);
-  std::string DiskKey(std::string_view store_key) const;  // empty when the namespace is unknown
+  std::string DiskKey(std::string_view store_key) const;  // empty for a key shorter than a digest
   void StartWrite(IoSlot slot);
   void DeleteFile(const std::string& disk_key);
   void SendPendingDeletes();
@@ -120,7 +118,6 @@ class DiskTier {
   bool attached_ = false;  // the current worker has answered ATTACH with OK
   bool gave_up_ = false;   // a restart cannot help (binary gone, ATTACH refused)
   asio::steady_timer restart_timer_;
-  std::unordered_map<std::string, std::string> digest_by_prefix_;  // store prefix -> ns digest
   // Loads in flight: store key -> callbacks waiting for it (the first started the READ).
   std::unordered_map<std::string, std::vector<std::function<void(bool)>>> loading_;
   std::unordered_set<std::string> cancelled_loads_;  // store keys cleared while their READ ran

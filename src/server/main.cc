@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   o.socket_path = shmkv::DefaultSocketPath();
   double reserve_ttl_s = 60, pin_ttl_s = 60;
   std::string mode_text = "600";
+  std::string buffered_text = "1GiB";
   bool no_prefault = false;
   std::string disk_dir, disk_size_text, file_worker;
   bool disk_write_through = false;
@@ -29,6 +30,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--pin-ttl", pin_ttl_s, "Seconds before an unreleased read pin is dropped")->capture_default_str();
   app.add_option("--max-frame", o.max_frame_bytes, "Largest request frame in bytes")->capture_default_str();
+  app.add_option("--max-buffered", buffered_text,
+                 "Request bytes all connections may buffer together: 1GiB or a byte count")
+      ->capture_default_str();
   app.add_flag("--no-prefault", no_prefault, "Do not fault the pool in at start");
   app.add_option("--disk-dir", disk_dir, "Enable the L2 disk tier with its files under DIR (docs/l2-tier.md)");
   app.add_option("--disk-size", disk_size_text,
@@ -56,6 +60,10 @@ int main(int argc, char** argv) {
   auto size = shmkv::ParseSize(pool_size_text);
   if (!size.ok()) return fail("--pool-size: " + size.status().message());
   o.pool_size = *size;
+  auto buffered = shmkv::ParseSize(buffered_text);
+  if (!buffered.ok()) return fail("--max-buffered: " + buffered.status().message());
+  if (*buffered < o.max_frame_bytes) return fail("--max-buffered must be at least --max-frame");
+  o.max_buffered_bytes = *buffered;
   if (!shm_name.empty()) o.shm_name = shm_name;
   if (mode_text == "600" || mode_text == "0600") {
     o.socket_mode = 0600;

@@ -1,7 +1,9 @@
 #include "server/server.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -17,6 +19,7 @@
 #include "common/log.h"
 #include "common/syscall.h"
 #include "protocol/wire.h"
+#include "server/disk_index.h"
 #include "server/disk_tier.h"
 #include "server/store.h"
 #include "shmkv/segment.h"
@@ -30,21 +33,80 @@ std::string DefaultSocketPath() {
   if (const char* dir = std::getenv("XDG_RUNTIME_DIR"); dir != nullptr && *dir != '\0') {
     return fmt::format("{}/shmkv.sock", dir);
   }
-  return fmt::format("/tmp/shmkv-{}.sock", ::geteuid());
+  return fmt::format("/tmp/shmkv-{}/shmkv.sock", ::geteuid());
+}
+
+Status PrepareSocketDirectory(const std::string& socket_path, uint32_t socket_mode) {
+  // An explicit --socket is the operator's choice; the default must not be squattable.
+  if (socket_path != DefaultSocketPath()) return Status::Ok();
+  const std::string dir = socket_path.substr(0, socket_path.rfind('/'));
+  const bool xdg = std::getenv("XDG_RUNTIME_DIR") != nullptr;
+  // Group members (--socket-mode 660) need search permission; writing stays the owner's alone.
+  const mode_t want = socket_mode == 0660 ? 0750 : 0700;
+  if (!xdg && ::mkdir(dir.c_str(), want) != 0 && errno != EEXIST) {
+    return Status::FromErrno(fmt::format("creating the socket directory '{}'", dir), errno);
+  }
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) != 0) return Status::FromErrno(fmt::format("socket directory '{}'", dir), errno);
+  // Another user's directory, or one others can write, would let them put an impostor's socket
+  // there first and receive the workers' KV data.
+  if (!S_ISDIR(st.st_mode) || st.st_uid != ::geteuid() || (st.st_mode & 0022) != 0) {
+    return Status::InvalidArgument(fmt::format(
+        "socket directory '{}' is {} owned by uid {} with mode {:o}; it must be a directory of uid {} that only "
+        "it can write, or another local user could take over the socket (remove it, or choose --socket)",
+        dir, S_ISDIR(st.st_mode) ? "a directory" : "not a directory", st.st_uid, st.st_mode & 07777, ::geteuid()));
+  }
+  if (!xdg && (st.st_mode & 07777) != want && ::chmod(dir.c_str(), want) != 0) {
+    return Status::FromErrno(fmt::format("chmod '{}'", dir), errno);
+  }
+  return Status::Ok();
 }
 
 namespace {
 
 class Connection;
 
-// Renders a key's namespace prefix: 4 bytes of namespace id, big-endian.
-std::string NamespacePrefix(uint32_t ns) {
-  std::string p(4, '\0');
-  p[0] = static_cast<char>(ns >> 24);
-  p[1] = static_cast<char>(ns >> 16);
-  p[2] = static_cast<char>(ns >> 8);
-  p[3] = static_cast<char>(ns);
-  return p;
+// The bytes of one request frame the server reads before a session has registered: enough for
+// any register, stats or health request, so an unregistered peer cannot make it buffer more.
+constexpr uint32_t kUnregisteredMaxFrame = 64 * 1024;
+// Namespace fields are bounded so a registration cannot make the server keep or log much.
+constexpr size_t kMaxNameBytes = 256;  // model, dtype, layout, instance_id
+constexpr size_t kMaxSaltBytes = 256;  // tenant salt
+// Containers in a request: the batch limit of docs/protocol.md, a few fields per map, and a
+// shallow nesting; checked by the unpacker before it allocates anything for a container.
+constexpr uint32_t kMaxMapFields = 64;
+constexpr uint32_t kMaxNesting = 8;
+
+// Renders client text for an error message: printable ASCII as is, every other byte as \xNN,
+// at most 64 bytes, so a reply is always valid UTF-8 and short.
+std::string Printable(std::string_view text) {
+  std::string out;
+  for (size_t i = 0; i < text.size() && i < 64; ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      out += fmt::format("\\x{:02x}", c);
+    }
+  }
+  if (text.size() > 64) out += "...";
+  return out;
+}
+
+// A descriptor that becomes readable when process `pid` exits, or invalid where the kernel has
+// no pidfd or the peer's pid is not visible (another pid namespace reports 0).
+sys::UniqueFd OpenPidfd(pid_t pid) {
+  if (pid <= 0) return {};
+  auto r = sys::Call([&] { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); });
+  return r.ok() ? sys::UniqueFd(r.value) : sys::UniqueFd();
+}
+
+bool ProcessExited(const sys::UniqueFd& pidfd) {
+  struct pollfd p {
+    pidfd.get(), POLLIN, 0
+  };
+  auto r = sys::Call([&] { return ::poll(&p, 1, 0); });
+  return r.ok() && r.value == 1;
 }
 
 }  // namespace
@@ -59,8 +121,10 @@ struct Server::Impl {
   asio::signal_set signals{io, SIGINT, SIGTERM};
   asio::steady_timer lease_timer{io};
   SessionId next_session = 1;
-  std::unordered_map<std::string, uint32_t> namespaces;  // canonical namespace -> id
   std::unordered_map<SessionId, std::weak_ptr<Connection>> connections;
+  // Sessions closed while their process lived on, with quarantined slots: freed at its exit.
+  std::unordered_map<SessionId, std::unique_ptr<asio::posix::stream_descriptor>> orphan_watches;
+  size_t buffered_bytes = 0;  // request buffers of every connection, bounded by max_buffered_bytes
   bool socket_bound = false;
   std::unique_ptr<DiskTier> disk;  // L2; declared after io and store, so destroyed before them
 
@@ -72,9 +136,16 @@ struct Server::Impl {
 
   void Accept();
   void ScheduleLeaseSweep();
-  uint32_t NamespaceId(const std::string& canonical) {
-    auto [it, inserted] = namespaces.try_emplace(canonical, static_cast<uint32_t>(namespaces.size() + 1));
-    return it->second;
+  // Frees `session`'s orphaned quarantine once the process behind `pidfd` has exited.
+  void WatchOrphans(SessionId session, sys::UniqueFd pidfd) {
+    auto watch = std::make_unique<asio::posix::stream_descriptor>(io, pidfd.release());
+    watch->async_wait(asio::posix::stream_descriptor::wait_read, [this, session](const asio::error_code& ec) {
+      if (ec == asio::error::operation_aborted) return;
+      store.ReleaseOrphans(session);
+      Log().debug("session {}: its process exited; quarantined slots freed", session);
+      orphan_watches.erase(session);  // destroys the descriptor after this handler returns
+    });
+    orphan_watches[session] = std::move(watch);
   }
 };
 
@@ -85,8 +156,9 @@ void PackSlots(wire::Packer& pk, const std::vector<SlotResult>& slots);
 // One client connection: reads frames, answers each in order, owns one Store session.
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
-  Connection(Server::Impl& server, stream_protocol::socket socket, SessionId id)
-      : server_(server), socket_(std::move(socket)), session_(id) {}
+  Connection(Server::Impl& server, stream_protocol::socket socket, SessionId id, sys::UniqueFd peer_pidfd)
+      : server_(server), socket_(std::move(socket)), session_(id), peer_pidfd_(std::move(peer_pidfd)) {}
+  ~Connection() { server_.buffered_bytes -= in_.size(); }
 
   void Start() {
     server_.store.OpenSession(session_);
@@ -107,7 +179,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     const int fd = socket_.native_handle();
     bool eof = false;
     for (;;) {
-      if (in_.size() - in_end_ < 64 * 1024) in_.resize(std::max<size_t>(in_.size() * 2, in_end_ + 64 * 1024));
+      if (in_end_ == in_.size() && !GrowInput()) return;
       const size_t room = in_.size() - in_end_;
       auto r = sys::Call([&] { return ::recv(fd, in_.data() + in_end_, room, MSG_DONTWAIT); });
       if (!r.ok()) {
@@ -137,28 +209,54 @@ class Connection : public std::enable_shared_from_this<Connection> {
     });
   }
 
+  // Makes room for more input: the buffer grows only as bytes arrive (never from a length prefix
+  // alone), to at most the frame being read, and within the server-wide budget; a connection
+  // that would exceed it is answered with an error and closed.
+  bool GrowInput() {
+    const size_t frame = in_end_ >= wire::kHeaderBytes
+                             ? wire::kHeaderBytes + wire::ReadLength(reinterpret_cast<const uint8_t*>(in_.data()))
+                             : 0;
+    const size_t want = std::max<size_t>({kInputChunk, in_.size() * 2 > frame ? frame : in_.size() * 2, in_end_ + 1});
+    const size_t grow = std::max(want, in_.size()) - in_.size();
+    if (grow == 0) return true;
+    if (server_.buffered_bytes + grow > server_.options.max_buffered_bytes) {
+      SendError(0, Status::Full(fmt::format("the server's request buffers are full ({} of {} bytes in use by all "
+                                            "connections); this connection is closed, retry later",
+                                            server_.buffered_bytes, server_.options.max_buffered_bytes)));
+      closing_ = true;
+      Flush();
+      return false;
+    }
+    in_.resize(in_.size() + grow);
+    server_.buffered_bytes += grow;
+    return true;
+  }
+  // Returns a large buffer's memory once the frame that needed it is handled.
+  void ShrinkInput() {
+    if (in_.size() <= 4 * kInputChunk || in_end_ > kInputChunk) return;
+    std::vector<char> small(kInputChunk);
+    std::memcpy(small.data(), in_.data(), in_end_);
+    server_.buffered_bytes -= in_.size() - small.size();
+    in_.swap(small);
+  }
+  uint32_t FrameLimit() const {
+    return registered_ ? server_.options.max_frame_bytes
+                       : std::min(server_.options.max_frame_bytes, kUnregisteredMaxFrame);
+  }
+
   // Answers every complete frame in in_, keeps a partial one for later.
   void Process() {
     size_t pos = 0;
     while (!closing_ && in_end_ - pos >= wire::kHeaderBytes) {
       const uint32_t len = wire::ReadLength(reinterpret_cast<const uint8_t*>(in_.data() + pos));
-      if (len == 0 || len > server_.options.max_frame_bytes) {
+      if (len == 0 || len > FrameLimit()) {
         // The stream cannot be resynchronised after a bad length: answer once, then hang up.
-        SendError(
-            0, Status::Protocol(fmt::format("frame length {} is outside 1..{}", len, server_.options.max_frame_bytes)));
+        SendError(0, Status::Protocol(fmt::format("frame length {} is outside 1..{}{}", len, FrameLimit(),
+                                                  registered_ ? "" : " (the limit before 'register')")));
         closing_ = true;
         break;
       }
-      if (in_end_ - pos - wire::kHeaderBytes < len) {
-        if (in_.size() < wire::kHeaderBytes + len) {
-          // Make room for the whole frame after compaction.
-          std::memmove(in_.data(), in_.data() + pos, in_end_ - pos);
-          in_end_ -= pos;
-          pos = 0;
-          in_.resize(wire::kHeaderBytes + len);
-        }
-        break;
-      }
+      if (in_end_ - pos - wire::kHeaderBytes < len) break;
       Handle(std::string_view(in_.data() + pos + wire::kHeaderBytes, len));
       pos += wire::kHeaderBytes + len;
       if (deferred_) break;  // replies keep request order: the rest waits for this one
@@ -166,6 +264,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (pos > 0) {
       std::memmove(in_.data(), in_.data() + pos, in_end_ - pos);
       in_end_ -= pos;
+      ShrinkInput();
     }
     Flush();
   }
@@ -193,7 +292,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void Finish() {
     if (finished_) return;
     finished_ = true;
-    server_.store.CloseSession(session_);
+    // A client that closed its connection while its process lives on may still be writing into
+    // slots whose reservation expired: those stay quarantined until the process exits.
+    const bool may_still_run = peer_pidfd_.valid() && !ProcessExited(peer_pidfd_);
+    if (server_.store.CloseSession(session_, may_still_run)) server_.WatchOrphans(session_, std::move(peer_pidfd_));
     server_.connections.erase(session_);
     Log().debug("session {} ({}) closed", session_, instance_);
     Close();
@@ -206,8 +308,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void EndReply(size_t map_at, int n_fields);
   Status Dispatch(std::string_view op, const wire::MapReader& req, wire::Packer& pk, int* fields);
 
-  void SendError(uint64_t id, const Status& s) { SendError(id, StatusCodeName(s.code()), s.message()); }
-  void SendError(uint64_t id, std::string_view code, std::string_view message) {
+  void SendError(uint64_t id, const Status& s, std::span<const uint32_t> expired = {}) {
+    SendError(id, StatusCodeName(s.code()), s.message(), expired);
+  }
+  // `expired`: with code Expired, the indices of the request's keys whose lease had expired.
+  void SendError(uint64_t id, std::string_view code, std::string_view message, std::span<const uint32_t> expired = {}) {
     prev_failed_ = true;
     reply_.Reset();
     wire::Packer pk(reply_.sbuf());
@@ -217,11 +322,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
     wire::PackStr(pk, "ok");
     pk.pack_false();
     wire::PackStr(pk, "error");
-    pk.pack_map(2);
+    pk.pack_map(expired.empty() ? 2 : 3);
     wire::PackStr(pk, "code");
     wire::PackStr(pk, code);
     wire::PackStr(pk, "message");
     wire::PackStr(pk, message);
+    if (!expired.empty()) {
+      wire::PackStr(pk, "expired");
+      pk.pack_array(static_cast<uint32_t>(expired.size()));
+      for (uint32_t i : expired) pk.pack_uint32(i);
+    }
     Queue(reply_.Finish());
   }
 
@@ -279,9 +389,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
     return full_keys_;
   }
 
+  static constexpr size_t kInputChunk = 64 * 1024;
+
   Server::Impl& server_;
   stream_protocol::socket socket_;
   SessionId session_;
+  sys::UniqueFd peer_pidfd_;  // the client process, to learn when it has exited
   std::string instance_;
   std::string prefix_;  // namespace prefix; empty until registered
   bool registered_ = false;
@@ -300,9 +413,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool writing_ = false;
   bool closing_ = false;
   bool finished_ = false;
-  bool deferred_ = false;     // a reply waits for L2 loads; frames after it are not handled yet
-  bool eof_pending_ = false;  // the peer closed while a reply was deferred
-  uint64_t current_id_ = 0;   // id of the request being dispatched
+  bool deferred_ = false;          // a reply waits for L2 loads; frames after it are not handled yet
+  bool eof_pending_ = false;       // the peer closed while a reply was deferred
+  uint64_t current_id_ = 0;        // id of the request being dispatched
+  std::vector<uint32_t> expired_;  // indices of keys whose lease expired, for an Expired error
 };
 
 void PackSlots(wire::Packer& pk, const std::vector<SlotResult>& slots) {
@@ -317,17 +431,32 @@ void PackSlots(wire::Packer& pk, const std::vector<SlotResult>& slots) {
 
 void Connection::Handle(std::string_view body) {
   msgpack::object obj;
+  // Every container count is bounded before the unpacker allocates for it: by the frame (each
+  // element takes at least one byte) and by the protocol's limits.
+  const auto frame_bytes = static_cast<uint32_t>(body.size());
+  const msgpack::unpack_limit limits(std::min(frame_bytes, wire::kMaxBatchKeys), std::min(frame_bytes, kMaxMapFields),
+                                     frame_bytes, frame_bytes, 0, kMaxNesting);
   try {
-    obj = wire::UnpackReferenced(zone_, body);  // points into in_, which outlives this call
+    size_t used = 0;
+    obj = wire::UnpackReferenced(zone_, body, limits, &used);  // points into in_, which outlives this call
+    if (used != body.size()) {
+      return SendError(0, Status::Protocol(fmt::format("{} bytes follow the request's msgpack value in its frame",
+                                                       body.size() - used)));
+    }
+  } catch (const msgpack::size_overflow& e) {
+    return SendError(0, Status::Protocol(fmt::format(
+                            "request exceeds a protocol limit ({}): arrays of at most {} elements, maps of at most {} "
+                            "fields, nesting of at most {} levels",
+                            e.what(), wire::kMaxBatchKeys, kMaxMapFields, kMaxNesting)));
   } catch (const std::exception& e) {
     return SendError(0, Status::Protocol(fmt::format("request is not valid msgpack: {}", e.what())));
   }
   auto req = wire::MapReader::From(obj);
   if (!req.ok()) return SendError(0, req.status());
-  uint64_t id = 0;
-  if (const msgpack::object* o = req->Find("id"); o != nullptr && o->type == msgpack::type::POSITIVE_INTEGER) {
-    id = o->via.u64;
-  }
+  // The id is required: a reply to a guessed id could be taken for another request's answer.
+  auto id_field = req->U64("id");
+  if (!id_field.ok()) return SendError(0, id_field.status());
+  const uint64_t id = *id_field;
   auto op = req->Str("op");
   if (!op.ok()) return SendError(id, op.status());
   if (protocol_ >= 2) {
@@ -346,12 +475,13 @@ void Connection::Handle(std::string_view body) {
   int n_fields = 0;
   Status s;
   current_id_ = id;
+  expired_.clear();
   try {
     s = Dispatch(*op, *req, pk, &n_fields);
   } catch (const std::exception& e) {  // msgpack or allocation failures: answer, keep serving
-    s = Status::Internal(fmt::format("{} failed: {}", *op, e.what()));
+    s = Status::Internal(fmt::format("failed: {}", e.what()));
   }
-  if (!s.ok()) return SendError(id, s.WithContext(*op));
+  if (!s.ok()) return SendError(id, s.WithContext(Printable(*op)), expired_);
   if (deferred_) return;  // answered by FinishDeferredRetrieve; what Dispatch packed is dropped
   EndReply(map_at, n_fields);
 }
@@ -421,32 +551,44 @@ Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wir
   const auto now = Clock::now();
   Server::Impl& srv = server_;
   const Op kind = ParseOp(op);
-  if (kind == Op::kUnknown) return Status::InvalidArgument(fmt::format("unknown operation '{}'", op));
+  if (kind == Op::kUnknown) return Status::InvalidArgument("unknown operation");
 
   if (kind == Op::kRegister) {
+    if (registered_) return Status::InvalidArgument("this connection is registered already; open another one");
     auto instance = req.Str("instance_id");
     if (!instance.ok()) return instance.status();
+    if (instance->size() > kMaxNameBytes) {
+      return Status::InvalidArgument(
+          fmt::format("instance_id is {} bytes; at most {}", instance->size(), kMaxNameBytes));
+    }
     auto ns = req.Map("namespace");
     if (!ns.ok()) return ns.status();
     // Canonical namespace: every field that changes the bytes of a chunk, plus the tenant salt.
     std::string canonical;
+    std::string shown;  // for the log: the salt only by its length
     for (std::string_view f : {"model", "dtype", "layout", "salt"}) {
       std::string_view v;
       if (ns->Has(f)) {
         auto s = ns->Str(f);
-        if (!s.ok()) return s.status();
+        if (!s.ok()) return s.status().WithContext("namespace");
         v = *s;
       }
+      const size_t limit = f == "salt" ? kMaxSaltBytes : kMaxNameBytes;
+      if (v.size() > limit) {
+        return Status::InvalidArgument(fmt::format("namespace.{} is {} bytes; at most {}", f, v.size(), limit));
+      }
       canonical += fmt::format("{}={};", f, v);
+      if (f != "salt") shown += fmt::format("{}={};", f, Printable(v));
     }
     for (std::string_view f : {"world_size", "rank"}) {
       uint64_t v = 0;
       if (ns->Has(f)) {
         auto u = ns->U64(f);
-        if (!u.ok()) return u.status();
+        if (!u.ok()) return u.status().WithContext("namespace");
         v = *u;
       }
       canonical += fmt::format("{}={};", f, v);
+      shown += fmt::format("{}={};", f, v);
     }
     if (ns->Has("world_size") && ns->Has("rank") && *ns->U64("rank") >= *ns->U64("world_size")) {
       return Status::InvalidArgument("namespace rank must be below world_size");
@@ -465,10 +607,12 @@ Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wir
     }
     protocol_ = static_cast<uint32_t>(std::min<uint64_t>(offered, wire::kProtocolVersion));
     instance_ = std::string(*instance);
-    prefix_ = NamespacePrefix(srv.NamespaceId(canonical));
-    if (srv.disk) srv.disk->RegisterNamespace(prefix_, canonical);
+    // The key prefix is the namespace's digest: nothing per namespace is kept, so namespaces
+    // cost the server no memory, and L1 and L2 name an object the same way.
+    prefix_ = NamespaceDigest(canonical);
     registered_ = true;
-    Log().info("session {} registered: instance '{}', namespace {}", session_, instance_, canonical);
+    Log().info("session {} registered: instance '{}', namespace {}salt={} bytes (digest {})", session_,
+               Printable(instance_), shown, ns->Has("salt") ? ns->Str("salt")->size() : 0, HexEncode(prefix_));
     field("session");
     pk.pack_uint64(session_);
     field("shm_name");
@@ -501,6 +645,8 @@ Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wir
         {"lookup_hits", s.lookup_hits},
         {"retrieves", s.retrieves},
         {"expired_leases", s.expired_leases},
+        {"quarantined_slots", s.quarantined_slots},
+        {"quarantined_bytes", s.quarantined_bytes},
         {"generation", srv.generation},
     };
     std::vector<std::pair<std::string_view, uint64_t>> l2;
@@ -553,7 +699,7 @@ Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wir
     return Status::Ok();
   }
   if (kind == Op::kCommitStore) {
-    Status st = srv.store.CommitStore(session_, keys, now);
+    Status st = srv.store.CommitStore(session_, keys, now, &expired_);
     if (srv.disk) srv.disk->Pump();
     return st;
   }
@@ -585,7 +731,7 @@ Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wir
     PackSlots(pk, srv.store.PrepareRetrieve(session_, keys, now));
     return Status::Ok();
   }
-  if (kind == Op::kCommitRetrieve) return srv.store.CommitRetrieve(session_, keys);
+  if (kind == Op::kCommitRetrieve) return srv.store.CommitRetrieve(session_, keys, &expired_);
   if (kind == Op::kRemove) {
     auto out = srv.store.Remove(keys);
     if (srv.disk) {
@@ -598,15 +744,34 @@ Status Connection::Dispatch(std::string_view op, const wire::MapReader& req, wir
     for (SlotOutcome o : out) wire::PackStr(pk, o == SlotOutcome::kSlot ? "removed" : SlotOutcomeName(o));
     return Status::Ok();
   }
-  return Status::InvalidArgument(fmt::format("unknown operation '{}'", op));
+  return Status::InvalidArgument("unknown operation");
 }
 
-bool PeerAllowed(int fd, uint32_t mode) {
+// The peer's credentials, or nullopt when the kernel will not say.
+std::optional<ucred> PeerCredentials(int fd) {
   struct ucred cred {};
   socklen_t len = sizeof cred;
-  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return false;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return std::nullopt;
+  return cred;
+}
+
+// Whether a peer may use the server: its own uid, root, or with mode 0660 a member of the
+// server's group, also through a supplementary group (the segment's 0660 admits those too, so
+// the two gates agree).
+bool PeerAllowed(int fd, const ucred& cred, uint32_t mode) {
   if (cred.uid == ::geteuid() || cred.uid == 0) return true;
-  return (mode & 0060) != 0 && cred.gid == ::getegid();
+  if ((mode & 0060) == 0) return false;
+  if (cred.gid == ::getegid()) return true;
+  std::vector<gid_t> groups(64);
+  for (;;) {
+    auto len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) == 0) {
+      groups.resize(len / sizeof(gid_t));
+      return std::find(groups.begin(), groups.end(), ::getegid()) != groups.end();
+    }
+    if (errno != ERANGE || groups.size() >= 65536) return false;
+    groups.resize(len / sizeof(gid_t) + 1);
+  }
 }
 
 }  // namespace
@@ -617,11 +782,13 @@ void Server::Impl::Accept() {
       if (ec != asio::error::operation_aborted) Accept();
       return;
     }
-    if (!PeerAllowed(socket.native_handle(), options.socket_mode)) {
-      Log().warn("refused a connection from another user");
+    const std::optional<ucred> peer = PeerCredentials(socket.native_handle());
+    if (!peer || !PeerAllowed(socket.native_handle(), *peer, options.socket_mode)) {
+      Log().warn("refused a connection from uid {} (not this server's user{})", peer ? peer->uid : -1u,
+                 options.socket_mode == 0660 ? " or group" : "");
     } else {
       const SessionId id = next_session++;
-      auto conn = std::make_shared<Connection>(*this, std::move(socket), id);
+      auto conn = std::make_shared<Connection>(*this, std::move(socket), id, OpenPidfd(peer->pid));
       connections.emplace(id, conn);
       conn->Start();
     }
@@ -704,6 +871,7 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
     if (!disk.ok()) return disk.status().WithContext("L2 disk tier");
     impl->disk = std::move(disk).value();
   }
+  SHMKV_RETURN_IF_ERROR(PrepareSocketDirectory(options.socket_path, options.socket_mode));
   SHMKV_RETURN_IF_ERROR(BindSocket(impl->acceptor, options.socket_path, options.socket_mode));
   impl->socket_bound = true;
   return std::unique_ptr<Server>(new Server(std::move(impl)));
@@ -735,6 +903,7 @@ void Server::Stop() {
     for (auto& [id, weak] : s.connections) {
       if (auto c = weak.lock()) c->Close();
     }
+    s.orphan_watches.clear();
     if (!s.disk) return s.io.stop();
     // Write-through promises that committed objects reach the disk: let the queue drain first.
     s.disk->Drain(std::chrono::seconds(5), [&s] { s.io.stop(); });

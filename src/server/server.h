@@ -29,8 +29,12 @@ struct ServerOptions {
   std::chrono::milliseconds reserve_ttl{std::chrono::seconds(60)};
   // Pins not released within this time are dropped.
   std::chrono::milliseconds pin_ttl{std::chrono::seconds(60)};
-  // Largest accepted request frame; a larger length prefix closes the connection.
+  // Largest accepted request frame; a larger length prefix closes the connection. Before a
+  // connection has registered, 64 KiB is the limit.
   uint32_t max_frame_bytes = 64u << 20;
+  // Request bytes buffered by all connections together; a connection whose next read would
+  // exceed it is answered with an error (Full) and closed.
+  uint64_t max_buffered_bytes = 1ull << 30;
   // Fault the pool in at start (recommended; off only for quick tests of huge pools).
   bool prefault = true;
   // Remove stale lmcache_l1_pool_ segments of dead servers at start.
@@ -63,6 +67,12 @@ class Server {
   std::unique_ptr<Impl> impl_;
 };
 
+// $XDG_RUNTIME_DIR/shmkv.sock, else /tmp/shmkv-<euid>/shmkv.sock: a directory only this user can
+// write, so another local user cannot create the socket first.
 std::string DefaultSocketPath();
+// For the default socket path: creates its directory where shmkv owns it (0700, or 0750 for
+// --socket-mode 660) and checks that it belongs to this user and nobody else can write it.
+// Other paths are the operator's choice and are not checked.
+Status PrepareSocketDirectory(const std::string& socket_path, uint32_t socket_mode);
 
 }  // namespace shmkv

@@ -35,10 +35,26 @@ void Store::OpenSession(SessionId session) {
   sessions_.try_emplace(session);
 }
 
-void Store::CloseSession(SessionId session) {
+namespace {
+// Expired retrieve pins remembered per session, so that a client that never commits cannot grow
+// the server's memory: beyond it a late commit_retrieve fails with kInvalidArgument instead of
+// kExpired, which is just as safe (the caller treats the chunk as not loaded either way).
+constexpr size_t kMaxExpiredPinRecords = 65536;
+}  // namespace
+
+bool Store::CloseSession(SessionId session, bool writer_may_still_run) {
   auto sit = sessions_.find(session);
-  if (sit == sessions_.end()) return;
+  if (sit == sessions_.end()) return false;
   Session& s = sit->second;
+  std::vector<uint64_t> quarantined;
+  for (auto& [key, offsets] : s.quarantine) quarantined.insert(quarantined.end(), offsets.begin(), offsets.end());
+  const bool keep = writer_may_still_run && !quarantined.empty();
+  if (keep) {
+    auto& held = orphans_[session];
+    held.insert(held.end(), quarantined.begin(), quarantined.end());
+  } else {
+    FreeQuarantined(quarantined);
+  }
   for (const std::string* key : s.reservations) {
     auto it = index_.find(*key);
     if (it != index_.end() && it->second.state == State::kReserved && it->second.writer == session) Erase(it);
@@ -50,6 +66,42 @@ void Store::CloseSession(SessionId session) {
     for (uint32_t i = 0; i < n; ++i) Unpin(it);
   }
   sessions_.erase(sit);
+  return keep;
+}
+
+void Store::ReleaseOrphans(SessionId session) {
+  auto it = orphans_.find(session);
+  if (it == orphans_.end()) return;
+  FreeQuarantined(it->second);
+  orphans_.erase(it);
+}
+
+void Store::QuarantineReservation(Session& s, Index::iterator it) {
+  // A reserved object is in neither the LRU nor the dirty queue; only the index lets it go.
+  const Object& o = it->second;
+  s.quarantine[it->first].push_back(o.offset);
+  counters_.quarantined_slots++;
+  counters_.quarantined_bytes += o.length;
+  quarantined_length_[o.offset] = o.length;
+  index_.erase(it);
+}
+
+void Store::FreeQuarantined(std::span<const uint64_t> offsets) {
+  for (uint64_t offset : offsets) {
+    auto len = quarantined_length_.find(offset);
+    counters_.quarantined_slots--;
+    counters_.quarantined_bytes -= len->second;
+    quarantined_length_.erase(len);
+    Status freed = allocator_.Free(offset);  // allocated at PrepareStore, freed exactly once here
+    (void)freed;
+  }
+}
+
+void Store::AcknowledgeExpired(Session& s, std::string_view key) {
+  auto q = s.quarantine.find(key);
+  if (q == s.quarantine.end()) return;
+  FreeQuarantined(q->second);
+  s.quarantine.erase(q);
 }
 
 void Store::Touch(Index::iterator it) {
@@ -107,15 +159,15 @@ bool Store::EvictOne() {
 Result<std::vector<SlotResult>> Store::PrepareStore(SessionId session, std::span<const std::string_view> keys,
                                                     std::span<const uint64_t> sizes, Clock::time_point now) {
   Session* s = FindSession(session);
-  if (s == nullptr) return Status::InvalidArgument("prepare_store: session is not registered");
+  if (s == nullptr) return Status::InvalidArgument("session is not registered");
   if (keys.size() != sizes.size()) {
     return Status::InvalidArgument(
-        fmt::format("prepare_store: {} keys but {} sizes; give one size per key", keys.size(), sizes.size()));
+        fmt::format("{} keys but {} sizes; give one size per key", keys.size(), sizes.size()));
   }
   for (size_t i = 0; i < sizes.size(); ++i) {
     if (sizes[i] == 0 || sizes[i] > allocator_.pool_size()) {
-      return Status::InvalidArgument(fmt::format("prepare_store: key #{} has size {}; sizes must be 1..{} (the pool)",
-                                                 i, sizes[i], allocator_.pool_size()));
+      return Status::InvalidArgument(
+          fmt::format("key #{} has size {}; sizes must be 1..{} (the pool)", i, sizes[i], allocator_.pool_size()));
     }
   }
   std::vector<SlotResult> out(keys.size());
@@ -156,21 +208,37 @@ Result<std::vector<SlotResult>> Store::PrepareStore(SessionId session, std::span
   return out;
 }
 
-Status Store::CommitStore(SessionId session, std::span<const std::string_view> keys, Clock::time_point now) {
+Status Store::CommitStore(SessionId session, std::span<const std::string_view> keys, Clock::time_point now,
+                          std::vector<uint32_t>* expired) {
   (void)now;
   Session* s = FindSession(session);
-  if (s == nullptr) return Status::InvalidArgument("commit_store: session is not registered");
+  if (s == nullptr) return Status::InvalidArgument("session is not registered");
   std::vector<Index::iterator> found;
   found.reserve(keys.size());
+  std::vector<uint32_t> late;
   for (size_t i = 0; i < keys.size(); ++i) {
     auto it = index_.find(keys[i]);
     if (it == index_.end() || it->second.state != State::kReserved || it->second.writer != session) {
-      return Status::InvalidArgument(fmt::format(
-          "commit_store: key #{} is not reserved by this session (never prepared, aborted, expired or already "
-          "committed); nothing was committed",
-          i));
+      if (s->quarantine.contains(keys[i])) {
+        late.push_back(static_cast<uint32_t>(i));
+        continue;
+      }
+      return Status::InvalidArgument(
+          fmt::format("key #{} is not reserved by this session (never prepared, aborted or already committed); "
+                      "nothing was committed",
+                      i));
     }
     found.push_back(it);
+  }
+  if (!late.empty()) {
+    // The client sends a commit only once its copy is complete, so its expired slots are safe
+    // to reuse from here on.
+    for (uint32_t i : late) AcknowledgeExpired(*s, keys[i]);
+    std::string list = fmt::format("#{}", late[0]);
+    for (size_t j = 1; j < late.size(); ++j) list += fmt::format(", #{}", late[j]);
+    if (expired != nullptr) *expired = std::move(late);
+    return Status::Expired(fmt::format(
+        "the reservation of key {} expired (--reserve-ttl) before this commit; nothing was committed", list));
   }
   // Tail first into the MRU end: the head of the chain ends up most recent.
   for (size_t i = found.size(); i-- > 0;) {
@@ -196,6 +264,7 @@ size_t Store::AbortStore(SessionId session, std::span<const std::string_view> ke
   if (s == nullptr) return 0;
   size_t n = 0;
   for (std::string_view k : keys) {
+    AcknowledgeExpired(*s, k);
     auto it = index_.find(k);
     if (it == index_.end() || it->second.state != State::kReserved || it->second.writer != session) continue;
     s->reservations.erase(&it->first);
@@ -273,22 +342,45 @@ void Store::ReleasePin(Session& s, std::string_view key, bool all) {
   if (lease.retrieve_pins == 0 && !lease.lookup_pin) s.pins.erase(pit);
 }
 
-Status Store::CommitRetrieve(SessionId session, std::span<const std::string_view> keys) {
+Status Store::CommitRetrieve(SessionId session, std::span<const std::string_view> keys,
+                             std::vector<uint32_t>* expired) {
   Session* s = FindSession(session);
-  if (s == nullptr) return Status::InvalidArgument("commit_retrieve: session is not registered");
-  // Validate first so a bad batch releases nothing (counting repeats of a key).
+  if (s == nullptr) return Status::InvalidArgument("session is not registered");
+  // Validate first so a bad batch releases nothing (counting repeats of a key): each mention of
+  // a key takes one live pin, then one expired pin.
   std::unordered_map<std::string_view, uint32_t> wanted;
+  std::vector<bool> is_late(keys.size(), false);
+  std::vector<uint32_t> late;
   for (size_t i = 0; i < keys.size(); ++i) {
     auto pit = s->pins.find(keys[i]);
-    if (pit == s->pins.end() || pit->second.retrieve_pins < ++wanted[keys[i]]) {
-      return Status::InvalidArgument(
-          fmt::format("commit_retrieve: key #{} is not pinned by a prepare_retrieve of this session; nothing was "
-                      "released",
-                      i));
+    const uint32_t live = pit == s->pins.end() ? 0 : pit->second.retrieve_pins;
+    const uint32_t nth = ++wanted[keys[i]];
+    if (nth <= live) continue;
+    auto eit = s->expired_pins.find(keys[i]);
+    if (eit != s->expired_pins.end() && nth - live <= eit->second) {
+      is_late[i] = true;
+      late.push_back(static_cast<uint32_t>(i));
+      continue;
     }
+    return Status::InvalidArgument(
+        fmt::format("key #{} is not pinned by a prepare_retrieve of this session; nothing was released", i));
   }
-  for (std::string_view k : keys) ReleasePin(*s, k, /*all=*/false);
-  return Status::Ok();
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (!is_late[i]) {
+      ReleasePin(*s, keys[i], /*all=*/false);
+      continue;
+    }
+    auto eit = s->expired_pins.find(keys[i]);
+    if (--eit->second == 0) s->expired_pins.erase(eit);
+  }
+  if (late.empty()) return Status::Ok();
+  std::string list = fmt::format("#{}", late[0]);
+  for (size_t j = 1; j < late.size(); ++j) list += fmt::format(", #{}", late[j]);
+  if (expired != nullptr) *expired = std::move(late);
+  return Status::Expired(
+      fmt::format("the pin of key {} expired (--pin-ttl) before this commit: the bytes read from its slot may have "
+                  "been overwritten and must not be used; the other keys were released",
+                  list));
 }
 
 std::vector<SlotOutcome> Store::Remove(std::span<const std::string_view> keys) {
@@ -327,15 +419,22 @@ size_t Store::ExpireLeases(Clock::time_point now) {
         ++rit;
         continue;
       }
-      rit = s.reservations.erase(rit);  // before Erase: the pointer targets the index's key
-      if (it != index_.end() && it->second.state == State::kReserved && it->second.writer == id) Erase(it);
+      rit = s.reservations.erase(rit);  // before the index lets go: the pointer targets its key
+      // The stalled writer may still write into the slot: it must not reach another writer.
+      if (it != index_.end() && it->second.state == State::kReserved && it->second.writer == id) {
+        QuarantineReservation(s, it);
+      }
       ++expired;
     }
-    std::vector<std::string> stale;
+    std::vector<std::pair<std::string, uint32_t>> stale;
     for (auto& [key, lease] : s.pins) {
-      if (now - lease.since >= options_.pin_ttl) stale.push_back(key);
+      if (now - lease.since >= options_.pin_ttl) stale.emplace_back(key, lease.retrieve_pins);
     }
-    for (const std::string& key : stale) {
+    for (const auto& [key, retrieve_pins] : stale) {
+      // A retrieve pin's reader may be copying out right now: its commit_retrieve must say so.
+      if (retrieve_pins > 0 && (s.expired_pins.size() < kMaxExpiredPinRecords || s.expired_pins.contains(key))) {
+        s.expired_pins[key] += retrieve_pins;
+      }
       ReleasePin(s, key, /*all=*/true);
       ++expired;
     }
@@ -448,8 +547,17 @@ StoreStats Store::stats() const {
 Status Store::CheckInvariants() const {
   auto fail = [](std::string what) { return Status::Internal("store invariant broken: " + what); };
   SHMKV_RETURN_IF_ERROR(allocator_.CheckInvariants());
-  if (allocator_.stats().live_slots != index_.size()) {
-    return fail(fmt::format("{} slots allocated but {} objects indexed", allocator_.stats().live_slots, index_.size()));
+  uint64_t quarantined = 0;
+  for (const auto& [id, s] : sessions_) {
+    for (const auto& [key, offsets] : s.quarantine) quarantined += offsets.size();
+  }
+  for (const auto& [id, offsets] : orphans_) quarantined += offsets.size();
+  if (quarantined != counters_.quarantined_slots || quarantined != quarantined_length_.size()) {
+    return fail("quarantine counters disagree with the sessions' quarantines");
+  }
+  if (allocator_.stats().live_slots != index_.size() + quarantined) {
+    return fail(fmt::format("{} slots allocated but {} objects indexed and {} quarantined",
+                            allocator_.stats().live_slots, index_.size(), quarantined));
   }
   size_t in_lru = 0;
   size_t dirty_count = 0;

@@ -16,6 +16,15 @@
 // a tier's io pins keep a slot alive during its I/O without moving the object in the LRU
 // (eviction skips it). See docs/l2-tier.md.
 //
+// Expired leases (the TTL backstop) never put a slot that a stalled client may still write into
+// another writer's hands: an expired reservation leaves the index (its key is free again) but its
+// slot stays allocated in the session's quarantine until the client acknowledges (commit_store or
+// abort_store naming the key, which answer kExpired / count nothing) or the session closes; a
+// session closed while its process may still run hands the quarantine over as orphans, which the
+// server frees once the process is gone (ReleaseOrphans). An expired retrieve pin is remembered,
+// so the reader's commit_retrieve reports kExpired for that key: the bytes it copied out may have
+// been overwritten and must not be used.
+//
 // Keys given to the Store are already namespaced (the server prepends the session's namespace).
 //
 // Thread-safety: none; one thread owns a Store.
@@ -98,7 +107,9 @@ struct StoreStats {
   uint64_t expired_leases = 0;
   uint64_t dirty_objects = 0;  // committed, not yet on a lower tier (track_dirty only)
   uint64_t dirty_bytes = 0;
-  uint64_t evicted_dirty = 0;  // evicted before a lower tier had a copy: dropped
+  uint64_t evicted_dirty = 0;      // evicted before a lower tier had a copy: dropped
+  uint64_t quarantined_slots = 0;  // slots of expired reservations not yet safe to reuse
+  uint64_t quarantined_bytes = 0;
 };
 
 // A committed object handed to a lower tier for I/O: its slot stays allocated (io-pinned, so
@@ -114,17 +125,26 @@ class Store {
   static Result<Store> Create(const StoreOptions& options);
 
   void OpenSession(SessionId session);
-  // Frees the session's reservations (never admitted) and releases its pins.
-  void CloseSession(SessionId session);
+  // Frees the session's reservations (never admitted) and releases its pins. The quarantined
+  // slots of its expired reservations are freed too, unless `writer_may_still_run` (its process
+  // may still be alive and writing): then they stay allocated as orphans of `session` until
+  // ReleaseOrphans(session). Returns whether orphans were kept.
+  bool CloseSession(SessionId session, bool writer_may_still_run = false);
+  // Frees the orphaned quarantine of a closed session (its process is gone).
+  void ReleaseOrphans(SessionId session);
 
   // Per key: kSlot (reserved for this session), kExists, kBusy or kFull. Evicts to make room.
   // Sizes must be > 0 and at most the pool size (kInvalidArgument naming the key index).
   Result<std::vector<SlotResult>> PrepareStore(SessionId session, std::span<const std::string_view> keys,
                                                std::span<const uint64_t> sizes, Clock::time_point now);
   // Makes the session's reservations of `keys` visible, all or none: a key this session has
-  // not reserved (unknown, aborted, expired, committed already) fails the whole call.
-  Status CommitStore(SessionId session, std::span<const std::string_view> keys, Clock::time_point now);
-  // Frees the session's reservations among `keys`; returns how many were freed.
+  // not reserved (unknown, aborted, committed already) fails the whole call (kInvalidArgument).
+  // Keys whose reservation expired fail it with kExpired, their indices in `expired`; that
+  // acknowledges them (their quarantined slots are freed) and commits nothing.
+  Status CommitStore(SessionId session, std::span<const std::string_view> keys, Clock::time_point now,
+                     std::vector<uint32_t>* expired = nullptr);
+  // Frees the session's reservations among `keys`; returns how many were freed. Also
+  // acknowledges expired reservations of these keys (frees their quarantined slots).
   size_t AbortStore(SessionId session, std::span<const std::string_view> keys);
 
   // Number of leading keys committed. With `pin`, those objects are pinned for this session
@@ -133,15 +153,19 @@ class Store {
   // Per key: kSlot (pinned for this session) or kMissing.
   std::vector<SlotResult> PrepareRetrieve(SessionId session, std::span<const std::string_view> keys,
                                           Clock::time_point now);
-  // Releases one retrieve pin per key; a key this session has not pinned fails the whole call.
-  Status CommitRetrieve(SessionId session, std::span<const std::string_view> keys);
+  // Releases one retrieve pin per key; a key this session has not pinned fails the whole call
+  // (kInvalidArgument, nothing released). Keys whose pin expired are reported with kExpired and
+  // their indices in `expired`; the other keys' pins are released all the same.
+  Status CommitRetrieve(SessionId session, std::span<const std::string_view> keys,
+                        std::vector<uint32_t>* expired = nullptr);
 
   // Per key: kSlot (removed), kMissing, or kBusy (pinned or being written; left in place).
   std::vector<SlotOutcome> Remove(std::span<const std::string_view> keys);
   // Removes every committed, unpinned object whose key starts with `prefix`; returns the count.
   size_t Clear(std::string_view prefix);
 
-  // Drops reservations and pins older than their TTL; returns how many leases expired.
+  // Expires reservations (quarantined) and pins (remembered) older than their TTL; returns how
+  // many leases expired.
   size_t ExpireLeases(Clock::time_point now);
 
   // ---- Lower-tier hooks (used by DiskTier; docs/l2-tier.md). ----
@@ -189,12 +213,16 @@ class Store {
     bool lookup_pin = false;     // from Lookup(pin=true), until PrepareRetrieve takes it over
     Clock::time_point since{};
   };
+  // Slots of one key's expired reservations (usually one), still allocated.
+  using Quarantine = KeyMap<std::vector<uint64_t>>;
   struct Session {
     // Keys of this session's reserved objects, as pointers to their index_ keys (stable: the
     // index is node-based), so a key is stored once and committing hashes a pointer, not the key.
     // An entry leaves this set before its object leaves the index. Reserved-at: Object::reserved_at.
     std::unordered_set<const std::string*> reservations;
     KeyMap<PinLease> pins;
+    Quarantine quarantine;          // expired reservations, until acknowledged or closed
+    KeyMap<uint32_t> expired_pins;  // retrieve pins that expired, until commit_retrieve reports them
   };
   using Index = KeyMap<Object>;
 
@@ -207,6 +235,9 @@ class Store {
   bool EvictOne();
   Session* FindSession(SessionId id);
   void ReleasePin(Session& s, std::string_view key, bool all);
+  void QuarantineReservation(Session& s, Index::iterator it);  // leaves the index, keeps the slot
+  void FreeQuarantined(std::span<const uint64_t> offsets);
+  void AcknowledgeExpired(Session& s, std::string_view key);  // frees the key's quarantined slots
 
   StoreOptions options_;
   SlotAllocator allocator_;
@@ -215,7 +246,10 @@ class Store {
   std::list<const std::string*> dirty_;  // track_dirty: front = oldest commit not yet written
   uint64_t dirty_bytes_ = 0;
   std::unordered_map<SessionId, Session> sessions_;
-  StoreStats counters_;
+  // Quarantined slots of closed sessions whose process may still run (ReleaseOrphans).
+  std::unordered_map<SessionId, std::vector<uint64_t>> orphans_;
+  std::unordered_map<uint64_t, uint64_t> quarantined_length_;  // offset -> object bytes, every quarantined slot
+  StoreStats counters_;  // quarantined_* kept current here; the rest is derived in stats()
 };
 
 }  // namespace shmkv

@@ -110,8 +110,120 @@ TEST(Store, LeasesExpireAfterTheirTtl) {
   EXPECT_EQ(s.ExpireLeases(kT0 + std::chrono::milliseconds(100)), 2u);
   EXPECT_EQ(s.stats().pinned_objects, 0u);
   EXPECT_EQ(s.stats().reserved_objects, 0u);
-  EXPECT_FALSE(s.CommitStore(1, Keys(b), kT0).ok());
-  EXPECT_FALSE(s.CommitRetrieve(1, Keys(a)).ok());
+  EXPECT_EQ(s.CommitStore(1, Keys(b), kT0).code(), StatusCode::kExpired);
+  EXPECT_EQ(s.CommitRetrieve(1, Keys(a)).code(), StatusCode::kExpired);
+  EXPECT_TRUE(s.CheckInvariants().ok());
+}
+
+// The probe's defect: a stalled writer's slot went to the next writer when its reservation
+// expired, and the stalled writer then overwrote that writer's committed bytes.
+TEST(Store, AnExpiredReservationsSlotNeverGoesToAnotherWriter) {
+  Store s = MakeStore(2, std::chrono::milliseconds(100));
+  s.OpenSession(1);
+  s.OpenSession(2);
+  std::vector<std::string> stalled = {"stalled"}, other = {"o1", "o2"};
+  std::vector<uint64_t> one = {kChunk}, two = {kChunk, kChunk};
+  auto r = s.PrepareStore(1, Keys(stalled), one, kT0);
+  ASSERT_TRUE(r.ok());
+  const uint64_t stalled_offset = (*r)[0].offset;
+  EXPECT_EQ(s.ExpireLeases(kT0 + std::chrono::milliseconds(100)), 1u);
+  EXPECT_EQ(s.stats().reserved_objects, 0u);
+  EXPECT_EQ(s.stats().quarantined_slots, 1u);
+  EXPECT_EQ(s.stats().quarantined_bytes, kChunk);
+  // Session 2 fills the pool: only the free chunk is handed out, never the quarantined one.
+  r = s.PrepareStore(2, Keys(other), two, kT0);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ((*r)[0].outcome, SlotOutcome::kSlot);
+  EXPECT_NE((*r)[0].offset, stalled_offset);
+  EXPECT_EQ((*r)[1].outcome, SlotOutcome::kFull);
+  // The key itself is free again: another session may store it (into another slot).
+  EXPECT_EQ(s.AbortStore(2, Keys(other)), 1u);
+  r = s.PrepareStore(2, Keys(stalled), one, kT0);
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ((*r)[0].outcome, SlotOutcome::kSlot);
+  EXPECT_NE((*r)[0].offset, stalled_offset);
+  ASSERT_TRUE(s.CommitStore(2, Keys(stalled), kT0).ok());
+  // The stalled writer wakes up and commits: told kExpired with the key's index, nothing of its
+  // own becomes visible, and its acknowledgement frees the quarantined slot.
+  std::vector<uint32_t> expired;
+  Status st = s.CommitStore(1, Keys(stalled), kT0, &expired);
+  EXPECT_EQ(st.code(), StatusCode::kExpired) << st.ToString();
+  EXPECT_NE(st.message().find("key #0"), std::string::npos) << st.message();
+  EXPECT_EQ(expired, std::vector<uint32_t>{0});
+  EXPECT_EQ(s.stats().quarantined_slots, 0u);
+  EXPECT_EQ(s.stats().objects, 1u);
+  EXPECT_EQ(s.stats().used_bytes, kChunk);
+  // Acknowledged once: a second commit is an ordinary error.
+  EXPECT_EQ(s.CommitStore(1, Keys(stalled), kT0).code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(s.CheckInvariants().ok());
+}
+
+TEST(Store, AbortAcknowledgesAnExpiredReservation) {
+  Store s = MakeStore(2, std::chrono::milliseconds(100));
+  s.OpenSession(1);
+  std::vector<std::string> k = {"k"};
+  std::vector<uint64_t> one = {kChunk};
+  ASSERT_TRUE(s.PrepareStore(1, Keys(k), one, kT0).ok());
+  s.ExpireLeases(kT0 + std::chrono::milliseconds(100));
+  EXPECT_EQ(s.stats().quarantined_slots, 1u);
+  EXPECT_EQ(s.AbortStore(1, Keys(k)), 0u);     // no live reservation was freed ...
+  EXPECT_EQ(s.stats().quarantined_slots, 0u);  // ... but the quarantined slot was
+  EXPECT_EQ(s.stats().used_bytes, 0u);
+  EXPECT_TRUE(s.CheckInvariants().ok());
+}
+
+TEST(Store, AClosedSessionsQuarantineWaitsForItsProcessWhenAsked) {
+  Store s = MakeStore(4, std::chrono::milliseconds(100));
+  s.OpenSession(1);
+  s.OpenSession(2);
+  std::vector<std::string> k = {"k1", "k2"}, fresh = {"fresh"};
+  std::vector<uint64_t> two = {kChunk, kChunk}, one = {kChunk};
+  ASSERT_TRUE(s.PrepareStore(1, Keys(k), two, kT0).ok());
+  s.ExpireLeases(kT0 + std::chrono::milliseconds(100));
+  ASSERT_TRUE(s.PrepareStore(1, Keys(fresh), one, kT0 + std::chrono::milliseconds(100)).ok());
+  // Its process may still run: the live reservation is freed, the quarantine is kept.
+  EXPECT_TRUE(s.CloseSession(1, /*writer_may_still_run=*/true));
+  EXPECT_EQ(s.stats().reserved_objects, 0u);
+  EXPECT_EQ(s.stats().quarantined_slots, 2u);
+  EXPECT_EQ(s.stats().used_bytes, 2 * kChunk);
+  EXPECT_TRUE(s.CheckInvariants().ok());
+  s.ReleaseOrphans(1);
+  EXPECT_EQ(s.stats().quarantined_slots, 0u);
+  EXPECT_EQ(s.stats().used_bytes, 0u);
+  EXPECT_TRUE(s.CheckInvariants().ok());
+  // Without a live process, closing frees the quarantine at once.
+  ASSERT_TRUE(s.PrepareStore(2, Keys(k), two, kT0).ok());
+  s.ExpireLeases(kT0 + std::chrono::milliseconds(100));
+  EXPECT_FALSE(s.CloseSession(2));
+  EXPECT_EQ(s.stats().used_bytes, 0u);
+  EXPECT_TRUE(s.CheckInvariants().ok());
+}
+
+TEST(Store, AReaderWhosePinExpiredIsToldByCommitRetrieve) {
+  Store s = MakeStore(4, std::chrono::milliseconds(100));
+  s.OpenSession(1);
+  s.OpenSession(2);
+  StoreAll(s, 1, {"a", "b", "c"});
+  std::vector<std::string> ab = {"a", "b"}, c = {"c"}, abc = {"a", "b", "c"};
+  ASSERT_EQ(s.PrepareRetrieve(2, Keys(ab), kT0)[0].outcome, SlotOutcome::kSlot);
+  ASSERT_EQ(s.PrepareRetrieve(2, Keys(c), kT0 + std::chrono::milliseconds(60))[0].outcome, SlotOutcome::kSlot);
+  EXPECT_EQ(s.ExpireLeases(kT0 + std::chrono::milliseconds(100)), 2u);  // a and b, not c
+  EXPECT_EQ(s.stats().pinned_objects, 1u);
+  // The expired objects are evictable again (their slots may be reused while the reader reads).
+  std::vector<uint32_t> expired;
+  Status st = s.CommitRetrieve(2, Keys(abc), &expired);
+  EXPECT_EQ(st.code(), StatusCode::kExpired) << st.ToString();
+  EXPECT_EQ(expired, (std::vector<uint32_t>{0, 1}));
+  EXPECT_NE(st.message().find("#0, #1"), std::string::npos) << st.message();
+  EXPECT_EQ(s.stats().pinned_objects, 0u);  // c was released all the same
+  EXPECT_TRUE(s.CheckInvariants().ok());
+  // Reported once; the next mention is an ordinary error, and it releases nothing.
+  EXPECT_EQ(s.CommitRetrieve(2, Keys(ab)).code(), StatusCode::kInvalidArgument);
+  // A batch with a key never pinned releases nothing and reports no expiry.
+  ASSERT_EQ(s.PrepareRetrieve(2, Keys(c), kT0)[0].outcome, SlotOutcome::kSlot);
+  std::vector<std::string> c_and_never = {"c", "never"};
+  EXPECT_EQ(s.CommitRetrieve(2, Keys(c_and_never)).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.stats().pinned_objects, 1u);
   EXPECT_TRUE(s.CheckInvariants().ok());
 }
 
@@ -166,12 +278,14 @@ TEST(Store, CommitAfterAbortOrExpiryIsAnErrorAndCommitsNothing) {
   EXPECT_EQ(s.ExpireLeases(kT0 + std::chrono::milliseconds(100)), 1u);
   EXPECT_EQ(s.stats().reserved_objects, 0u);
   std::vector<std::string> b = {"b"};
-  EXPECT_FALSE(s.CommitStore(1, Keys(b), kT0).ok());
+  EXPECT_EQ(s.CommitStore(1, Keys(b), kT0).code(), StatusCode::kExpired);
+  EXPECT_EQ(s.stats().objects, 0u);
   EXPECT_TRUE(s.CheckInvariants().ok());
 }
 
 TEST(Store, RandomisedSessionsKeepEveryInvariant) {
-  Store s = MakeStore(64);
+  Store s = MakeStore(64, std::chrono::milliseconds(100));
+  Clock::time_point now = kT0;
   std::mt19937 rng(5);
   for (SessionId id = 1; id <= 4; ++id) s.OpenSession(id);
   auto key = [&] { return "k" + std::to_string(rng() % 96); };
@@ -181,22 +295,25 @@ TEST(Store, RandomisedSessionsKeepEveryInvariant) {
     const int op = static_cast<int>(rng() % 8);
     if (op == 0) {
       std::vector<uint64_t> sz = {rng() % (3 * kChunk) + 1, rng() % kChunk + 1};
-      ASSERT_TRUE(s.PrepareStore(id, Keys(ks), sz, kT0).ok());
+      ASSERT_TRUE(s.PrepareStore(id, Keys(ks), sz, now).ok());
     } else if (op == 1) {
-      (void)s.CommitStore(id, Keys(ks), kT0);
+      (void)s.CommitStore(id, Keys(ks), now);
     } else if (op == 2) {
       s.AbortStore(id, Keys(ks));
     } else if (op == 3) {
-      s.PrepareRetrieve(id, Keys(ks), kT0);
+      s.PrepareRetrieve(id, Keys(ks), now);
     } else if (op == 4) {
       (void)s.CommitRetrieve(id, Keys(ks));
     } else if (op == 5) {
-      s.Lookup(id, Keys(ks), rng() % 2 == 0, kT0);
+      s.Lookup(id, Keys(ks), rng() % 2 == 0, now);
     } else if (op == 6) {
       s.Remove(Keys(ks));
     } else if (rng() % 50 == 0) {
-      s.CloseSession(id);
+      if (s.CloseSession(id, /*writer_may_still_run=*/rng() % 2 == 0)) s.ReleaseOrphans(id);
       s.OpenSession(id);
+    } else if (rng() % 20 == 0) {
+      now += std::chrono::milliseconds(rng() % 150);
+      s.ExpireLeases(now);
     }
     Status inv = s.CheckInvariants();
     ASSERT_TRUE(inv.ok()) << "op " << i << ": " << inv.ToString();
