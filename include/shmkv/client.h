@@ -17,11 +17,25 @@
 //
 // Every call has a deadline (ClientOptions::timeout). On expiry it returns kTimeout with a
 // message naming the operation, the instance and the deadline, and drops the connection (a late
-// reply must never be taken for the answer to a later call). When the server restarts, the
-// call in flight returns kDisconnected; the next call reconnects, re-registers and maps the new
-// segment. Slot spans stay valid for as long as their SlotBatch lives, also across a reconnect
-// (the batch holds the mapping it points into), but slots of a previous server generation no
-// longer refer to anything the server knows.
+// reply must never be taken for the answer to a later call).
+//
+// Server restarts. A call that finds its connection lost (the server restarted or died since the
+// previous call) reconnects, re-registers and maps the new segment. Calls that change nothing on
+// the server are then sent once more, within the same deadline, and succeed against the new
+// server: Lookup without pin, Stats, and the register itself. Every other call (PrepareStore,
+// CommitStore, AbortStore, Lookup with pin, PrepareRetrieve, CommitRetrieve, the Post* commits,
+// Remove, Clear) returns kDisconnected instead: the reservations and pins it refers to died with
+// the old server; the caller starts over, and its next call reconnects. Nothing is retried when
+// posted replies were lost with the connection: that call returns kDisconnected naming them. Slot
+// spans stay valid for as long as their SlotBatch lives, also across a reconnect (the batch holds
+// the mapping it points into), but slots of a previous server generation no longer refer to
+// anything the server knows.
+//
+// Trust. Right after connecting, before sending anything, the client checks that the server
+// process runs as this process's effective uid or as root (SO_PEERCRED): any local user could
+// bind the socket path first. It maps the segment only if that server uid owns it and no other
+// user may access it (mode & 0007 == 0). Either refusal is kInvalidArgument naming the socket or
+// segment and the uids (and mode) involved.
 //
 // Thread-safety: a Client is not thread-safe; use one per thread, or lock around it.
 #pragma once

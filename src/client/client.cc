@@ -289,6 +289,9 @@ struct Posted {
 // Stops reading pending replies after this many posts: the next post waits for them first.
 constexpr size_t kMaxPosted = 64;
 
+// Whether a call may be sent again after its connection was found lost (see Impl::Call).
+enum class Retry : uint8_t { kNo, kOnce };
+
 }  // namespace
 
 struct Client::Impl {
@@ -310,9 +313,20 @@ struct Client::Impl {
 
   Deadline NewDeadline() const { return std::chrono::steady_clock::now() + options.timeout; }
 
-  // Connects and registers when not connected; maps the segment when it changed.
+  // Connects and registers when not connected; maps the segment when it changed. A register
+  // that loses its connection (the server went away between accept and reply, e.g. while being
+  // restarted) is tried once more: it changes nothing the new server could hold against us.
   Status Ensure(Deadline deadline) {
     if (channel) return Status::Ok();
+    Status s = Register(deadline);
+    if (s.code() == StatusCode::kDisconnected) {
+      Log().debug("instance '{}': register lost its connection ({}); retrying once", options.instance_id, s.message());
+      s = Register(deadline);
+    }
+    return s;
+  }
+
+  Status Register(Deadline deadline) {
     auto ch = Channel::Open(options.socket_path, deadline);
     if (!ch.ok()) return ch.status();
     const uint64_t id = next_id++;
@@ -456,10 +470,34 @@ struct Client::Impl {
   // (and protocol 2) it returns at once with no reply: the reply is read by the next call.
   // Requests sent while others are posted carry `chained`, so the server runs them only if the
   // posted ones succeeded, and a posted failure is returned here instead of this call's result.
+  //
+  // kRetryOnce (requests that change nothing, so running them twice is harmless): when the
+  // connection this call found open turns out to be lost (the server restarted since the last
+  // call), reconnect, re-register and send it once more, within the same deadline. Never when
+  // posted replies were lost with the connection: their loss must reach the caller.
   template <typename Body>
-  Result<wire::MapReader> Call(std::string_view op, uint32_t n_body, Body&& body, bool post = false,
-                               size_t n_keys = 0) {
+  Result<wire::MapReader> Call(std::string_view op, uint32_t n_body, Body&& body, Retry retry) {
     const Deadline deadline = NewDeadline();
+    const bool was_connected = channel.has_value();
+    const bool had_posted = !posted.empty();
+    auto r = CallOnce(op, n_body, body, /*post=*/false, 0, deadline);
+    if (retry == Retry::kOnce && !r.ok() && r.status().code() == StatusCode::kDisconnected && was_connected &&
+        !had_posted && !channel) {
+      Log().info("instance '{}': {} lost the connection (server restarted?); reconnecting and retrying once",
+                 options.instance_id, op);
+      return CallOnce(op, n_body, body, /*post=*/false, 0, deadline);
+    }
+    return r;
+  }
+
+  template <typename Body>
+  Result<wire::MapReader> Post(std::string_view op, uint32_t n_body, Body&& body, size_t n_keys) {
+    return CallOnce(op, n_body, body, /*post=*/true, n_keys, NewDeadline());
+  }
+
+  template <typename Body>
+  Result<wire::MapReader> CallOnce(std::string_view op, uint32_t n_body, Body&& body, bool post, size_t n_keys,
+                                   Deadline deadline) {
     if (Status s = Ensure(deadline); !s.ok()) return Fail(op, s);
     post = post && info.protocol >= 2;
     if (post && posted.size() >= kMaxPosted) {
@@ -558,25 +596,34 @@ std::shared_ptr<const SharedSegment> Client::mapping() const {
   return impl_->mapping;
 }
 
+// Only lookup without pin and stats are sent again after a lost connection (Retry::kOnce): the
+// others change server state (reservations, pins, objects) that died with the old server.
+
 Result<SlotBatch> Client::PrepareStore(std::span<const std::string_view> keys, std::span<const uint64_t> sizes) {
-  auto r = impl_->Call("prepare_store", 2, [&](wire::Packer& pk) {
-    PackKeys(pk, keys);
-    wire::PackStr(pk, "sizes");
-    pk.pack_array(static_cast<uint32_t>(sizes.size()));
-    for (uint64_t s : sizes) pk.pack_uint64(s);
-  });
+  auto r = impl_->Call(
+      "prepare_store", 2,
+      [&](wire::Packer& pk) {
+        PackKeys(pk, keys);
+        wire::PackStr(pk, "sizes");
+        pk.pack_array(static_cast<uint32_t>(sizes.size()));
+        for (uint64_t s : sizes) pk.pack_uint64(s);
+      },
+      Retry::kNo);
   if (!r.ok()) return r.status();
   return impl_->Slots(*r);
 }
 
 Status Client::CommitStore(std::span<const std::string_view> keys) {
-  return impl_->Call("commit_store", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }).status();
+  return impl_
+      ->Call(
+          "commit_store", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }, Retry::kNo)
+      .status();
 }
 
 Status Client::PostCommitStore(std::span<const std::string_view> keys) {
   return impl_
-      ->Call(
-          "commit_store", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }, true, keys.size())
+      ->Post(
+          "commit_store", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }, keys.size())
       .status();
 }
 
@@ -588,33 +635,41 @@ Result<uint64_t> U64Field(const Result<wire::MapReader>& r, std::string_view fie
 }  // namespace
 
 Result<uint64_t> Client::AbortStore(std::span<const std::string_view> keys) {
-  return U64Field(impl_->Call("abort_store", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }), "aborted");
+  return U64Field(impl_->Call(
+                      "abort_store", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }, Retry::kNo),
+                  "aborted");
 }
 
 Result<uint64_t> Client::Lookup(std::span<const std::string_view> keys, bool pin) {
-  return U64Field(impl_->Call("lookup", 2,
-                              [&](wire::Packer& pk) {
-                                PackKeys(pk, keys);
-                                wire::PackStr(pk, "pin");
-                                pk.pack(pin);
-                              }),
+  return U64Field(impl_->Call(
+                      "lookup", 2,
+                      [&](wire::Packer& pk) {
+                        PackKeys(pk, keys);
+                        wire::PackStr(pk, "pin");
+                        pk.pack(pin);
+                      },
+                      pin ? Retry::kNo : Retry::kOnce),
                   "count");
 }
 
 Result<SlotBatch> Client::PrepareRetrieve(std::span<const std::string_view> keys) {
-  auto r = impl_->Call("prepare_retrieve", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); });
+  auto r = impl_->Call(
+      "prepare_retrieve", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }, Retry::kNo);
   if (!r.ok()) return r.status();
   return impl_->Slots(*r);
 }
 
 Status Client::CommitRetrieve(std::span<const std::string_view> keys) {
-  return impl_->Call("commit_retrieve", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }).status();
+  return impl_
+      ->Call(
+          "commit_retrieve", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }, Retry::kNo)
+      .status();
 }
 
 Status Client::PostCommitRetrieve(std::span<const std::string_view> keys) {
   return impl_
-      ->Call(
-          "commit_retrieve", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }, true, keys.size())
+      ->Post(
+          "commit_retrieve", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }, keys.size())
       .status();
 }
 
@@ -627,7 +682,8 @@ size_t Client::posted() const {
 }
 
 Result<std::vector<std::string>> Client::Remove(std::span<const std::string_view> keys) {
-  auto r = impl_->Call("remove", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); });
+  auto r = impl_->Call(
+      "remove", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }, Retry::kNo);
   if (!r.ok()) return r.status();
   auto results = r->Bytes("results", 16);
   if (!results.ok()) return results.status();
@@ -635,11 +691,11 @@ Result<std::vector<std::string>> Client::Remove(std::span<const std::string_view
 }
 
 Result<uint64_t> Client::Clear() {
-  return U64Field(impl_->Call("clear", 0, kNoBody), "removed");
+  return U64Field(impl_->Call("clear", 0, kNoBody, Retry::kNo), "removed");
 }
 
 Result<std::map<std::string, uint64_t>> Client::Stats() {
-  auto r = impl_->Call("stats", 0, kNoBody);
+  auto r = impl_->Call("stats", 0, kNoBody, Retry::kOnce);
   if (!r.ok()) return r.status();
   return ParseStats(*r);
 }

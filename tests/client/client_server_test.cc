@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <thread>
 
@@ -138,6 +139,87 @@ TEST_F(ServerFixture, ConnectToANonexistentSocketFailsClearly) {
   EXPECT_NE(c.status().message().find("is the server running"), std::string::npos) << c.status().message();
 }
 
+std::vector<std::string_view> Views(const std::vector<std::string>& names) {
+  return {names.begin(), names.end()};
+}
+
+// ---- server restarts -------------------------------------------------------------------------
+
+TEST_F(ServerFixture, CallsThatChangeNothingSucceedRightAfterAServerRestart) {
+  auto c = Client::Connect(Options());
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(c->Put("old", std::as_bytes(std::span("abc", 3))).ok());
+  const std::string_view key = "old";
+  const uint64_t gen = c->info().generation;
+  KillServer();
+  StartServer();
+  auto n = c->Lookup({&key, 1});  // the first call after the restart
+  ASSERT_TRUE(n.ok()) << n.status().ToString();
+  EXPECT_EQ(*n, 0u);  // a fresh server: the old object is gone
+  EXPECT_NE(c->info().generation, gen);
+  EXPECT_EQ(c->info().shm_name, name_);
+  KillServer();
+  StartServer();
+  auto stats = c->Stats();
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_EQ(stats->at("objects"), 0u);
+  ASSERT_TRUE(c->Put("new", std::as_bytes(std::span("xyz", 3))).ok());  // the new segment is mapped
+  auto got = c->Get("new");
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(std::memcmp(got->data(), "xyz", 3), 0);
+}
+
+TEST_F(ServerFixture, CallsThatChangeStateReportARestartAndTheNextCallReconnects) {
+  auto c = Client::Connect(Options());
+  ASSERT_TRUE(c.ok());
+  const std::vector<std::string> names = {"k"};
+  const auto keys = std::vector<std::string_view>(names.begin(), names.end());
+  const std::vector<uint64_t> sizes = {4096};
+  const std::vector<std::pair<std::string, std::function<Status()>>> calls = {
+      {"prepare_store", [&] { return c->PrepareStore(keys, sizes).status(); }},
+      {"commit_store", [&] { return c->CommitStore(keys); }},
+      {"abort_store", [&] { return c->AbortStore(keys).status(); }},
+      {"lookup", [&] { return c->Lookup(keys, /*pin=*/true).status(); }},
+      {"prepare_retrieve", [&] { return c->PrepareRetrieve(keys).status(); }},
+      {"commit_retrieve", [&] { return c->CommitRetrieve(keys); }},
+      {"remove", [&] { return c->Remove(keys).status(); }},
+      {"clear", [&] { return c->Clear().status(); }},
+  };
+  for (const auto& [op, call] : calls) {
+    KillServer();
+    StartServer();
+    Status s = call();
+    ASSERT_FALSE(s.ok()) << op << " was sent again to the new server";
+    EXPECT_EQ(s.code(), StatusCode::kDisconnected) << s.ToString();
+    EXPECT_NE(s.message().find(op), std::string::npos) << s.message();
+    EXPECT_NE(s.message().find("the next call reconnects"), std::string::npos) << s.message();
+    auto stats = c->Stats();
+    ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+    EXPECT_EQ(stats->at("reserved_objects") + stats->at("pinned_objects") + stats->at("objects"), 0u) << op;
+  }
+}
+
+TEST_F(ServerFixture, ARestartThatLosesPostedRepliesIsReportedNotRetriedAway) {
+  auto c = Client::Connect(Options());
+  ASSERT_TRUE(c.ok());
+  const std::vector<std::string> k = {"posted"};
+  const std::vector<uint64_t> size = {4096};
+  ASSERT_TRUE(c->PrepareStore(Views(k), size).ok());
+  ::kill(pid_, SIGSTOP);  // the commit is sent but never answered
+  ASSERT_TRUE(c->PostCommitStore(Views(k)).ok());
+  KillServer();
+  StartServer();
+  auto n = c->Lookup(Views(k));
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.status().code(), StatusCode::kDisconnected);
+  EXPECT_NE(n.status().message().find("outcome of 1 posted request(s) is unknown: commit_store (1 keys)"),
+            std::string::npos)
+      << n.status().message();
+  auto again = c->Lookup(Views(k));
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(*again, 0u);
+}
+
 // ---- whom a client trusts -------------------------------------------------------------------
 
 TEST(ServerTrust, AWorkerTrustsOnlyItsOwnUserOrRoot) {
@@ -208,10 +290,6 @@ TEST_F(ServerFixture, ConnectRefusesASegmentEveryUserCanAccessAndAcceptsItOnceFi
 }
 
 // ---- protocol 2: posted commits and chained requests ----------------------------------------
-
-std::vector<std::string_view> Views(const std::vector<std::string>& names) {
-  return {names.begin(), names.end()};
-}
 
 TEST_F(ServerFixture, PostedCommitIsAppliedInOrderAndVisibleToOthers) {
   auto writer = Client::Connect(Options());

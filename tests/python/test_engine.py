@@ -175,3 +175,22 @@ def test_log_level_of_an_embedding_process_comes_from_the_environment(build_dir,
 
     assert "[info]" in stderr_with("info")  # the CUDA pinning decision is logged at info
     assert "[info]" not in stderr_with("warn")
+
+
+def test_the_first_lookup_after_a_server_restart_succeeds(shmkv_module, server):
+    import signal
+
+    src = cache(seed=10)
+    toks = tokens(2 * CHUNK, seed=18)
+    with connector(shmkv_module, server) as c:
+        c.store(toks, src, list(range(2 * BPC)))
+        assert c.lookup(toks) == 2 * CHUNK
+        server.stop(signal.SIGKILL)
+        server.start()  # same socket and segment name
+        assert c.lookup(toks) == 0  # no error: lookup is retried once on the new server
+        assert c.stats()["objects"] == 0
+        r = c.store(toks, src, list(range(2 * BPC)))
+        assert r.stored_chunks == 2
+        dst = cache(value=-1.0)
+        assert c.retrieve(toks, dst, list(range(2 * BPC))) == 2 * CHUNK
+        assert_blocks_equal(dst, list(range(2 * BPC)), src, list(range(2 * BPC)))
