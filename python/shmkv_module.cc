@@ -56,18 +56,28 @@ std::vector<std::string_view> Keys(const std::vector<py::bytes>& keys) {
   return out;
 }
 
+// Thread-safety: every method may be called from any thread, concurrently with any other and
+// with close(). Calls on one client are serialised by mu_ (the C++ Client is not thread-safe),
+// which is taken with the GIL released, so other Python threads run while one waits on the
+// server. close() takes the same lock: it waits for the call in progress, and every call after
+// it raises shmkv.Error("client is closed"). Slot memoryviews hold the mapping, not the client:
+// they stay valid after close().
 class PyClient {
-  // Network calls drop the GIL; the mutex keeps the (not thread-safe) client to one thread.
-  Client& Get() {
-    if (!client_) throw py::value_error("the client is closed");
-    return *client_;
+  [[noreturn]] static void RaiseClosed() {
+    PyErr_SetString(g_error.ptr(), "client is closed");
+    throw py::error_already_set();
   }
+  // Runs f on the client under mu_, without the GIL; raises when the client is closed.
   template <typename F>
   auto Locked(F&& f) {
-    Client& c = Get();
-    py::gil_scoped_release nogil;
-    std::lock_guard lock(mu_);
-    return f(c);
+    std::optional<decltype(f(std::declval<Client&>()))> out;
+    {
+      py::gil_scoped_release nogil;
+      std::lock_guard lock(mu_);
+      if (client_) out.emplace(f(*client_));
+    }
+    if (!out) RaiseClosed();
+    return std::move(*out);
   }
 
  public:
@@ -89,8 +99,9 @@ class PyClient {
   }
 
   py::dict Info() {
-    Client& c = Get();
-    const RegistrationInfo& i = c.info();
+    // A copy: another thread's call may reconnect and replace the client's info meanwhile.
+    const auto [i, pinned] =
+        Locked([](Client& c) { return std::pair(c.info(), c.mapping() && c.mapping()->pinned()); });
     py::dict d;
     d["session"] = i.session;
     d["shm_name"] = i.shm_name;
@@ -99,7 +110,7 @@ class PyClient {
     d["server_version"] = i.server_version;
     d["protocol"] = i.protocol;
     d["generation"] = i.generation;
-    d["pinned"] = c.mapping() && c.mapping()->pinned();
+    d["pinned"] = pinned;
     return d;
   }
 
@@ -170,7 +181,8 @@ class PyClient {
   }
 
   void Close() {
-    std::lock_guard lock(mu_);
+    py::gil_scoped_release nogil;  // waits for a call in progress, and the destructor may
+    std::lock_guard lock(mu_);     // wait for posted replies: neither may hold the GIL
     client_.reset();
   }
   const std::vector<std::string>& last_statuses() const { return last_statuses_; }
@@ -193,8 +205,8 @@ class PyClient {
   }
 
   std::mutex mu_;
-  std::unique_ptr<Client> client_;
-  std::vector<std::string> last_statuses_;
+  std::unique_ptr<Client> client_;          // guarded by mu_; null once closed
+  std::vector<std::string> last_statuses_;  // guarded by the GIL
 };
 
 // ---- chunk digests ---------------------------------------------------------------------------
@@ -450,7 +462,16 @@ PYBIND11_MODULE(_native, m) {
                            {ssize_t{1}}, b.readonly);
   });
 
-  py::class_<PyClient>(m, "Client")
+  py::class_<PyClient>(m, "Client", R"doc(A worker's connection to shmkv-server (docs/protocol.md).
+
+Thread-safety: a Client may be shared by threads. Its calls are serialised (one request at a
+time on the connection; the GIL is released while a call waits on the server), and close() may
+be called from any thread at any time: it waits for the call in progress, and every later call
+raises shmkv.Error("client is closed"). Slot memoryviews returned by prepare_store and
+prepare_retrieve keep the pool mapped: they stay valid after close() (and across a server
+restart), though only the protocol (commit_*) says whether their bytes are still meaningful.
+last_statuses belongs to the most recent prepare_* call of any thread: threads that share a
+client and read it must serialise those calls themselves.)doc")
       .def(py::init<const std::string&, double, const std::string&, const std::string&, uint32_t, uint32_t,
                     const std::string&, const std::string&, const std::string&>(),
            py::arg("socket_path"), py::arg("timeout") = 5.0, py::arg("instance_id") = "", py::arg("model") = "",
