@@ -155,6 +155,29 @@ Result<Command> ParseCommand(std::string_view line) {
   return cmd;
 }
 
+Result<std::string> CheckSegmentName(std::string_view name, std::string_view prefix) {
+  const std::string_view given = name;
+  auto bad = [&](std::string_view why) {
+    return Status::InvalidArgument(fmt::format("segment name {} {}", Quote(given, 64), why));
+  };
+  if (!name.empty() && name.front() == '/') name.remove_prefix(1);
+  if (name.empty()) return bad("is empty");
+  if (name.size() > kMaxSegmentNameBytes) {
+    return bad(fmt::format("is longer than {} bytes", kMaxSegmentNameBytes));
+  }
+  if (name.find('/') != std::string_view::npos) return bad("has a '/' (only one leading '/' is allowed)");
+  for (char c : name) {
+    const auto u = static_cast<unsigned char>(c);
+    if (IsControl(u) || u == ' ') return bad("has a space or control byte");
+  }
+  if (name == "." || name == "..") return bad("is '.' or '..'");
+  if (!name.starts_with(prefix)) {
+    return Status::InvalidArgument(
+        fmt::format("segment name {} does not start with --attach-prefix {}", Quote(name, 64), Quote(prefix, 64)));
+  }
+  return std::string(name);
+}
+
 Result<Region> CheckRegion(uint64_t base_addr, uint64_t size, uint64_t data_ptr, uint64_t len) {
   if (data_ptr < base_addr) {
     return Status::InvalidArgument(fmt::format("data_ptr {:#x} is below base_addr {:#x}", data_ptr, base_addr));

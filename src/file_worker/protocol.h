@@ -50,6 +50,16 @@ Result<uint64_t> ParseUnsigned(std::string_view text, bool allow_hex, std::strin
 // data_ptr) are decimal, as LMCache sends them (tensor.data_ptr()), or 0x hex.
 Result<Command> ParseCommand(std::string_view line);
 
+// The longest segment name ATTACH accepts (without the optional leading '/'): NAME_MAX, the
+// longest file name in /dev/shm, where Linux keeps POSIX shared memory.
+inline constexpr size_t kMaxSegmentNameBytes = 255;
+
+// ATTACH's name rule. The name is taken as given, as LMCache's worker does (shm_open(name)), so
+// LMCache's own segments can be attached: one optional leading '/', then 1..kMaxSegmentNameBytes
+// bytes with no '/', no control byte or space, and not "." or "..". With a non-empty `prefix`
+// (--attach-prefix) the name must also start with it. Returns the name without the leading '/'.
+Result<std::string> CheckSegmentName(std::string_view name, std::string_view prefix);
+
 // A byte range of the pool: [offset, offset + len).
 struct Region {
   uint64_t offset = 0;

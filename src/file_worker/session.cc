@@ -14,10 +14,12 @@
 #include <utility>
 
 #include <fmt/format.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 
 #include "common/log.h"
 #include "common/syscall.h"
-#include "shmkv/segment.h"
+#include "file_worker/shm_mapping.h"
 
 namespace shmkv::file_worker {
 namespace {
@@ -34,14 +36,18 @@ bool PathsOverlap(std::string_view a, std::string_view b) {
   return b.starts_with(a) && (b.size() == a.size() || b[a.size()] == '/');
 }
 
-// Constant time in the secret's length, so a timing probe cannot find the token byte by byte.
+// Compares SHA-256 digests with CRYPTO_memcmp: the time taken depends on neither the secret's
+// bytes nor its length, so a timing probe learns nothing (not even how long the token is).
 bool TokenEquals(std::string_view given, std::string_view secret) {
-  unsigned char diff = given.size() == secret.size() ? 0 : 1;
-  for (size_t i = 0; i < secret.size(); ++i) {
-    const char g = i < given.size() ? given[i] : '\0';
-    diff = static_cast<unsigned char>(diff | (g ^ secret[i]));
+  unsigned char a[EVP_MAX_MD_SIZE];
+  unsigned char b[EVP_MAX_MD_SIZE];
+  unsigned int a_len = 0;
+  unsigned int b_len = 0;
+  if (EVP_Digest(given.data(), given.size(), a, &a_len, EVP_sha256(), nullptr) != 1 ||
+      EVP_Digest(secret.data(), secret.size(), b, &b_len, EVP_sha256(), nullptr) != 1 || a_len != b_len) {
+    return false;  // no digest, no entry
   }
-  return diff == 0;
+  return CRYPTO_memcmp(a, b, a_len) == 0;
 }
 
 bool WriteFully(int fd, bool is_socket, std::string_view data) {
@@ -80,8 +86,8 @@ std::string_view SessionEndName(Session::End end) {
 }
 
 struct Session::Attachment {
-  Attachment(SharedSegment seg, uint64_t base) : segment(std::move(seg)), base_addr(base) {}
-  SharedSegment segment;
+  Attachment(ShmMapping seg, uint64_t base) : segment(std::move(seg)), base_addr(base) {}
+  ShmMapping segment;
   uint64_t base_addr;
 };
 
@@ -228,10 +234,9 @@ std::string Session::Attach(const Command& cmd) {
   // Unmap first: a failed ATTACH leaves the session detached, so no later WRITE/READ can use the
   // old mapping with pointers meant for the new one. In-flight commands keep their own reference.
   attachment_.reset();
-  SegmentAttachOptions opts;
-  opts.size = cmd.size;
-  opts.pin_with_cuda = false;
-  auto seg = SharedSegment::Attach(cmd.text, opts);
+  auto name = CheckSegmentName(cmd.text, options_.attach_prefix);
+  if (!name.ok()) return ErrorReply(fmt::format("attach failed: {}", name.status().message()));
+  auto seg = ShmMapping::Attach(*name, cmd.size);
   if (!seg.ok()) return ErrorReply(fmt::format("attach failed: {}", seg.status().message()));
   auto att = std::make_shared<Attachment>(std::move(seg).value(), cmd.base_addr);
   Log().debug("file worker: attached '{}' ({} bytes) at base {:#x}", att->segment.name(), att->segment.size(),
@@ -250,6 +255,12 @@ std::optional<Session::End> Session::HandleLine(std::string_view line) {
     if (!TokenEquals(cmd->text, options_.token)) {
       PushReady(ErrorReply("authentication failed: wrong token"));
       return End::kAuthFailed;
+    }
+    if (options_.on_authenticated) {
+      if (Status admitted = options_.on_authenticated(); !admitted.ok()) {
+        PushReady(ErrorReply(admitted.message()));
+        return End::kAuthFailed;
+      }
     }
     authenticated_ = true;
     PushReady(OkReply());

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -29,8 +30,14 @@ namespace shmkv::file_worker {
 struct SessionOptions {
   size_t queue_depth = 4;  // commands of this client in flight at once
   std::string token;       // non-empty: the first line must be "AUTH <token>", else ERROR and close
-  int auth_timeout_ms = 10000;
-  int stop_fd = -1;  // when readable (a signalfd, a pipe), stop reading, finish in-flight work, return
+  // With a token: a client that has not authenticated this long after the session started gets
+  // "ERROR authentication timeout" and is closed (a partial line does not extend it).
+  int auth_timeout_ms = 5000;
+  // With a token, called once the token matched; an error is sent as "ERROR <message>" and ends
+  // the session (TCP mode: the --max-clients slot, an eviction). Called on the reader thread.
+  std::function<Status()> on_authenticated;
+  std::string attach_prefix;  // non-empty: ATTACH names must start with it (--attach-prefix)
+  int stop_fd = -1;           // when readable (a signalfd, a pipe), stop reading, finish in-flight work, return
   // Non-null: READ/WRITE move their bytes through this io_uring (must outlive the session);
   // null: blocking pread/pwrite on the pool thread.
   UringExecutor* uring = nullptr;

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <list>
 #include <memory>
+#include <mutex>
 #include <thread>
 
 #include <fmt/format.h>
@@ -110,22 +111,65 @@ std::string TcpServer::BoundAddress() const {
   return FormatAddress(addr);
 }
 
+namespace {
+
+// One connection's standing, shared by the accept loop and the connection's thread.
+struct ClientState {
+  std::atomic<bool> done{false};
+  bool authenticated = false;  // guarded by Admission::mu
+  bool evicted = false;        // guarded by Admission::mu: closed to make room; may not authenticate
+};
+
+struct Admission {
+  std::mutex mu;
+  size_t authenticated = 0;  // clients holding a --max-clients slot
+};
+
+}  // namespace
+
 Status TcpServer::Run(const FileStore& store, ThreadPool& pool, const Options& options, int stop_fd) {
+  if (options.session.token.empty()) {
+    return Status::InvalidArgument("TCP mode needs a token: every client must authenticate");
+  }
   struct Client {
     sys::UniqueFd fd;  // closed here after the thread is joined, so the number is never reused early
     std::thread thread;
-    std::shared_ptr<std::atomic<bool>> done;
+    std::shared_ptr<ClientState> state;
   };
-  std::list<Client> clients;
+  std::list<Client> clients;  // in accept order: the first unauthenticated one is the oldest
+  auto admission = std::make_shared<Admission>();
+  const size_t max_unauthenticated = std::max<size_t>(options.max_unauthenticated, 1);
   auto reap = [&](bool all) {
     for (auto it = clients.begin(); it != clients.end();) {
-      if (all || it->done->load()) {
+      if (all || it->state->done.load()) {
         it->thread.join();
         it = clients.erase(it);
       } else {
         ++it;
       }
     }
+  };
+  // Makes room for one more unauthenticated connection by closing the oldest one over the cap. An
+  // attacker who keeps opening connections then only pushes out its own older ones, while a client
+  // that authenticates right after connecting (as every real client does) gets in.
+  auto evict_unauthenticated = [&] {
+    std::lock_guard lock(admission->mu);
+    size_t waiting = 0;
+    Client* oldest = nullptr;
+    for (Client& c : clients) {
+      if (c.state->done.load() || c.state->authenticated || c.state->evicted) continue;
+      if (oldest == nullptr) oldest = &c;
+      ++waiting;
+    }
+    if (waiting < max_unauthenticated || oldest == nullptr) return;
+    oldest->state->evicted = true;
+    // Its session has written nothing yet (an unauthenticated session replies only to its first
+    // line, and then it is authenticated or ended), so this line cannot tear a reply.
+    const std::string msg = ErrorReply(
+        fmt::format("too many unauthenticated connections (at most {}); closing the oldest", max_unauthenticated));
+    (void)::send(oldest->fd.get(), msg.data(), msg.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    ::shutdown(oldest->fd.get(), SHUT_RDWR);  // its reader sees end of input and the session ends
+    Log().info("file worker: closed the oldest unauthenticated connection (at most {})", max_unauthenticated);
   };
 
   for (;;) {
@@ -149,22 +193,33 @@ Status TcpServer::Run(const FileStore& store, ThreadPool& pool, const Options& o
     sys::UniqueFd cfd(a.value);
     const int one = 1;
     (void)::setsockopt(cfd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    reap(false);  // a client that ended while we waited in poll must not count against the limit
-    if (clients.size() >= options.max_clients) {
-      const std::string msg = ErrorReply(fmt::format("too many clients (at most {})", options.max_clients));
-      (void)::send(cfd.get(), msg.data(), msg.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-      continue;
-    }
+    reap(false);  // a client that ended while we waited in poll must not count
+    evict_unauthenticated();
     Log().info("file worker: client {} connected", FormatAddress(peer));
     Client& c = clients.emplace_back();
     c.fd = std::move(cfd);
-    c.done = std::make_shared<std::atomic<bool>>(false);
-    c.thread = std::thread([&store, &pool, &options, fd = c.fd.get(), done = c.done, who = FormatAddress(peer)] {
-      Session session(store, pool, options.session);
+    c.state = std::make_shared<ClientState>();
+    SessionOptions session_options = options.session;
+    // Admission happens when the token matched: only then does a client take a --max-clients slot.
+    session_options.on_authenticated = [admission, state = c.state, max = options.max_clients]() -> Status {
+      std::lock_guard lock(admission->mu);
+      if (state->evicted) {
+        return Status::Busy("too many unauthenticated connections; this one was closed to make room");
+      }
+      if (admission->authenticated >= max) return Status::Busy(fmt::format("too many clients (at most {})", max));
+      ++admission->authenticated;
+      state->authenticated = true;
+      return Status::Ok();
+    };
+    c.thread = std::thread([&store, &pool, admission, session_options = std::move(session_options), fd = c.fd.get(),
+                            state = c.state, who = FormatAddress(peer)] {
+      Session session(store, pool, session_options);
       const Session::End end = session.Serve(fd, fd);
       ::shutdown(fd, SHUT_RDWR);  // the client sees EOF now, not when the fd is closed later
       Log().info("file worker: client {} done ({})", who, SessionEndName(end));
-      done->store(true);
+      std::lock_guard lock(admission->mu);
+      if (state->authenticated) --admission->authenticated;  // its slot is free from now on
+      state->done.store(true);  // under the lock: never counted as waiting once its slot is given back
     });
   }
 

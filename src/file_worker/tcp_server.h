@@ -1,8 +1,12 @@
 // TCP mode of the file worker: a listening socket and one Session per client.
 //
-// The address defaults to 127.0.0.1; binding anything but a loopback address requires a token
-// (main enforces it with IsLoopback). Host names other than "localhost" are refused rather than
-// resolved, so what is bound is exactly what was written.
+// Every connection must authenticate (Run refuses an empty token): loopback is no boundary
+// between the users of one machine, and an authenticated client can read and write any segment
+// the worker's uid can open. Unauthenticated connections are bounded twice, so they cannot crowd
+// out real clients: each has an authentication deadline (SessionOptions::auth_timeout_ms), and
+// at most max_unauthenticated exist at once (a new one closes the oldest). max_clients counts
+// authenticated clients only. Host names other than "localhost" are refused rather than resolved,
+// so what is bound is exactly what was written.
 //
 // Thread-safety: a TcpServer is driven by one thread (Run); each client gets its own thread.
 #pragma once
@@ -37,8 +41,11 @@ std::string FormatAddress(const sockaddr_storage& addr);
 class TcpServer {
  public:
   struct Options {
-    size_t max_clients = 64;  // clients beyond this get "ERROR too many clients" and are closed
-    SessionOptions session;
+    // Authenticated clients at once; one more gets "ERROR too many clients" at AUTH and is closed.
+    size_t max_clients = 64;
+    // Connections that have not authenticated yet; a new one beyond this closes the oldest.
+    size_t max_unauthenticated = 16;
+    SessionOptions session;  // its token must not be empty
   };
 
   static Result<TcpServer> Listen(const ListenAddress& address);
@@ -47,7 +54,7 @@ class TcpServer {
   std::string BoundAddress() const;
 
   // Accepts and serves clients until stop_fd becomes readable, then stops accepting, ends every
-  // session (their in-flight commands finish) and returns.
+  // session (their in-flight commands finish) and returns. kInvalidArgument without a token.
   Status Run(const FileStore& store, ThreadPool& pool, const Options& options, int stop_fd);
 
  private:

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "file_worker/session.h"
 
@@ -150,6 +151,43 @@ TEST(CheckRegion, RefusesEveryOutOfBoundsRangeWithoutWrapping) {
   ASSERT_TRUE(top.ok());
   EXPECT_EQ(top->offset, 10u);
   EXPECT_FALSE(CheckRegion(UINT64_MAX - 10, 100, UINT64_MAX, 91).ok());
+}
+
+TEST(CheckSegmentName, TakesTheNameAsGivenWithOneOptionalSlash) {
+  EXPECT_EQ(*CheckSegmentName("lmcache_shm", ""), "lmcache_shm");
+  EXPECT_EQ(*CheckSegmentName("/lmcache_shm", ""), "lmcache_shm");
+  EXPECT_EQ(*CheckSegmentName("lmcache_l1_pool_x", ""), "lmcache_l1_pool_x");  // never prefixed or stripped
+  EXPECT_EQ(*CheckSegmentName("/lmcache_l1_pool_x", "lmcache_l1_pool_"), "lmcache_l1_pool_x");
+  EXPECT_EQ(*CheckSegmentName("lmcache_l1_pool_", "lmcache_l1_pool_"), "lmcache_l1_pool_");
+  EXPECT_EQ(*CheckSegmentName(std::string(255, 'a'), ""), std::string(255, 'a'));
+  EXPECT_EQ(*CheckSegmentName("..x", ""), "..x");
+}
+
+TEST(CheckSegmentName, RefusesWhatCouldLeaveDevShmOrIsNotAName) {
+  struct Case {
+    std::string name;
+    std::string why;
+  };
+  for (const Case& c : std::vector<Case>{{"", "is empty"},
+                                         {"/", "is empty"},
+                                         {".", "is '.' or '..'"},
+                                         {"..", "is '.' or '..'"},
+                                         {"/..", "is '.' or '..'"},
+                                         {"a/b", "has a '/'"},
+                                         {"//a", "has a '/'"},
+                                         {"../x", "has a '/'"},
+                                         {"a b", "space or control byte"},
+                                         {std::string("a\0b", 3), "space or control byte"},
+                                         {"a\x7f", "space or control byte"},
+                                         {std::string(256, 'a'), "longer than 255 bytes"}}) {
+    auto r = CheckSegmentName(c.name, "");
+    ASSERT_FALSE(r.ok()) << c.name;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(c.why), std::string::npos) << r.status().message();
+  }
+  auto r = CheckSegmentName("/lmcache_shm", "lmcache_l1_pool_");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(), "segment name 'lmcache_shm' does not start with --attach-prefix 'lmcache_l1_pool_'");
 }
 
 TEST(CheckDirectAlignment, NeedsAlignedOffsetAndLength) {

@@ -2,8 +2,10 @@
 // protocol spoken over a socketpair or a loopback TCP connection.
 #include "file_worker/session.h"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -271,8 +273,11 @@ TEST_P(SessionTest, ASecondAttachReplacesTheFirstWithoutALeak) {
   // The session now maps only `other` (attached last); its mapping of seg_ is gone.
   EXPECT_EQ(MappingCount(seg_.name()), 1);
   EXPECT_EQ(MappingCount(other.name()), 2);
-  // ATTACH by the unprefixed name works too (the lmcache_l1_pool_ rules of DESIGN.md §2).
-  ASSERT_EQ(peer_->Call(fmt::format("ATTACH /{} {} {}", seg_.name().substr(kSegmentPrefix.size()), 4096, kBase)), "OK");
+  // The name is taken as given (one leading '/' allowed), as LMCache's worker does: no prefix is
+  // added, so the bare name is another (missing) segment.
+  EXPECT_EQ(peer_->Call(fmt::format("ATTACH {} {} {}", seg_.name().substr(kSegmentPrefix.size()), 4096, kBase)),
+            fmt::format("ERROR attach failed: segment '{}' does not exist", seg_.name().substr(kSegmentPrefix.size())));
+  ASSERT_EQ(peer_->Call(fmt::format("ATTACH /{} {} {}", seg_.name(), 4096, kBase)), "OK");
   EXPECT_EQ(MappingCount(other.name()), 1);
   EXPECT_EQ(peer_->Call(fmt::format("WRITE g {} 4097", kBase)), "ERROR len 4097 exceeds the segment size 4096");
   // A failed ATTACH (too large) drops the old mapping too: no WRITE can use stale pointers.
@@ -363,6 +368,59 @@ TEST_P(SessionTest, DirectModeRefusesUnalignedRequestsClearly) {
   EXPECT_EQ(PoolBytes(65536, 8192), PoolBytes(4096, 8192));
 }
 
+// A segment named the way LMCache names its own: no shmkv prefix (issue 9 item 9).
+class ForeignSegment {
+ public:
+  explicit ForeignSegment(uint64_t size) : name_(fmt::format("shmkv_fw_foreign_{}_{}", ::getpid(), counter_++)) {
+    const int fd = ::shm_open(("/" + name_).c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+    EXPECT_GE(fd, 0) << std::strerror(errno);
+    EXPECT_EQ(::ftruncate(fd, static_cast<off_t>(size)), 0);
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    EXPECT_NE(p, MAP_FAILED);
+    ::close(fd);
+    data_ = static_cast<char*>(p);
+    size_ = size;
+  }
+  ~ForeignSegment() {
+    ::munmap(data_, size_);
+    ::shm_unlink(("/" + name_).c_str());
+  }
+  const std::string& name() const { return name_; }
+  char* data() const { return data_; }
+
+ private:
+  static inline int counter_ = 0;
+  std::string name_;
+  char* data_ = nullptr;
+  uint64_t size_ = 0;
+};
+
+TEST_P(SessionTest, AttachTakesTheNameAsGivenLikeLMCache) {
+  ForeignSegment lmc(kSegSize);
+  std::memset(lmc.data(), 'L', 4096);
+  Start();
+  ASSERT_EQ(peer_->Call(fmt::format("ATTACH {} {} {}", lmc.name(), kSegSize, kBase)), "OK");
+  EXPECT_EQ(peer_->Call(fmt::format("WRITE l {} 4096", kBase)), "OK 4096");
+  EXPECT_EQ(ReadFile(root_ / "l"), std::string(4096, 'L'));
+  ASSERT_EQ(peer_->Call(fmt::format("ATTACH /{} {} {}", lmc.name(), kSegSize, kBase)), "OK");
+  EXPECT_EQ(peer_->Call(fmt::format("READ l {} 4096", kBase + 8192)), "OK 4096");
+  EXPECT_EQ(std::string(lmc.data() + 8192, 4096), std::string(4096, 'L'));
+  for (const std::string& name : std::vector<std::string>{"..", "/..", ".", "/", "a/b", "//x", std::string(256, 'n')}) {
+    const std::string reply = peer_->Call(fmt::format("ATTACH {} 4096 0", name));
+    EXPECT_TRUE(reply.starts_with("ERROR attach failed: segment name")) << name << " -> " << reply;
+  }
+}
+
+TEST_P(SessionTest, AttachPrefixRestrictsAttachNames) {
+  ForeignSegment lmc(kSegSize);
+  Start(Opts([](SessionOptions& o) { o.attach_prefix = std::string(kSegmentPrefix); }));
+  EXPECT_EQ(peer_->Call(fmt::format("ATTACH {} {} {}", lmc.name(), kSegSize, kBase)),
+            fmt::format("ERROR attach failed: segment name '{}' does not start with --attach-prefix '{}'", lmc.name(),
+                        kSegmentPrefix));
+  EXPECT_EQ(Attach(seg_), "OK");
+  EXPECT_EQ(peer_->Call(fmt::format("ATTACH /{} {} {}", seg_.name(), kSegSize, kBase)), "OK");
+}
+
 TEST_P(SessionTest, WithATokenTheFirstLineMustAuthenticate) {
   Start(Opts([](SessionOptions& o) { o.token = "s3cret"; }));
   EXPECT_EQ(peer_->Call("EXISTS x"), "ERROR authentication required: the first line must be AUTH <token>");
@@ -385,6 +443,30 @@ TEST_P(SessionTest, WithATokenTheFirstLineMustAuthenticate) {
   }));
   EXPECT_EQ(peer_->Line(), "ERROR authentication timeout: the first line must be AUTH <token>");
   EXPECT_EQ(Finish(), Session::End::kAuthFailed);
+
+  // The admission hook (TCP's --max-clients) runs once the token matched and can refuse.
+  int admissions = 0;
+  Start(Opts([&](SessionOptions& o) {
+    o.token = "s3cret";
+    o.on_authenticated = [&] {
+      ++admissions;
+      return Status::Busy("too many clients (at most 0)");
+    };
+  }));
+  EXPECT_EQ(peer_->Call("AUTH wrong"), "ERROR authentication failed: wrong token");
+  EXPECT_EQ(Finish(), Session::End::kAuthFailed);
+  EXPECT_EQ(admissions, 0);
+  Start(Opts([&](SessionOptions& o) {
+    o.token = "s3cret";
+    o.on_authenticated = [&] {
+      ++admissions;
+      return Status::Busy("too many clients (at most 0)");
+    };
+  }));
+  EXPECT_EQ(peer_->Call("AUTH s3cret"), "ERROR too many clients (at most 0)");
+  EXPECT_EQ(peer_->Line(), "<eof>");
+  EXPECT_EQ(Finish(), Session::End::kAuthFailed);
+  EXPECT_EQ(admissions, 1);
 }
 
 TEST_P(SessionTest, TheStopDescriptorEndsTheSession) {
@@ -450,10 +532,12 @@ TEST(TcpServer, ServesSeveralClientsAtOnceEachWithItsOwnAttachment) {
   ASSERT_EQ(::pipe(stop), 0);
   TcpServer::Options options;
   options.max_clients = 3;
+  options.session.token = "tok";
   std::thread run([&] { EXPECT_TRUE(server->Run(*store, pool, options, stop[0]).ok()); });
 
   std::vector<std::unique_ptr<Peer>> peers;
   for (int i = 0; i < 3; ++i) peers.push_back(std::make_unique<Peer>(Connect(bound)));
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(peers[i]->Call("AUTH tok"), "OK");
   // All three are connected at once; each attaches its own segment.
   for (int i = 0; i < 3; ++i) {
     const SharedSegment& seg = i == 1 ? b : a;
@@ -465,9 +549,10 @@ TEST(TcpServer, ServesSeveralClientsAtOnceEachWithItsOwnAttachment) {
   EXPECT_EQ(ReadFile(root / "c1"), std::string(1000, 'b'));
   EXPECT_EQ(ReadFile(root / "c2"), std::string(1000, 'a'));
 
-  // A fourth client is over the limit.
+  // A fourth client is over the limit once it has authenticated.
   Peer extra(Connect(bound));
-  EXPECT_EQ(extra.Line(), "ERROR too many clients (at most 3)");
+  EXPECT_EQ(extra.Call("AUTH tok"), "ERROR too many clients (at most 3)");
+  EXPECT_EQ(extra.Line(), "<eof>");
   // QUIT closes one client; the others keep their sessions.
   EXPECT_EQ(peers[0]->Call("QUIT"), "OK");
   EXPECT_EQ(peers[0]->Line(), "<eof>");
@@ -476,6 +561,60 @@ TEST(TcpServer, ServesSeveralClientsAtOnceEachWithItsOwnAttachment) {
   ASSERT_EQ(::write(stop[1], "x", 1), 1);
   run.join();
   EXPECT_EQ(peers[2]->Line(), "<eof>");  // the stop closed the remaining sessions
+  ::close(stop[0]);
+  ::close(stop[1]);
+}
+
+TEST(TcpServer, RefusesToRunWithoutAToken) {
+  TempDir root;
+  auto store = FileStore::Open(root.path(), {});
+  ASSERT_TRUE(store.ok());
+  auto server = TcpServer::Listen(*ParseListenAddress("127.0.0.1:0"));
+  ASSERT_TRUE(server.ok());
+  ThreadPool pool(1);
+  const Status s = server->Run(*store, pool, TcpServer::Options{}, -1);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("needs a token"), std::string::npos) << s.message();
+}
+
+// Issue 9 item 2: connections that never authenticate cannot take the clients' places.
+TEST(TcpServer, UnauthenticatedConnectionsAreCappedOldestFirstAndTimeOut) {
+  TempDir root;
+  auto store = FileStore::Open(root.path(), {});
+  ASSERT_TRUE(store.ok());
+  auto server = TcpServer::Listen(*ParseListenAddress("127.0.0.1:0"));
+  ASSERT_TRUE(server.ok());
+  const std::string bound = server->BoundAddress();
+  ThreadPool pool(2);
+  int stop[2];
+  ASSERT_EQ(::pipe(stop), 0);
+  TcpServer::Options options;
+  options.max_clients = 1;
+  options.max_unauthenticated = 2;
+  options.session.token = "tok";
+  options.session.auth_timeout_ms = 1500;
+  std::thread run([&] { EXPECT_TRUE(server->Run(*store, pool, options, stop[0]).ok()); });
+
+  std::vector<std::unique_ptr<Peer>> idle;
+  for (int i = 0; i < 5; ++i) idle.push_back(std::make_unique<Peer>(Connect(bound)));
+  // Each new connection over the cap closed the oldest waiting one: 0, 1 and 2 are gone.
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(idle[i]->Line(), "ERROR too many unauthenticated connections (at most 2); closing the oldest") << i;
+    EXPECT_EQ(idle[i]->Line(), "<eof>") << i;
+  }
+  // A client that authenticates right away gets in although the waiting room is full.
+  Peer good(Connect(bound));
+  EXPECT_EQ(good.Call("AUTH tok"), "OK");
+  EXPECT_EQ(good.Call("EXISTS x"), "OK 0");
+  // The last waiting one times out (idle[3] was pushed out by `good`).
+  EXPECT_EQ(idle[3]->Line(), "ERROR too many unauthenticated connections (at most 2); closing the oldest");
+  EXPECT_EQ(idle[4]->Line(3000), "ERROR authentication timeout: the first line must be AUTH <token>");
+  EXPECT_EQ(idle[4]->Line(), "<eof>");
+  // The authenticated client is untouched by all of this.
+  EXPECT_EQ(good.Call("EXISTS y"), "OK 0");
+
+  ASSERT_EQ(::write(stop[1], "x", 1), 1);
+  run.join();
   ::close(stop[0]);
   ::close(stop[1]);
 }

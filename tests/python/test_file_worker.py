@@ -57,10 +57,10 @@ class LineReader:
 class PipeWorker:
     """The worker in PIPE mode (stdin/stdout), as shmkv-server or LMCache would start it."""
 
-    def __init__(self, binary: str, root: str, *args: str):
+    def __init__(self, binary: str, root: str, *args: str, pass_fds=()):
         self.stderr = tempfile.TemporaryFile()  # a file, not a pipe: logs can never block the worker
         self.proc = subprocess.Popen([binary, "--root", root, *args], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.stderr, bufsize=0)
+                                     stdout=subprocess.PIPE, stderr=self.stderr, bufsize=0, pass_fds=pass_fds)
         self.reader = LineReader(self.proc.stdout.fileno())
 
     def send(self, data) -> None:
@@ -88,21 +88,42 @@ class PipeWorker:
             self.stderr.close()
 
 
-class TcpWorker:
-    """The worker in TCP mode; `port` comes from its LISTENING line."""
+TOKEN = "test-token-6f1d2c"
 
-    def __init__(self, binary: str, root: str, *args: str, listen: str = "127.0.0.1:0"):
+
+def _worker_env(**extra) -> dict:
+    """The test's environment without a token the caller did not ask for."""
+    env = {k: v for k, v in os.environ.items() if k != "SHMKV_FILE_WORKER_TOKEN"}
+    env.update(extra)
+    return env
+
+
+class TcpWorker:
+    """The worker in TCP mode; `port` comes from its LISTENING line. TCP always needs a token: by
+    default it travels in the environment (never on the command line, where `ps` shows it)."""
+
+    def __init__(self, binary: str, root: str, *args: str, listen: str = "127.0.0.1:0", token: str = TOKEN,
+                 env: dict = None):
         self.stderr = tempfile.TemporaryFile()
+        self.token = token
+        env = env if env is not None else _worker_env(**({"SHMKV_FILE_WORKER_TOKEN": token} if token else {}))
         self.proc = subprocess.Popen([binary, "--root", root, "--listen", listen, *args], stdout=subprocess.PIPE,
-                                     stderr=self.stderr, bufsize=0)
+                                     stderr=self.stderr, bufsize=0, env=env)
         first = LineReader(self.proc.stdout.fileno()).line()
-        assert first.startswith("LISTENING "), first
+        assert first.startswith("LISTENING "), first + self.log()
         self.host, port = first.split(" ", 1)[1].rsplit(":", 1)
         self.port = int(port)
         assert self.port != 0
 
-    def connect(self) -> "Client":
-        return Client(socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT))
+    def connect(self, auth: bool = True) -> "Client":
+        c = Client(socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT))
+        if auth:
+            assert c.call(f"AUTH {self.token}") == "OK"
+        return c
+
+    def log(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read().decode(errors="replace")
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -280,8 +301,8 @@ def pipe_worker(worker_bin, root, io_engine):
 def tcp_worker(worker_bin, root, io_engine):
     workers = []
 
-    def start(*args, listen="127.0.0.1:0"):
-        w = TcpWorker(worker_bin, root, "--io-engine", io_engine, *args, listen=listen)
+    def start(*args, listen="127.0.0.1:0", **kw):
+        w = TcpWorker(worker_bin, root, "--io-engine", io_engine, *args, listen=listen, **kw)
         workers.append(w)
         return w
 
@@ -498,6 +519,67 @@ def test_second_attach_replaces_the_first_without_a_leak(pipe_worker, pool, pool
     assert w.call(f"WRITE g {pool2.base} 16").startswith("ERROR not attached")
 
 
+@pytest.fixture
+def lmcache_pool():
+    """A segment named the way LMCache names its own (its `shm_name` setting): no shmkv prefix."""
+    name = f"shmkv_fw_lmc_{os.getpid()}_{time.monotonic_ns()}"
+    fd = os.open(f"/dev/shm/{name}", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)  # what shm_open does
+    os.ftruncate(fd, SEG_SIZE)
+    os.close(fd)
+    p = Pool(name)
+    yield p
+    p.close()
+    os.unlink(f"/dev/shm/{name}")
+
+
+def test_attach_takes_the_segment_name_as_given_like_lmcache(pipe_worker, lmcache_pool, root):
+    """Issue 9 item 9: LMCache's ShmFileConnector ATTACHes its own segment by its own name; the
+    worker used to rewrite every name to lmcache_l1_pool_<name> and answer ERROR attach failed."""
+    w = pipe_worker()
+    data = os.urandom(100000)
+    lmcache_pool.put(8192, data)
+    assert w.call(lmcache_pool.attach_line()) == "OK"
+    assert w.call(f"WRITE lmc.data {lmcache_pool.base + 8192} {len(data)}") == f"OK {len(data)}"
+    with open(os.path.join(root, "lmc.data"), "rb") as f:
+        assert f.read() == data
+    # One leading '/' (shm_open's own spelling) names the same segment.
+    assert w.call(f"ATTACH /{lmcache_pool.name} {SEG_SIZE} {lmcache_pool.base}") == "OK"
+    assert w.call(f"READ lmc.data {lmcache_pool.base + (4 << 20)} {len(data)}") == f"OK {len(data)}"
+    assert lmcache_pool.get(4 << 20, len(data)) == data
+    assert mappings_of(w.proc.pid, lmcache_pool.name) == 1
+
+
+def test_attach_names_are_validated(pipe_worker, pool):
+    w = pipe_worker()
+    bare = pool.name[len("lmcache_l1_pool_"):]
+    for name, why in [
+        ("..", "'.' or '..'"),
+        ("/..", "'.' or '..'"),
+        (".", "'.' or '..'"),
+        ("/", "empty"),
+        ("a/b", "'/'"),
+        ("//x", "'/'"),
+        ("../../etc/passwd", "'/'"),
+        ("x" * 256, "longer than 255 bytes"),
+        (bare, "does not exist"),  # no prefix is added any more: the bare name is another segment
+    ]:
+        reply = w.call(f"ATTACH {name} 4096 0")
+        assert reply.startswith("ERROR attach failed: "), (name, reply)
+        assert why in reply, (name, reply)
+        assert w.call("EXISTS probe") == "OK 0"
+    assert w.call(f"ATTACH /{pool.name} 4096 {pool.base}") == "OK"
+
+
+def test_attach_prefix_restricts_attach_names(pipe_worker, pool, lmcache_pool):
+    w = pipe_worker("--attach-prefix", "lmcache_l1_pool_")
+    assert w.call(pool.attach_line()) == "OK"
+    assert w.call(f"ATTACH /{pool.name} {SEG_SIZE} {pool.base}") == "OK"
+    reply = w.call(lmcache_pool.attach_line())
+    assert reply == (f"ERROR attach failed: segment name '{lmcache_pool.name}' does not start with "
+                     f"--attach-prefix 'lmcache_l1_pool_'"), reply
+    assert w.call(f"WRITE f {pool.base} 16").startswith("ERROR not attached")  # a refused ATTACH detaches too
+
+
 def test_an_overlong_line_is_refused_and_the_worker_resyncs(pipe_worker):
     w = pipe_worker()
     w.send(b"EXISTS " + b"a" * 100000 + b"\nEXISTS b\n")
@@ -516,7 +598,7 @@ def test_pipe_disconnect_mid_command_runs_nothing(pipe_worker, pool, root):
 
 
 def test_tcp_disconnect_mid_command_leaves_the_worker_serving(tcp_worker, pool, root):
-    t = tcp_worker()
+    t = tcp_worker("--log-level", "info")
     a = t.connect()
     assert a.call(pool.attach_line()) == "OK"
     a.send(f"WRITE partial {pool.base} 40")
@@ -525,6 +607,7 @@ def test_tcp_disconnect_mid_command_leaves_the_worker_serving(tcp_worker, pool, 
     a.close()
     # A client that vanishes with commands in flight, without reading any reply.
     b = t.connect()
+    b_addr = "{}:{}".format(*b.sock.getsockname())
     b.send(pool.attach_line() + "\n" + "".join(f"WRITE v{i} {pool.base} {SEG_SIZE}\n" for i in range(8)))
     b.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
     b.close()
@@ -532,8 +615,13 @@ def test_tcp_disconnect_mid_command_leaves_the_worker_serving(tcp_worker, pool, 
     assert c.call("EXISTS partial") == "OK 0"
     assert c.call(pool.attach_line()) == "OK"
     assert c.call(f"WRITE ok {pool.base} 10") == "OK 10"
-    deadline = time.monotonic() + TIMEOUT
-    while any(n.startswith(".shmkv-tmp-") for n in os.listdir(root)) and time.monotonic() < deadline:
+    # b's session ends only after every command it dispatched has finished, so its log line is the
+    # moment to look. (Polling the directory for "no temp file" is not: between one WRITE's rename
+    # and the next WRITE's create there is none, while b still has WRITEs queued; issue 9 item 15.)
+    # The deadline only bounds a slow (sanitizer, loaded disk) run; a stuck WRITE fails it.
+    deadline = time.monotonic() + 120
+    while f"client {b_addr} done" not in t.log():
+        assert time.monotonic() < deadline, f"b's session never ended:\n{t.log()}"
         time.sleep(0.05)
     for name in os.listdir(root):
         assert not name.startswith(".shmkv-tmp-"), name
@@ -624,32 +712,138 @@ def test_tcp_prints_the_bound_port_and_serves_several_clients_at_once(tcp_worker
 
 
 def test_tcp_auth_token(tcp_worker, pool):
-    t = tcp_worker("--token", "tok-123")
-    c = t.connect()
+    t = tcp_worker()
+    c = t.connect(auth=False)
     assert c.call("EXISTS x") == "ERROR authentication required: the first line must be AUTH <token>"
     assert c.line() == "<eof>"
+    for wrong in (TOKEN[:-1], TOKEN + "x", "", "A" * 300):
+        c = t.connect(auth=False)
+        reply = c.call(f"AUTH {wrong}")
+        assert reply.startswith("ERROR "), (wrong, reply)
+        assert c.line() == "<eof>"
+    c = t.connect(auth=False)
+    assert c.call(f"AUTH {TOKEN[:-1]}") == "ERROR authentication failed: wrong token"
     c = t.connect()
-    assert c.call("AUTH tok-12") == "ERROR authentication failed: wrong token"
-    assert c.line() == "<eof>"
-    c = t.connect()
-    assert c.call("AUTH tok-123") == "OK"
     assert c.call(pool.attach_line()) == "OK"
     assert c.call("EXISTS x") == "OK 0"
 
 
-def test_tcp_refuses_a_non_loopback_bind_without_a_token(worker_bin, root):
-    out = subprocess.run([worker_bin, "--root", root, "--listen", "0.0.0.0:0"], capture_output=True, text=True,
-                         timeout=TIMEOUT)
-    assert out.returncode == 2
-    assert "refusing to listen on non-loopback address 0.0.0.0:0 without --token" in out.stderr
+@pytest.mark.parametrize("listen", ["127.0.0.1:0", "localhost:0", ":0", "[::1]:0", "0.0.0.0:0"])
+def test_tcp_refuses_to_start_without_a_token_on_any_address(worker_bin, root, listen):
+    """Issue 9 item 2: loopback is no protection against the other users of the machine (ATTACH a
+    pool the worker's uid can open, WRITE it to a file, READ it back into their own segment)."""
+    out = subprocess.run([worker_bin, "--root", root, "--listen", listen], capture_output=True, text=True,
+                         timeout=TIMEOUT, env=_worker_env(), stdin=subprocess.DEVNULL)
+    assert out.returncode == 2, out.stderr
+    assert "needs a token" in out.stderr, out.stderr
+    assert "--token-file" in out.stderr and "SHMKV_FILE_WORKER_TOKEN" in out.stderr, out.stderr
     assert out.stdout == ""
 
 
-def test_tcp_non_loopback_bind_with_a_token_requires_auth(tcp_worker):
-    t = tcp_worker("--token", "t0k", listen="0.0.0.0:0")
+def test_tcp_token_from_a_file_stays_out_of_ps(tcp_worker, pool, tmp_path):
+    path = tmp_path / "token"
+    path.write_text("file-tok-42\n")  # one trailing newline (echo, editors) is not part of the token
+    os.chmod(path, 0o600)
+    t = tcp_worker("--token-file", str(path), token="file-tok-42", env=_worker_env())
+    c = t.connect()
+    assert c.call(pool.attach_line()) == "OK"
+    with open(f"/proc/{t.proc.pid}/cmdline", "rb") as f:
+        assert b"file-tok-42" not in f.read()
+
+
+def test_tcp_token_on_the_command_line_is_scrubbed_and_warned_about(tcp_worker):
+    t = tcp_worker("--token", "argv-tok-7", token="argv-tok-7", env=_worker_env())
+    assert t.connect().call("EXISTS x") == "OK 0"
+    with open(f"/proc/{t.proc.pid}/cmdline", "rb") as f:
+        assert b"argv-tok-7" not in f.read()
+    assert "--token on the command line is visible to other local users" in t.log()
+
+
+@pytest.mark.parametrize("content, why", [
+    ("", "is empty"),
+    ("\n", "is empty"),
+    ("two words\n", "spaces or control bytes"),
+    ("x" * 300, "1..256 bytes"),
+    ("tok\nmore\n", "spaces or control bytes"),
+])
+def test_tcp_bad_token_files_are_usage_errors(worker_bin, root, tmp_path, content, why):
+    path = tmp_path / "token"
+    path.write_text(content)
+    out = subprocess.run([worker_bin, "--root", root, "--listen", "127.0.0.1:0", "--token-file", str(path)],
+                         capture_output=True, text=True, timeout=TIMEOUT, env=_worker_env(), stdin=subprocess.DEVNULL)
+    assert out.returncode == 2, out.stderr
+    assert "--token-file" in out.stderr and why in out.stderr, out.stderr
+    missing = subprocess.run([worker_bin, "--root", root, "--listen", "127.0.0.1:0", "--token-file",
+                              str(tmp_path / "nope")], capture_output=True, text=True, timeout=TIMEOUT,
+                             env=_worker_env(), stdin=subprocess.DEVNULL)
+    assert missing.returncode == 2 and "--token-file" in missing.stderr and "No such file" in missing.stderr
+
+
+def test_idle_unauthenticated_connections_cannot_lock_clients_out(tcp_worker, pool):
+    """Issue 9 item 2: 64 connections that never authenticate used to take every --max-clients
+    slot. Unauthenticated connections have their own cap (the oldest is closed for a new one) and do
+    not count against --max-clients."""
+    t = tcp_worker("--max-clients", "4")  # and the default --max-unauthenticated 16
+    idle = [t.connect(auth=False) for _ in range(64)]
+    good = [t.connect() for _ in range(4)]  # each authenticates at once
+    for g in good:
+        assert g.call(pool.attach_line()) == "OK"
+        assert g.call("EXISTS x") == "OK 0"
+    # The oldest idle connections were closed to make room, with a reason.
+    closed = 0
+    for c in idle[:48]:
+        first = c.line()
+        assert first in ("ERROR too many unauthenticated connections (at most 16); closing the oldest",
+                         "<eof>"), first
+        closed += 1
+    assert closed == 48
+    for c in idle + good:
+        c.close()
+
+
+def test_an_unauthenticated_connection_is_closed_after_the_auth_timeout(tcp_worker):
+    t = tcp_worker("--auth-timeout", "0.5")
+    c = t.connect(auth=False)
+    start = time.monotonic()
+    c.send("AUTH")  # a partial line does not extend the deadline
+    assert c.line() == "ERROR authentication timeout: the first line must be AUTH <token>"
+    assert c.line() == "<eof>"
+    assert time.monotonic() - start < 5
+    assert t.connect().call("EXISTS x") == "OK 0"
+
+
+def test_max_clients_counts_authenticated_clients(tcp_worker):
+    t = tcp_worker("--max-clients", "2")
+    a, b = t.connect(), t.connect()
+    c = t.connect(auth=False)
+    assert c.call(f"AUTH {TOKEN}") == "ERROR too many clients (at most 2)"
+    assert c.line() == "<eof>"
+    assert a.call("QUIT") == "OK"
+    assert a.line() == "<eof>"
+    # The slot is free once the session has ended.
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        d = t.connect(auth=False)
+        reply = d.call(f"AUTH {TOKEN}")
+        if reply == "OK" or time.monotonic() > deadline:
+            break
+        d.close()
+        time.sleep(0.05)
+    assert reply == "OK"
+    assert d.call("EXISTS x") == "OK 0" and b.call("EXISTS x") == "OK 0"
+
+
+def test_tcp_non_loopback_bind_requires_auth(tcp_worker):
+    t = tcp_worker(listen="0.0.0.0:0")
     assert t.host == "0.0.0.0"
-    c = t.connect()  # over 127.0.0.1
+    c = t.connect(auth=False)  # over 127.0.0.1
     assert c.call("LIST").startswith("ERROR authentication required")
+
+
+def test_pipe_mode_needs_no_token(worker_bin, root):
+    out = subprocess.run([worker_bin, "--root", root], input="EXISTS x\nQUIT\n", capture_output=True, text=True,
+                         timeout=TIMEOUT, env=_worker_env())
+    assert out.returncode == 0 and out.stdout == "OK 0\nOK\n", out
 
 
 def test_tcp_bad_listen_addresses_are_usage_errors(worker_bin, root):
@@ -764,3 +958,91 @@ def test_log_level_off_silences_the_engine_line(worker_bin, root):
     assert out.returncode == 0
     assert out.stdout == "OK 0\n"
     assert out.stderr == ""
+
+
+# ---------------------------------------------------------------- life tied to a parent (issue 9 item 11)
+
+# A stand-in for shmkv-server: spawns the worker (PIPE mode, stdin and stdout on descriptors the
+# test holds, so an end of input never stops it) and waits to be killed.
+_PARENT = r"""
+import os, subprocess, sys, time
+worker, root, rfd, wfd = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+args = [a.replace("{pid}", str(os.getpid())) for a in sys.argv[5:]]
+p = subprocess.Popen([worker, "--root", root, *args], stdin=rfd, stdout=wfd, stderr=subprocess.DEVNULL)
+print(p.pid, flush=True)
+time.sleep(3600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (an orphan may wait for its reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_parent_pid_ties_the_worker_to_its_parent(worker_bin, root):
+    """A worker whose parent is SIGKILLed dies too, even when its input stays open."""
+    to_r, to_w = os.pipe()
+    from_r, from_w = os.pipe()
+    parent = subprocess.Popen(["/usr/bin/python3", "-c", _PARENT, worker_bin, root, str(to_r), str(from_w),
+                               "--parent-pid", "{pid}"], stdout=subprocess.PIPE, text=True,
+                              pass_fds=(to_r, from_w))
+    os.close(to_r)
+    os.close(from_w)
+    try:
+        worker = int(parent.stdout.readline())
+        os.write(to_w, b"EXISTS x\n")
+        assert LineReader(from_r).line() == "OK 0"  # it serves
+        parent.kill()
+        parent.wait(timeout=TIMEOUT)
+        deadline = time.monotonic() + 5
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _alive(worker)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(timeout=TIMEOUT)
+        parent.stdout.close()
+        os.close(to_w)
+        os.close(from_r)
+
+
+def test_parent_pid_that_is_not_the_parent_refuses_to_start(worker_bin, root):
+    out = subprocess.run([worker_bin, "--root", root, "--parent-pid", "1"], capture_output=True, text=True,
+                         timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    assert out.returncode == 1, out.stderr
+    assert f"--parent-pid 1: the worker's parent is {os.getpid()}, not 1" in out.stderr, out.stderr
+
+
+def test_lock_fd_keeps_the_lock_for_the_workers_life(worker_bin, root, tmp_path):
+    import fcntl
+
+    path = str(tmp_path / "dir.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    w = PipeWorker(worker_bin, root, "--lock-fd", str(fd), pass_fds=(fd,))
+    os.close(fd)  # from now on only the worker holds the lock
+    try:
+        assert w.call("EXISTS x") == "OK 0"
+        probe = os.open(path, os.O_RDWR)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        w.proc.kill()
+        w.close()
+    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released with the worker
+    # A descriptor that does not hold the lock (someone else does) is refused at start.
+    other = os.open(path, os.O_RDWR)
+    out = subprocess.run([worker_bin, "--root", root, "--lock-fd", str(other)], capture_output=True, text=True,
+                         timeout=TIMEOUT, stdin=subprocess.DEVNULL, pass_fds=(other,))
+    assert out.returncode == 1, out.stderr
+    assert f"--lock-fd {other}: the lock on it is held by another process" in out.stderr, out.stderr
+    os.close(other)
+    os.close(probe)
+    out = subprocess.run([worker_bin, "--root", root, "--lock-fd", "97"], capture_output=True, text=True,
+                         timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    assert out.returncode == 1 and "--lock-fd 97: " in out.stderr and "Bad file descriptor" in out.stderr, out.stderr
