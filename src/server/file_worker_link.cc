@@ -19,6 +19,7 @@
 
 #include "common/log.h"
 #include "common/syscall.h"
+#include "shmkv/segment.h"
 
 extern char** environ;
 
@@ -106,7 +107,17 @@ struct Child {
   sys::UniqueFd to_worker, from_worker;
 };
 
+// The worker's fd for FileWorkerOptions::lock_fd (after stdin, stdout and stderr).
+constexpr int kWorkerLockFd = 3;
+
 Result<Child> SpawnChild(const FileWorkerOptions& options) {
+  // A copy above the low numbers, so the dup2s below never clobber it whatever fd it has here.
+  sys::UniqueFd lock_copy;
+  if (options.lock_fd >= 0) {
+    auto d = sys::Call([&] { return ::fcntl(options.lock_fd, F_DUPFD_CLOEXEC, 10); });
+    if (!d.ok()) return Status::FromErrno("passing the disk directory's lock to the file worker", d.err);
+    lock_copy = sys::UniqueFd(d.value);
+  }
   int to_child[2], from_child[2];
   if (::pipe2(to_child, O_CLOEXEC) != 0) return Status::FromErrno("pipe for the file worker", errno);
   sys::UniqueFd to_r(to_child[0]), to_w(to_child[1]);
@@ -117,9 +128,10 @@ Result<Child> SpawnChild(const FileWorkerOptions& options) {
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, to_r.get(), STDIN_FILENO);
   posix_spawn_file_actions_adddup2(&actions, from_w.get(), STDOUT_FILENO);
-  // Nothing else of the server's: client sockets, the listener and the disk lock would stay open
-  // in the worker (a restarted one is spawned while clients are connected).
-  posix_spawn_file_actions_addclosefrom_np(&actions, STDERR_FILENO + 1);
+  if (lock_copy.valid()) posix_spawn_file_actions_adddup2(&actions, lock_copy.get(), kWorkerLockFd);
+  // Nothing else of the server's: client sockets and the listener would stay open in the worker
+  // (a restarted one is spawned while clients are connected).
+  posix_spawn_file_actions_addclosefrom_np(&actions, lock_copy.valid() ? kWorkerLockFd + 1 : STDERR_FILENO + 1);
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   // Its own process group: a terminal's Ctrl-C reaches the server, which then stops the worker
@@ -132,8 +144,20 @@ Result<Child> SpawnChild(const FileWorkerOptions& options) {
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF);
 
   const std::string depth = std::to_string(options.queue_depth);
-  std::vector<std::string> args = {options.binary, "--root",      options.root,     "--queue-depth",
-                                   depth,          "--log-level", options.log_level};
+  // --parent-pid: the worker dies with us (a SIGKILLed server must not leave it writing);
+  // --attach-prefix: it can only ever map shmkv pools.
+  std::vector<std::string> args = {options.binary,
+                                   "--root",
+                                   options.root,
+                                   "--queue-depth",
+                                   depth,
+                                   "--log-level",
+                                   options.log_level,
+                                   "--parent-pid",
+                                   std::to_string(::getpid()),
+                                   "--attach-prefix",
+                                   std::string(kSegmentPrefix)};
+  if (lock_copy.valid()) args.insert(args.end(), {"--lock-fd", std::to_string(kWorkerLockFd)});
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

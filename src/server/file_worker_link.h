@@ -3,6 +3,13 @@
 // back in command order on its stdout, each completing the oldest pending callback. The loop
 // never waits on disk I/O.
 //
+// The worker's life is tied to the server's (docs/l2-tier.md): it gets `--parent-pid <server>`,
+// so the kernel SIGKILLs it when the server dies (PR_SET_PDEATHSIG; note that the kernel sends it
+// when the spawning *thread* exits, so spawn from a thread that lives as long as the server, as
+// the server's one event-loop thread does), and, with lock_fd, it co-holds the disk directory's
+// flock as its fd 3, so no new server can lock the directory while an old worker could still
+// write into it. It may only ATTACH segments named lmcache_l1_pool_* (--attach-prefix).
+//
 // The worker's death (EOF or an error on its stdout, or no reply within reply_timeout) fails every
 // pending callback with kUnavailable and calls the death handler once; the link stays dead
 // (DiskTier spawns a new one). The dead child is reaped asynchronously (a pidfd in the loop; it
@@ -31,6 +38,9 @@ struct FileWorkerOptions {
   std::string root;    // --root
   size_t queue_depth = 4;
   std::string log_level = "warn";
+  // A descriptor holding flock(LOCK_EX) on the disk directory's lock file (DiskTier's), or -1.
+  // The worker gets it as fd 3 (--lock-fd 3) and keeps it until it has exited. Not owned here.
+  int lock_fd = -1;
   // A command unanswered this long means a hung worker (stuck disk, stopped process): it is
   // killed and treated as dead, so waiting loads fail as missing instead of hanging clients.
   std::chrono::milliseconds reply_timeout{30000};

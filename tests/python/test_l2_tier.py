@@ -3,6 +3,7 @@ shmkv-file-worker in PIPE mode, real files.
 
 Run with Debian's interpreter: SHMKV_BUILD_DIR=build /usr/bin/python3 -m pytest tests/python/test_l2_tier.py
 """
+import contextlib
 import hashlib
 import os
 import pathlib
@@ -562,8 +563,8 @@ def test_remove_and_clear_while_the_worker_is_down_do_not_come_back(l2, shmkv_mo
 
 
 def test_a_restarted_worker_holds_no_socket_of_the_server(l2, shmkv_module, tmp_path):
-    """Finding 4: the worker gets stdin, stdout and stderr only: no client socket, no listener,
-    not the disk directory's lock."""
+    """Finding 4: the worker gets stdin, stdout, stderr and the disk directory's lock (fd 3) only:
+    no client socket, no listener."""
     disk = tmp_path / "disk"
     srv = l2(disk, "--disk-write-through", pool="8MiB")
     c = client(shmkv_module, srv)
@@ -580,7 +581,8 @@ def test_a_restarted_worker_holds_no_socket_of_the_server(l2, shmkv_module, tmp_
     wait_for(lambda: c.stats()["l2_worker_deaths"] == 1 and c.stats()["l2_available"] == 1, what="the restart")
     fds = worker_fds()
     assert not [t for t in fds.values() if t.startswith("socket:")], fds
-    assert not [t for t in fds.values() if t.endswith(".shmkv.lock")], fds
+    # The directory's lock only as the documented fd 3 (issue 9 item 11: the worker co-holds it).
+    assert [fd for fd, t in fds.items() if t.endswith(".shmkv.lock")] == [3], fds
     assert {0, 1, 2} <= set(fds)
     c.close()
 
@@ -776,4 +778,56 @@ def test_a_client_that_disconnects_during_its_load_leaves_nothing_pinned(l2, shm
     assert st["l2_loads"] == 1 and st["l2_read_errors"] == 0, st
     assert sha(c2.get(b"k")) == sha(payload(1, MiB))
     assert c2.stats()["l2_loads"] == 1  # served from L1 now
+    c2.close()
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (an orphan may wait for its reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_killed_server_takes_its_file_worker_along(l2, server_bin, shmkv_module, tmp_path, segment_name):
+    """Issue 9 item 11: a SIGKILLed server used to leave its worker running, and the worker went on
+    with whatever reached its stdin while a new server already owned the directory. Now the worker
+    dies with its server (PR_SET_PDEATHSIG), and it holds the directory's lock itself, so no new
+    server can own the directory while an old worker is alive."""
+    disk = tmp_path / "disk"
+    srv = L2Server(server_bin, tmp_path, segment_name, "16MiB", "--disk-dir", str(disk), "--disk-write-through")
+    hold = None
+    try:
+        c = client(shmkv_module, srv)
+        c.put(b"first", payload(0, MiB))
+        settled(c)
+        obj = file_of(disk, b"first")
+        worker = worker_pid(srv)
+        # The worker shares the server's lock on the directory (its fd 3) and knows its parent.
+        assert os.readlink(f"/proc/{worker}/fd/3") == str(disk / ".shmkv.lock")
+        assert f"--parent-pid\0{srv.proc.pid}\0" in pathlib.Path(f"/proc/{worker}/cmdline").read_text()
+        # A second writer on the worker's command pipe: the server's death is then no end of input
+        # for the worker (as with commands still queued in the pipe), so only its tie to the server
+        # can end it. (Not SIGSTOP: a stopped process in an orphaned process group gets SIGHUP.)
+        hold = os.open(f"/proc/{worker}/fd/0", os.O_WRONLY)
+        c.close()
+        srv.proc.kill()
+        srv.proc.wait(timeout=10)
+        wait_for(lambda: not _alive(worker), timeout=5, what="the worker to die with its server")
+    finally:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+            srv.proc.wait(timeout=10)
+    before = files_under(disk)
+    srv2 = l2(disk, pool="16MiB")  # the directory is free now; the stale segment is cleaned up
+    # What an old worker would still run now must not reach the directory the new server owns.
+    rel = obj.relative_to(disk).as_posix()
+    with contextlib.suppress(BrokenPipeError):
+        os.write(hold, f"DELETE {rel}\nWRITE {rel}.x 0 4096\n".encode())
+    os.close(hold)
+    time.sleep(0.5)
+    assert files_under(disk) == before
+    c2 = client(shmkv_module, srv2)
+    assert sha(c2.get(b"first")) == sha(payload(0, MiB))
     c2.close()
