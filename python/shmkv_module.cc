@@ -26,12 +26,33 @@ struct SlotBuffer {
   bool readonly;
 };
 
-py::object g_error, g_timeout_error;
+py::object g_error, g_timeout_error, g_expired_error;
 
-[[noreturn]] void Raise(const Status& s) {
+// kExpired becomes shmkv.ExpiredError whose `indices` are the expired keys' positions in the
+// failed commit's `keys` (Client::last_expired()).
+[[noreturn]] void Raise(const Status& s, const std::vector<uint32_t>& expired = {}) {
+  if (s.code() == StatusCode::kExpired) {
+    py::object exc = g_expired_error(s.ToString());
+    exc.attr("indices") = py::cast(expired);
+    PyErr_SetObject(g_expired_error.ptr(), exc.ptr());
+    throw py::error_already_set();
+  }
   py::object type = s.code() == StatusCode::kTimeout ? g_timeout_error : g_error;
   PyErr_SetString(type.ptr(), s.ToString().c_str());
   throw py::error_already_set();
+}
+
+// The error a call's outcome carries, if any.
+inline Status FailureOf(const Status& s) {
+  return s;
+}
+template <typename T>
+Status FailureOf(const Result<T>& r) {
+  return r.status();
+}
+template <typename T>
+Status FailureOf(const T&) {
+  return Status::Ok();
 }
 
 template <typename T>
@@ -67,16 +88,22 @@ class PyClient {
     PyErr_SetString(g_error.ptr(), "client is closed");
     throw py::error_already_set();
   }
-  // Runs f on the client under mu_, without the GIL; raises when the client is closed.
+  // Runs f on the client under mu_, without the GIL; raises when the client is closed, and
+  // raises ExpiredError (with the indices, read under the same lock) when the call expired.
   template <typename F>
   auto Locked(F&& f) {
     std::optional<decltype(f(std::declval<Client&>()))> out;
+    std::vector<uint32_t> expired;
     {
       py::gil_scoped_release nogil;
       std::lock_guard lock(mu_);
-      if (client_) out.emplace(f(*client_));
+      if (client_) {
+        out.emplace(f(*client_));
+        expired = client_->last_expired();
+      }
     }
     if (!out) RaiseClosed();
+    if (Status s = FailureOf(*out); s.code() == StatusCode::kExpired) Raise(s, expired);
     return std::move(*out);
   }
 
@@ -454,8 +481,16 @@ PYBIND11_MODULE(_native, m) {
   g_timeout_error = py::reinterpret_steal<py::object>(PyErr_NewException("shmkv.TimeoutError", bases.ptr(), nullptr));
   g_error.attr("__module__") = "shmkv";
   g_timeout_error.attr("__module__") = "shmkv";
+  g_expired_error = py::reinterpret_steal<py::object>(PyErr_NewException("shmkv.ExpiredError", g_error.ptr(), nullptr));
+  g_expired_error.attr("__module__") = "shmkv";
+  g_expired_error.attr("__doc__") =
+      "A lease passed its TTL (the server's --reserve-ttl or --pin-ttl). `indices`: the 0-based positions, in the "
+      "failed commit's keys, of the expired keys. commit_store committed nothing (the other keys stay reserved); "
+      "commit_retrieve released the other keys' pins, and the bytes read for the expired keys must not be used.";
+  g_expired_error.attr("indices") = py::list();
   m.attr("Error") = g_error;
   m.attr("TimeoutError") = g_timeout_error;
+  m.attr("ExpiredError") = g_expired_error;
 
   py::class_<SlotBuffer>(m, "_SlotBuffer", py::buffer_protocol()).def_buffer([](SlotBuffer& b) {
     return py::buffer_info(b.data, 1, py::format_descriptor<uint8_t>::format(), 1, {static_cast<ssize_t>(b.size)},
@@ -479,11 +514,15 @@ client and read it must serialise those calls themselves.)doc")
            py::arg("salt") = "")
       .def("info", &PyClient::Info)
       .def("prepare_store", &PyClient::PrepareStore, py::arg("keys"), py::arg("sizes"))
-      .def("commit_store", &PyClient::CommitStore, py::arg("keys"))
+      .def("commit_store", &PyClient::CommitStore, py::arg("keys"),
+           "makes the reservations visible, all or none; ExpiredError (indices) when a reservation passed "
+           "--reserve-ttl: nothing committed, the other keys stay reserved")
       .def("abort_store", &PyClient::AbortStore, py::arg("keys"))
       .def("lookup", &PyClient::Lookup, py::arg("keys"), py::arg("pin") = false)
       .def("prepare_retrieve", &PyClient::PrepareRetrieve, py::arg("keys"))
-      .def("commit_retrieve", &PyClient::CommitRetrieve, py::arg("keys"))
+      .def("commit_retrieve", &PyClient::CommitRetrieve, py::arg("keys"),
+           "releases the pins; ExpiredError (indices) when a pin passed --pin-ttl: the other pins are released, "
+           "and the bytes read for the expired keys must not be used")
       .def("post_commit_store", &PyClient::PostCommitStore, py::arg("keys"),
            "commit_store without waiting for the reply; a failure is raised by the next call or sync()")
       .def("post_commit_retrieve", &PyClient::PostCommitRetrieve, py::arg("keys"),

@@ -31,13 +31,21 @@
 // the mapping it points into), but slots of a previous server generation no longer refer to
 // anything the server knows.
 //
+// Expired leases. A reservation older than the server's --reserve-ttl, or a pin older than its
+// --pin-ttl, expires. CommitStore naming such a key returns kExpired and commits nothing (the
+// expired key's slot is released; the other keys stay reserved: commit or abort them).
+// CommitRetrieve naming such a key returns kExpired after releasing the pins of all the other
+// keys; the bytes read for the expired keys may have been overwritten by another writer and must
+// not be used. last_expired() names the keys.
+//
 // Trust. Right after connecting, before sending anything, the client checks that the server
 // process runs as this process's effective uid or as root (SO_PEERCRED): any local user could
 // bind the socket path first. It maps the segment only if that server uid owns it and no other
 // user may access it (mode & 0007 == 0). Either refusal is kInvalidArgument naming the socket or
 // segment and the uids (and mode) involved.
 //
-// Thread-safety: a Client is not thread-safe; use one per thread, or lock around it.
+// Thread-safety: a Client is not thread-safe; use one per thread, or lock around it (the Python
+// binding does: one mutex per client, also taken by close()).
 #pragma once
 
 #include <chrono>
@@ -134,6 +142,11 @@ class Client {
   Status Sync();
   // Posted commits whose reply has not been read yet.
   size_t posted() const;
+  // After a call returned kExpired: the 0-based indices, into the keys of the commit that failed,
+  // of the keys whose lease passed its TTL (see "Expired leases" above). For a posted commit
+  // whose failure a later call or Sync() returned, the indices are into the posted commit's keys
+  // (the message names it). Empty after any other outcome; every call resets it.
+  const std::vector<uint32_t>& last_expired() const;
   // Per key: "removed", "missing" or "busy".
   Result<std::vector<std::string>> Remove(std::span<const std::string_view> keys);
   // Removes every unpinned object of this namespace; returns the count.

@@ -9,6 +9,7 @@ from ._native import (  # noqa: F401
     DEFAULT_CHUNK_TOKENS,
     Client,
     Error,
+    ExpiredError,
     TimeoutError,
     chain_root,
     chunk_digests,
@@ -20,6 +21,6 @@ from ._native import (  # noqa: F401
 from .engine import KVConnector, StoreResult  # noqa: F401
 
 __all__ = [
-    "Client", "Error", "TimeoutError", "KVConnector", "StoreResult", "chain_root", "chunk_digests", "chunk_nbytes",
+    "Client", "Error", "ExpiredError", "TimeoutError", "KVConnector", "StoreResult", "chain_root", "chunk_digests", "chunk_nbytes",
     "gather", "scatter", "cuda_kernels_compiled", "DEFAULT_CHUNK_TOKENS",
 ]

@@ -7,7 +7,12 @@ intermediate copies, following the ordering rules of DESIGN.md §4:
 * store: prepare_store -> gather into the slots -> (CUDA stream sync) -> commit_store
 * retrieve: prepare_retrieve -> scatter out of the slots -> (CUDA stream sync) -> commit_retrieve
 
-Thread-safety: like :class:`shmkv.Client`, one connector belongs to one thread at a time.
+Thread-safety: one connector belongs to one thread at a time (its store and retrieve are
+sequences of client calls). :meth:`KVConnector.close` may come from another thread: a call in
+progress finishes or raises :class:`shmkv.Error`, and later calls raise ``client is closed``.
+
+Expired leases: a chunk whose reservation or pin passed the server's TTL (a stalled step) is
+treated as not stored (store) or not loaded (retrieve); neither raises for it.
 """
 from __future__ import annotations
 
@@ -23,8 +28,8 @@ class StoreResult:
 
     stored_chunks: int  # chunks copied into the pool and committed by this call
     existing_chunks: int  # chunks already present (or being stored by another worker): not copied
-    skipped_chunks: int  # chunks not stored: no room (``full``), or after such a chunk
-    bytes_written: int  # bytes copied into the pool
+    skipped_chunks: int  # chunks not stored: no room (``full``), reservation expired, or after such a chunk
+    bytes_written: int  # bytes of the stored chunks
 
     @property
     def total_chunks(self) -> int:
@@ -84,7 +89,10 @@ class KVConnector:
         are gathered from kv_caches and committed once the copies are complete. Storing stops at
         the first chunk that gets no room (``full``): a chunk after a missing one could never be
         part of a looked-up prefix, so its reservation is released instead of wasting the pool.
-        On an error every reservation of this call is released and the error raised.
+        When the commit finds reservations expired (the copy outlasted the server's
+        --reserve-ttl), the chunks before the first expired one are committed, the rest are
+        released and counted as skipped. On an error every reservation of this call is
+        released and the error raised.
         """
         keys = self.chunk_keys(token_ids)
         if not keys:
@@ -114,9 +122,13 @@ class KVConnector:
         except BaseException:
             self.client.abort_store(reserved)
             raise
+        stored = len(reserved)
         if reserved:
-            self.client.commit_store(reserved)
-        return StoreResult(len(indices), existing, len(keys) - len(indices) - existing, len(indices) * nbytes)
+            try:
+                self.client.commit_store(reserved)
+            except _native.ExpiredError as e:
+                stored = self._commit_before_expiry(reserved, e.indices)
+        return StoreResult(stored, existing, len(keys) - stored - existing, stored * nbytes)
 
     def retrieve(self, token_ids, kv_caches: Sequence, block_ids, skip_first_n_tokens: int = 0) -> int:
         """Loads the longest stored prefix of token_ids into kv_caches; returns tokens loaded.
@@ -141,23 +153,28 @@ class KVConnector:
             hits += 1
         pinned_after_gap = [k for k, v in zip(keys[hits:], views[hits:]) if v is not None]
         if pinned_after_gap:  # not part of the prefix: release at once
-            self.client.commit_retrieve(pinned_after_gap)
+            self._release(pinned_after_gap)
         if hits == 0:
             return 0
+        skip_in_first = skip_first_n_tokens - first * self.chunk_tokens
         try:
             blocks = list(block_ids)
             block_size = self._block_size(kv_caches)
             blocks_per_chunk = self.chunk_tokens // block_size
-            skip_in_first = skip_first_n_tokens - first * self.chunk_tokens
             stream = self._scatter(views[:hits], kv_caches, blocks[first * blocks_per_chunk:], skip_in_first)
             _sync_stream(kv_caches, stream)
         except BaseException:
-            self.client.commit_retrieve(keys[:hits])
+            self._release(keys[:hits])
             raise
-        # Posted (protocol 2): the pins are released without a wait; a failure of the release
-        # surfaces on this connector's next call.
-        self.client.post_commit_retrieve(keys[:hits])
-        return hits * self.chunk_tokens - (skip_first_n_tokens - first * self.chunk_tokens)
+        # Synchronous, not posted: a pin that expired while the chunks were copied out means those
+        # bytes may have been overwritten, and the engine must know before it uses the blocks.
+        try:
+            self.client.commit_retrieve(keys[:hits])
+        except _native.ExpiredError as e:
+            # The server released the other pins. The blocks of the expired chunks, and of every
+            # chunk after the first of them, do not count as loaded: the engine recomputes them.
+            hits = min(e.indices, default=0)
+        return max(0, hits * self.chunk_tokens - skip_in_first)
 
     def stats(self) -> dict:
         return self.client.stats()
@@ -172,6 +189,34 @@ class KVConnector:
         self.close()
 
     # -- internals ----------------------------------------------------------------------------
+    def _release(self, keys):
+        # Pins of chunks whose bytes are not used: an expired one needs no release and no report.
+        try:
+            self.client.commit_retrieve(keys)
+        except _native.ExpiredError:
+            pass
+
+    def _commit_before_expiry(self, reserved, expired) -> int:
+        """After commit_store(reserved) raised ExpiredError: nothing was committed and the expired
+        reservations are gone. Commits the chunks before the first expired one (they are written
+        and still reserved), releases the others; returns the chunks committed."""
+        first = min(expired, default=0)
+        gone = set(expired)
+        rest = [k for i, k in enumerate(reserved) if i > first and i not in gone]
+        if rest:
+            self.client.abort_store(rest)
+        keep = reserved[:first]
+        if not keep:
+            return 0
+        try:
+            self.client.commit_store(keep)
+        except _native.ExpiredError as e:  # those expired meanwhile too: store nothing
+            gone = set(e.indices)
+            live = [k for i, k in enumerate(keep) if i not in gone]
+            if live:
+                self.client.abort_store(live)
+            return 0
+        return len(keep)
     def _block_size(self, kv_caches) -> int:
         shape = tuple(kv_caches[0].shape)
         return {"NHD": lambda s: s[2], "HND": lambda s: s[3], "MLA": lambda s: s[1]}[self.layout](shape)

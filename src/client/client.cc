@@ -225,8 +225,9 @@ std::string_view PackRequest(Scratch& scratch, uint64_t id, std::string_view op,
 
 // What ParseReply learned besides the result.
 struct ReplyKind {
-  bool answered = false;      // a well-formed reply to this request (ok or error): the stream is in step
-  bool not_executed = false;  // the error reply is `NotExecuted` (protocol 2, a chained request)
+  bool answered = false;          // a well-formed reply to this request (ok or error): the stream is in step
+  bool not_executed = false;      // the error reply is `NotExecuted` (protocol 2, a chained request)
+  std::vector<uint32_t> expired;  // an `Expired` reply: indices into the request's keys
 };
 
 // Decodes the reply to request `id`; valid until the next read of the channel. An error reply
@@ -250,9 +251,16 @@ Result<wire::MapReader> ParseReply(std::string_view frame, Scratch& scratch, uin
     if (!err.ok()) return Status::Protocol("error reply without an error map");
     auto code = err->Str("code");
     auto msg = err->Str("message");
-    if (kind != nullptr) kind->not_executed = code.ok() && *code == wire::kNotExecutedCode;
-    return Status(code.ok() ? ParseCode(*code) : StatusCode::kInternal,
-                  msg.ok() ? std::string(*msg) : std::string("(no message)"));
+    const StatusCode parsed = code.ok() ? ParseCode(*code) : StatusCode::kInternal;
+    if (kind != nullptr) {
+      kind->not_executed = code.ok() && *code == wire::kNotExecutedCode;
+      if (parsed == StatusCode::kExpired) {
+        auto idx = err->U64s("expired");
+        if (!idx.ok()) return Status::Protocol("an Expired reply without its 'expired' indices");
+        kind->expired.assign(idx->begin(), idx->end());
+      }
+    }
+    return Status(parsed, msg.ok() ? std::string(*msg) : std::string("(no message)"));
   }
   return reader;
 }
@@ -301,7 +309,8 @@ struct Client::Impl {
   std::shared_ptr<const SharedSegment> mapping;
   uint64_t next_id = 1;
   Scratch scratch;
-  std::vector<Posted> posted;  // in request order
+  std::vector<Posted> posted;          // in request order
+  std::vector<uint32_t> last_expired;  // see Client::last_expired()
 
   ~Impl() {
     // A posted commit's error must reach someone: the caller should Sync() first; if it did
@@ -420,6 +429,8 @@ struct Client::Impl {
           fmt::format("{} (instance '{}'): {}{}; the next call reconnects", op, options.instance_id, s.message(), lost),
           s.sys_errno());
     }
+    // Server messages name their operation already ("commit_store: key #2 ...").
+    if (s.message().starts_with(fmt::format("{}: ", op))) return s;
     return s.WithContext(op);
   }
 
@@ -447,6 +458,7 @@ struct Client::Impl {
       if (r.ok()) continue;
       if (first.ok()) {
         first = r.status().WithContext(fmt::format("posted {} (request {})", p.op, p.id));
+        last_expired = std::move(kind.expired);
       } else {
         ++skipped;
       }
@@ -459,6 +471,7 @@ struct Client::Impl {
   }
 
   Status Sync() {
+    last_expired.clear();
     if (posted.empty()) return Status::Ok();
     if (!channel) return Status::Disconnected("not connected" + LostPosted());
     bool broken = false;
@@ -477,6 +490,7 @@ struct Client::Impl {
   // posted replies were lost with the connection: their loss must reach the caller.
   template <typename Body>
   Result<wire::MapReader> Call(std::string_view op, uint32_t n_body, Body&& body, Retry retry) {
+    last_expired.clear();
     const Deadline deadline = NewDeadline();
     const bool was_connected = channel.has_value();
     const bool had_posted = !posted.empty();
@@ -492,6 +506,7 @@ struct Client::Impl {
 
   template <typename Body>
   Result<wire::MapReader> Post(std::string_view op, uint32_t n_body, Body&& body, size_t n_keys) {
+    last_expired.clear();
     return CallOnce(op, n_body, body, /*post=*/true, n_keys, NewDeadline());
   }
 
@@ -526,8 +541,12 @@ struct Client::Impl {
     }
     auto frame = channel->ReadFrame(deadline);
     if (!frame.ok()) return Fail(op, frame.status());
-    auto r = ParseReply(*frame, scratch, id);
-    if (!r.ok()) return Fail(op, r.status());
+    ReplyKind kind;
+    auto r = ParseReply(*frame, scratch, id, &kind);
+    if (!r.ok()) {
+      last_expired = std::move(kind.expired);
+      return Fail(op, r.status());
+    }
     return r;
   }
 
@@ -679,6 +698,10 @@ Status Client::Sync() {
 
 size_t Client::posted() const {
   return impl_->posted.size();
+}
+
+const std::vector<uint32_t>& Client::last_expired() const {
+  return impl_->last_expired;
 }
 
 Result<std::vector<std::string>> Client::Remove(std::span<const std::string_view> keys) {

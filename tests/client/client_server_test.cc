@@ -220,6 +220,83 @@ TEST_F(ServerFixture, ARestartThatLosesPostedRepliesIsReportedNotRetriedAway) {
   EXPECT_EQ(*again, 0u);
 }
 
+// ---- expired leases --------------------------------------------------------------------------
+
+class ShortTtlFixture : public ServerFixture {
+ protected:
+  void SetUp() override {
+    ServerFixture::SetUp();
+    KillServer();
+    StartServer({"--reserve-ttl", "0.2", "--pin-ttl", "0.2"});
+  }
+  // A stalled step: longer than the TTL and the server's expiry sweep.
+  static void Stall() { std::this_thread::sleep_for(std::chrono::milliseconds(600)); }
+  Status PutBytes(Client& c, const std::string& key) {
+    return c.Put(key, std::as_bytes(std::span(key.data(), key.size())));
+  }
+};
+
+TEST_F(ShortTtlFixture, CommitStoreOfAnExpiredReservationNamesItsIndexAndCommitsNothing) {
+  auto c = Client::Connect(Options());
+  ASSERT_TRUE(c.ok());
+  const std::vector<std::string> stalled = {"b"}, fresh = {"a", "c"}, all = {"a", "b", "c"};
+  const std::vector<uint64_t> one = {4096}, two = {4096, 4096};
+  ASSERT_TRUE(c->PrepareStore(Views(stalled), one).ok());
+  Stall();
+  ASSERT_TRUE(c->PrepareStore(Views(fresh), two).ok());
+  Status s = c->CommitStore(Views(all));
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), StatusCode::kExpired) << s.ToString();
+  EXPECT_EQ(c->last_expired(), std::vector<uint32_t>{1});
+  EXPECT_NE(s.message().find("key #1"), std::string::npos) << s.message();
+  EXPECT_EQ(s.message().find("commit_store: commit_store"), std::string::npos) << "named twice: " << s.message();
+  EXPECT_EQ(*c->Lookup(Views(fresh)), 0u);  // nothing committed...
+  EXPECT_TRUE(c->last_expired().empty());   // ...and a later call resets the indices
+  ASSERT_TRUE(c->CommitStore(Views(fresh)).ok()) << "the other reservations are still held";
+  EXPECT_EQ(*c->Lookup(Views(fresh)), 2u);
+}
+
+TEST_F(ShortTtlFixture, CommitRetrieveOfAnExpiredPinNamesItsIndexAndReleasesTheOthers) {
+  auto c = Client::Connect(Options());
+  ASSERT_TRUE(c.ok());
+  for (const char* k : {"a", "b", "c"}) ASSERT_TRUE(PutBytes(*c, k).ok());
+  const std::vector<std::string> stalled = {"b"}, fresh = {"a", "c"}, all = {"a", "b", "c"};
+  ASSERT_TRUE(c->PrepareRetrieve(Views(stalled)).ok());
+  Stall();
+  ASSERT_TRUE(c->PrepareRetrieve(Views(fresh)).ok());
+  Status s = c->CommitRetrieve(Views(all));
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), StatusCode::kExpired) << s.ToString();
+  EXPECT_EQ(c->last_expired(), std::vector<uint32_t>{1});
+  auto stats = c->Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->at("pinned_objects"), 0u) << "the pins of a and c were released too";
+}
+
+TEST_F(ShortTtlFixture, AnExpiredPostedCommitIsReportedWithItsIndicesByTheNextCallAndBySync) {
+  auto c = Client::Connect(Options());
+  ASSERT_TRUE(c.ok());
+  for (const char* k : {"a", "b"}) ASSERT_TRUE(PutBytes(*c, k).ok());
+  const std::vector<std::string> first = {"a"}, second = {"b"}, both = {"a", "b"}, other = {"zzz"};
+  ASSERT_TRUE(c->PrepareRetrieve(Views(second)).ok());
+  Stall();
+  ASSERT_TRUE(c->PrepareRetrieve(Views(first)).ok());
+  ASSERT_TRUE(c->PostCommitRetrieve(Views(both)).ok());
+  auto next = c->Lookup(Views(other));
+  ASSERT_FALSE(next.ok());
+  EXPECT_EQ(next.status().code(), StatusCode::kExpired) << next.status().ToString();
+  EXPECT_NE(next.status().message().find("posted commit_retrieve"), std::string::npos) << next.status().message();
+  EXPECT_EQ(c->last_expired(), std::vector<uint32_t>{1});
+
+  ASSERT_TRUE(c->PrepareRetrieve(Views(first)).ok());
+  Stall();
+  ASSERT_TRUE(c->PostCommitRetrieve(Views(first)).ok());
+  Status s = c->Sync();
+  EXPECT_EQ(s.code(), StatusCode::kExpired) << s.ToString();
+  EXPECT_EQ(c->last_expired(), std::vector<uint32_t>{0});
+  EXPECT_EQ(c->Stats()->at("pinned_objects"), 0u);
+}
+
 // ---- whom a client trusts -------------------------------------------------------------------
 
 TEST(ServerTrust, AWorkerTrustsOnlyItsOwnUserOrRoot) {

@@ -1,4 +1,6 @@
 """shmkv.KVConnector against a real server: the engine-facing store / lookup / retrieve."""
+import time
+
 import numpy as np
 import pytest
 
@@ -194,3 +196,139 @@ def test_the_first_lookup_after_a_server_restart_succeeds(shmkv_module, server):
         dst = cache(value=-1.0)
         assert c.retrieve(toks, dst, list(range(2 * BPC))) == 2 * CHUNK
         assert_blocks_equal(dst, list(range(2 * BPC)), src, list(range(2 * BPC)))
+
+
+# ---- expired leases: a stalled step outlives the server's --reserve-ttl / --pin-ttl -----------
+
+TTL = 0.2
+STALL = 0.6  # past the TTL and the server's expiry sweep
+
+
+@pytest.fixture
+def short_ttl_server(server_bin, tmp_path, segment_name):
+    srv = ServerProcess(server_bin, tmp_path, segment_name, "64MiB", "--reserve-ttl", str(TTL), "--pin-ttl", str(TTL))
+    yield srv
+    assert srv.stop() == 0
+
+
+class LateLease:
+    """Delegates to a real Client, but takes the lease (pin or reservation) of the key at `index`
+    first and stalls past the TTL before taking the others: that one lease expires during the
+    connector's call, the others do not."""
+
+    def __init__(self, client, index):
+        self._c, self._i = client, index
+        self.last_statuses = []
+
+    def __getattr__(self, name):
+        return getattr(self._c, name)
+
+    def _split(self, call, keys, *extra):
+        i = self._i
+        first = call([keys[i]], *[[e[i]] for e in extra])
+        first_st = self._c.last_statuses
+        time.sleep(STALL)
+        rest = call(keys[:i] + keys[i + 1:], *[e[:i] + e[i + 1:] for e in extra])
+        rest_st = self._c.last_statuses
+        self.last_statuses = rest_st[:i] + first_st + rest_st[i:]
+        return rest[:i] + first + rest[i:]
+
+    def prepare_retrieve(self, keys):
+        return self._split(self._c.prepare_retrieve, keys)
+
+    def prepare_store(self, keys, sizes):
+        return self._split(self._c.prepare_store, keys, sizes)
+
+
+def test_client_commits_of_expired_leases_raise_expired_error_with_indices(shmkv_module, short_ttl_server):
+    with shmkv_module.Client(short_ttl_server.socket, timeout=5.0) as c:
+        c.prepare_store([b"b"], [4096])
+        time.sleep(STALL)
+        c.prepare_store([b"a", b"c"], [4096, 4096])
+        with pytest.raises(shmkv_module.ExpiredError) as exc:
+            c.commit_store([b"a", b"b", b"c"])
+        assert isinstance(exc.value, shmkv_module.Error) and exc.value.indices == [1]
+        assert "Expired" in str(exc.value)
+        assert c.lookup([b"a"]) == 0  # nothing committed
+        c.commit_store([b"a", b"c"])  # still reserved
+
+        c.prepare_retrieve([b"c"])
+        time.sleep(STALL)
+        c.prepare_retrieve([b"a"])
+        c.post_commit_retrieve([b"a", b"c"])
+        with pytest.raises(shmkv_module.ExpiredError, match="posted commit_retrieve") as exc:
+            c.stats()  # a posted commit's expiry comes with the next call
+        assert exc.value.indices == [1]
+        assert c.stats()["pinned_objects"] == 0
+
+
+def test_retrieve_counts_chunks_from_the_first_expired_pin_as_not_loaded(shmkv_module, short_ttl_server):
+    src = cache(seed=20)
+    toks = tokens(4 * CHUNK, seed=21)
+    with connector(shmkv_module, short_ttl_server) as c:
+        c.store(toks, src, list(range(4 * BPC)))
+        real = c.client
+        c.client = LateLease(real, index=2)  # chunk 2's pin expires while the chunks are copied
+        dst = cache(value=-1.0)
+        assert c.retrieve(toks, dst, list(range(4 * BPC))) == 2 * CHUNK  # known before it returns
+        assert_blocks_equal(dst, list(range(2 * BPC)), src, list(range(2 * BPC)))
+        c.client = real
+        st = c.stats()
+        assert st["pinned_objects"] == 0  # the other chunks' pins were released with the Expired reply
+
+
+def test_retrieve_with_every_pin_expired_loads_nothing(shmkv_module, short_ttl_server, monkeypatch):
+    src = cache(seed=22)
+    toks = tokens(2 * CHUNK, seed=23)
+    with connector(shmkv_module, short_ttl_server) as c:
+        c.store(toks, src, list(range(2 * BPC)))
+        scatter = c._scatter
+
+        def stalled_scatter(*args):
+            stream = scatter(*args)
+            time.sleep(STALL)  # a copy (or stream sync) that outlives --pin-ttl
+            return stream
+
+        monkeypatch.setattr(c, "_scatter", stalled_scatter)
+        dst = cache(value=-1.0)
+        assert c.retrieve(toks, dst, list(range(2 * BPC)), skip_first_n_tokens=BLOCK) == 0
+        assert c.stats()["pinned_objects"] == 0
+        assert c.lookup(toks) == 2 * CHUNK  # the objects themselves are intact
+
+
+def test_store_commits_the_chunks_before_an_expired_reservation_and_releases_the_rest(shmkv_module,
+                                                                                     short_ttl_server):
+    src = cache(seed=24)
+    toks = tokens(4 * CHUNK, seed=25)
+    with connector(shmkv_module, short_ttl_server) as c:
+        real = c.client
+        c.client = LateLease(real, index=1)  # chunk 1's reservation expires during the copy
+        r = c.store(toks, src, list(range(4 * BPC)))
+        c.client = real
+        assert (r.stored_chunks, r.existing_chunks, r.skipped_chunks) == (1, 0, 3)
+        assert r.bytes_written == CHUNK_BYTES
+        assert c.lookup(toks) == CHUNK
+        st = c.stats()
+        assert st["reserved_objects"] == 0 and st["quarantined_slots"] == 0  # nothing left held
+        dst = cache(value=-1.0)
+        assert c.retrieve(toks, dst, list(range(4 * BPC))) == CHUNK
+        assert_blocks_equal(dst, list(range(BPC)), src, list(range(BPC)))
+        assert c.store(toks, src, list(range(4 * BPC))).stored_chunks == 3  # a later store completes it
+
+
+def test_store_with_every_reservation_expired_stores_nothing(shmkv_module, short_ttl_server, monkeypatch):
+    src = cache(seed=26)
+    toks = tokens(2 * CHUNK, seed=27)
+    with connector(shmkv_module, short_ttl_server) as c:
+        gather = c._gather
+
+        def stalled_gather(*args):
+            stream = gather(*args)
+            time.sleep(STALL)
+            return stream
+
+        monkeypatch.setattr(c, "_gather", stalled_gather)
+        r = c.store(toks, src, list(range(2 * BPC)))
+        assert (r.stored_chunks, r.skipped_chunks, r.bytes_written) == (0, 2, 0)
+        st = c.stats()
+        assert st["objects"] == 0 and st["reserved_objects"] == 0 and st["quarantined_slots"] == 0
