@@ -3,9 +3,11 @@
 
 #include "cli/commands.h"
 #include "common/log.h"
+#include "shmkv/version.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"shmkv: node-local KV-cache server tools"};
+  app.set_version_flag("--version", std::string("shmkv ") + shmkv::kVersionString);
   app.require_subcommand(1);
   std::string log_level = "warn";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();

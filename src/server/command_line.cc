@@ -1,0 +1,112 @@
+#include "server/command_line.h"
+
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+
+#include <fmt/format.h>
+
+#include "common/log.h"
+#include "protocol/wire.h"
+#include "shmkv/size.h"
+#include "shmkv/version.h"
+
+namespace shmkv {
+
+std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* const* argv, int* exit_code) {
+  CLI::App app{"shmkv-server: owns the L1 shared-memory pool and serves KV-cache workers"};
+  app.set_version_flag("--version", fmt::format("shmkv-server {} (protocol {}..{})", kVersionString,
+                                                wire::kMinProtocolVersion, wire::kProtocolVersion));
+  app.set_config("--config", "", "Read options from a TOML/INI file (keys are the long option names)");
+  ServerCommandLine result;
+  ServerOptions& o = result.options;
+  std::string pool_size_text, shm_name;
+  std::string& log_level = result.log_level;
+  o.socket_path = DefaultSocketPath();
+  double reserve_ttl_s = 60, pin_ttl_s = 60;
+  std::string mode_text = "600";
+  std::string buffered_text = "1GiB";
+  bool no_prefault = false;
+  std::string disk_dir, disk_size_text, file_worker;
+  bool disk_write_through = false;
+  double disk_io_timeout_s = 30;
+  app.add_option("--pool-size", pool_size_text, "Pool size: 512MiB, 4GiB or a byte count")->required();
+  app.add_option("--shm-name", shm_name, "Segment name (prefixed with lmcache_l1_pool_; default: the pid)");
+  app.add_option("--socket", o.socket_path, "Control socket path")->capture_default_str();
+  app.add_option("--socket-mode", mode_text, "Socket and segment permissions: 600 or 660")->capture_default_str();
+  app.add_option("--reserve-ttl", reserve_ttl_s, "Seconds before an uncommitted reservation is freed")
+      ->capture_default_str();
+  app.add_option("--pin-ttl", pin_ttl_s, "Seconds before an unreleased read pin is dropped")->capture_default_str();
+  app.add_option("--max-frame", o.max_frame_bytes, "Largest request frame in bytes")->capture_default_str();
+  app.add_option("--max-buffered", buffered_text,
+                 "Request bytes all connections may buffer together: 1GiB or a byte count")
+      ->capture_default_str();
+  app.add_flag("--no-prefault", no_prefault, "Do not fault the pool in at start");
+  app.add_option("--disk-dir", disk_dir, "Enable the L2 disk tier with its files under DIR (docs/l2-tier.md)");
+  app.add_option("--disk-size", disk_size_text,
+                 "L2 size bound: 64GiB or a byte count (default: files found + 90% of the free space)");
+  app.add_flag("--disk-write-through", disk_write_through,
+               "Write every committed object to L2 (default: write-behind once L1 is half full)");
+  app.add_option("--file-worker", file_worker,
+                 "shmkv-file-worker binary for L2 (default: next to this executable, else on PATH)");
+  app.add_option("--disk-io-timeout", disk_io_timeout_s,
+                 "Seconds without a reply after which the file worker counts as hung and is restarted")
+      ->capture_default_str();
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and --version exit 0; every usage error exits 2, as the documentation says.
+    *exit_code = app.exit(e) == 0 ? 0 : 2;
+    return std::nullopt;
+  }
+
+  auto fail = [exit_code](const std::string& what) -> std::optional<ServerCommandLine> {
+    fmt::print(stderr, "shmkv-server: {}\n", what);
+    *exit_code = 1;
+    return std::nullopt;
+  };
+  if (auto s = SetLogLevel(log_level); !s.ok()) return fail(s.message());
+  auto size = ParseSize(pool_size_text);
+  if (!size.ok()) return fail("--pool-size: " + size.status().message());
+  if (*size == 0) return fail("--pool-size must be positive");
+  o.pool_size = *size;
+  auto buffered = ParseSize(buffered_text);
+  if (!buffered.ok()) return fail("--max-buffered: " + buffered.status().message());
+  if (*buffered < o.max_frame_bytes) return fail("--max-buffered must be at least --max-frame");
+  o.max_buffered_bytes = *buffered;
+  if (!shm_name.empty()) o.shm_name = shm_name;
+  if (mode_text == "600" || mode_text == "0600") {
+    o.socket_mode = 0600;
+  } else if (mode_text == "660" || mode_text == "0660") {
+    o.socket_mode = 0660;
+  } else {
+    return fail("--socket-mode must be 600 or 660, not " + mode_text);
+  }
+  if (reserve_ttl_s <= 0 || pin_ttl_s <= 0) return fail("--reserve-ttl and --pin-ttl must be positive");
+  o.reserve_ttl = std::chrono::milliseconds(static_cast<int64_t>(reserve_ttl_s * 1000));
+  o.pin_ttl = std::chrono::milliseconds(static_cast<int64_t>(pin_ttl_s * 1000));
+  o.prefault = !no_prefault;
+  if (disk_dir.empty() && (!disk_size_text.empty() || disk_write_through || !file_worker.empty())) {
+    return fail("--disk-size, --disk-write-through and --file-worker need --disk-dir");
+  }
+  if (!disk_dir.empty()) {
+    DiskTierOptions d;
+    d.dir = disk_dir;
+    d.write_through = disk_write_through;
+    d.worker_binary = file_worker;
+    if (disk_io_timeout_s <= 0) return fail("--disk-io-timeout must be positive");
+    d.io_timeout = std::chrono::milliseconds(static_cast<int64_t>(disk_io_timeout_s * 1000));
+    if (!disk_size_text.empty()) {
+      auto ds = ParseSize(disk_size_text);
+      if (!ds.ok()) return fail("--disk-size: " + ds.status().message());
+      if (*ds == 0) return fail("--disk-size must be positive");
+      d.capacity = *ds;
+    }
+    o.disk = d;
+  }
+
+  return result;
+}
+
+}  // namespace shmkv
