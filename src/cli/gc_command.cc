@@ -11,12 +11,14 @@ void AddGcCommand(CLI::App& app, int* exit_code) {
   auto dry_run = std::make_shared<bool>(false);
   gc->add_flag("--dry-run,-n", *dry_run, "List the stale segments without removing them");
   gc->callback([dry_run, exit_code] {
-    auto stale = RemoveStaleSegments(*dry_run);
+    std::vector<SegmentInfo> foreign;  // other users' segments: never touched
+    auto stale = RemoveStaleSegments(*dry_run, &foreign);
     if (!stale.ok()) {
       fmt::print(stderr, "shmkv gc: {}\n", stale.status().ToString());
       *exit_code = 1;
       return;
     }
+    for (const SegmentInfo& s : foreign) fmt::print("skipped\t{}\t{}\towner uid {}\n", s.name, s.size, s.owner);
     uint64_t total = 0;
     for (const SegmentInfo& s : *stale) {
       fmt::print("{}\t{}\t{}\n", *dry_run ? "stale" : "removed", s.name, s.size);
