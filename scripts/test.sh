@@ -2,13 +2,49 @@
 # Runs every check shmkv has, the same way on a developer machine and in CI:
 #   1. installs the Debian packages the project needs (idempotent),
 #   2. checks formatting of every C++ file,
-#   3. builds (RelWithDebInfo) and runs all tests: GoogleTest and pytest through CTest,
-#   4. builds again with AddressSanitizer + UndefinedBehaviorSanitizer (Debug, so the
-#      allocator's internal checks are on) and runs the C++ tests there.
-# Exits non-zero on the first failure. Build trees: build/ and build-asan/.
+#   3. builds (RelWithDebInfo, GCC, -Werror) and runs all tests: GoogleTest and pytest through
+#      CTest (the pytest suites include the chaos test, tests/python/test_chaos.py),
+#   4. builds everything once more with clang (-Werror, Release): a second compiler's warnings,
+#   5. builds again with AddressSanitizer + UndefinedBehaviorSanitizer (Debug, so the
+#      allocator's internal checks are on) and runs the C++ tests there,
+#   6. scripts/tsan.sh: clang ThreadSanitizer build, the multi-threaded C++ suites, and the
+#      server's end-to-end and chaos tests against the TSan-built server,
+#   7. where nvcc exists, a CUDA build of the paged-KV kernels.
+# Exits non-zero on the first failure. Build trees: build/, build-clang/, build-asan/, build-tsan/.
+# SHMKV_WERROR is OFF by default for users' builds; every configure here turns it on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
+
+usage() {
+  cat <<'USAGE'
+Usage: scripts/test.sh [options]
+  --skip-asan         leave out the ASan+UBSan build and its tests (quicker local runs only;
+                      CI runs everything)
+  --skip-tsan         leave out scripts/tsan.sh, the ThreadSanitizer build and its tests (about
+                      4.5 min on 2 cores)
+  --chaos-cycles N    kill cycles of tests/python/test_chaos.py, in the release run and the
+                      TSan run (sets SHMKV_CHAOS_CYCLES; default 500, 200 under TSan)
+  -h, --help          this help
+Environment: SHMKV_TEST_SCALE (ASan run's operation count divisor, default 4).
+USAGE
+}
+
+run_tsan=1
+run_asan=1
+while (($#)); do
+  case "$1" in
+    --skip-tsan) run_tsan=0 ;;
+    --skip-asan) run_asan=0 ;;
+    --chaos-cycles)
+      [[ $# -ge 2 && "$2" =~ ^[0-9]+$ && "$2" -gt 0 ]] || { echo "test.sh: --chaos-cycles needs a positive number" >&2; exit 2; }
+      export SHMKV_CHAOS_CYCLES=$2
+      shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "test.sh: unknown option '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
 
 step() { printf '\n== %s ==\n' "$*"; }
 
@@ -21,30 +57,45 @@ clang-format --dry-run -Werror "${sources[@]}"
 echo "${#sources[@]} files formatted"
 
 step "release build and tests"
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHMKV_WERROR=ON >/dev/null
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure -j "$jobs" --timeout 600
 
-step "ASan+UBSan build and tests"
-cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DSHMKV_SANITIZE=ON -DSHMKV_BUILD_BENCH=OFF \
-  -DSHMKV_BUILD_PYTHON=OFF >/dev/null
-cmake --build build-asan -j "$jobs"
-# The Python suite loads an uninstrumented interpreter; it runs in the release build above.
-SHMKV_TEST_SCALE=${SHMKV_TEST_SCALE:-4} ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 900 -E '^pytest$'
-# The server end-to-end suite once more, against the sanitized server (the module stays the
-# release one; the server is the process under test).
-SHMKV_BUILD_DIR=build SHMKV_SERVER_BIN=build-asan/src/shmkv-server \
-  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/python/test_server.py
+step "clang build (-Werror, Release: every C++ file of the project, a second compiler's warnings)"
+CC=clang CXX=clang++ cmake -S . -B build-clang -G Ninja -DCMAKE_BUILD_TYPE=Release -DSHMKV_WERROR=ON >/dev/null
+cmake --build build-clang -j "$jobs"
+
+if ((run_asan)); then
+  step "ASan+UBSan build and tests"
+  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DSHMKV_SANITIZE=ON -DSHMKV_WERROR=ON \
+    -DSHMKV_BUILD_BENCH=OFF -DSHMKV_BUILD_PYTHON=OFF >/dev/null
+  cmake --build build-asan -j "$jobs"
+  # The Python suite loads an uninstrumented interpreter; it runs in the release build above.
+  SHMKV_TEST_SCALE=${SHMKV_TEST_SCALE:-4} ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 900 -E '^pytest$'
+  # The server end-to-end suite once more, against the sanitized server (the module stays the
+  # release one; the server is the process under test).
+  SHMKV_BUILD_DIR=build SHMKV_SERVER_BIN=build-asan/src/shmkv-server \
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/python/test_server.py
+else
+  step "ASan+UBSan build and tests: skipped (--skip-asan)"
+fi
+
+if ((run_tsan)); then
+  step "ThreadSanitizer build and tests (scripts/tsan.sh)"
+  SHMKV_BUILD_DIR=build SHMKV_JOBS="$jobs" scripts/tsan.sh
+else
+  step "ThreadSanitizer build and tests: skipped (--skip-tsan)"
+fi
 
 step "CUDA build (the paged-KV kernels compile and link; without a device they report unavailable)"
 # nvcc is not a Debian package the project installs: the step runs where a CUDA toolkit is present.
 nvcc_bin=$(command -v nvcc || true)
 [[ -z "$nvcc_bin" && -x /usr/local/cuda/bin/nvcc ]] && nvcc_bin=/usr/local/cuda/bin/nvcc
 if [[ -n "$nvcc_bin" ]]; then
-  cmake -S . -B build-cuda -G Ninja -DSHMKV_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc_bin" -DSHMKV_BUILD_BENCH=OFF \
+  cmake -S . -B build-cuda -G Ninja -DSHMKV_CUDA=ON -DSHMKV_WERROR=ON -DCMAKE_CUDA_COMPILER="$nvcc_bin" -DSHMKV_BUILD_BENCH=OFF \
     -DSHMKV_BUILD_PYTHON=OFF >/dev/null
   cmake --build build-cuda -j "$jobs" --target paged_kv_test
   build-cuda/tests/paged_kv_test --gtest_brief=1
