@@ -88,6 +88,9 @@ Result<std::unique_ptr<DiskTier>> DiskTier::Start(asio::io_context& io, Store& s
   wopts.root = options.dir;
   wopts.queue_depth = options.queue_depth;
   wopts.reply_timeout = options.io_timeout;
+  // The worker co-holds the directory lock: a new server cannot take the directory while a
+  // worker of this one could still write into it.
+  wopts.lock_fd = tier->dir_lock_.get();
   tier->shm_name_ = shm_name;
   tier->shm_size_ = shm_size;
   auto link = FileWorkerLink::Start(io, wopts, shm_name, shm_size, tier->DeathHandler());
