@@ -30,6 +30,7 @@
 #include "file_worker/tcp_server.h"
 #include "file_worker/thread_pool.h"
 #include "file_worker/uring.h"
+#include "shmkv/version.h"
 
 namespace {
 
@@ -111,6 +112,7 @@ int main(int argc, char** argv) {
       "shmkv-file-worker: copies between the shmkv shared-memory pool and files under --root.\n"
       "Line protocol (LMCache shm_file_worker compatible): ATTACH, WRITE, READ, QUIT, plus EXISTS, DELETE, "
       "LIST, STAT, AUTH.\nWithout --listen it serves stdin/stdout (PIPE mode)."};
+  app.set_version_flag("--version", std::string("shmkv-file-worker ") + shmkv::kVersionString);
   std::string root;
   std::string listen;
   std::string token;
