@@ -2,7 +2,7 @@
 """Sustained mixed load on one shmkv-server with its pool kept full (docs/reliability.md).
 
 N client processes (default 16), each with its own connection, run a random mix of operations on
-a key space about 1.5 times what the pool holds, for a fixed time:
+a key space twice what the pool holds, for a fixed time:
   lookup    lookup of a batch of keys (no pin)
   retrieve  prepare_retrieve of a batch, read and check every object found, commit_retrieve
   store     prepare_store of a batch, write the objects that got a slot, commit_store
@@ -151,7 +151,7 @@ def main():
     import shmkv  # noqa: PLC0415
 
     capacity = args.pool_size // ((args.object_size + 4095) // 4096 * 4096)
-    keyspace = capacity * 3 // 2
+    keyspace = capacity * 2
     tmp = tempfile.mkdtemp(prefix="shmkv-load-")
     sock = os.path.join(tmp, "load.sock")
     srv = subprocess.Popen([server_bin, "--pool-size", str(args.pool_size), "--shm-name", f"load{os.getpid()}",

@@ -280,6 +280,11 @@ def verify_pool(c, keys=None) -> dict:
     return s
 
 
+def process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]  # R, S, T (stopped), ...
+
+
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -388,7 +393,7 @@ def test_a_writer_stalled_past_the_reserve_ttl_never_changes_another_object(shmk
     try:
         assert writer.stdout.readline().strip() == "reserved"
         deadline = time.monotonic() + 5
-        while open(f"/proc/{writer.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "T":
+        while process_state(writer.pid) != "T":
             assert time.monotonic() < deadline, "the writer did not stop"
             time.sleep(0.005)
         with client(shmkv_module, srv.socket) as c:
