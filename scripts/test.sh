@@ -9,8 +9,10 @@
 #      allocator's internal checks are on) and runs the C++ tests there,
 #   6. scripts/tsan.sh: clang ThreadSanitizer build, the multi-threaded C++ suites, and the
 #      server's end-to-end and chaos tests against the TSan-built server,
-#   7. where nvcc exists, a CUDA build of the paged-KV kernels.
-# Exits non-zero on the first failure. Build trees: build/, build-clang/, build-asan/, build-tsan/.
+#   7. with --fuzz-seconds N: scripts/fuzz.sh, every libFuzzer target for N seconds,
+#   8. where nvcc exists, a CUDA build of the paged-KV kernels.
+# Exits non-zero on the first failure. Build trees: build/, build-clang/, build-asan/, build-tsan/
+# (and build-fuzz/ with --fuzz-seconds).
 # SHMKV_WERROR is OFF by default for users' builds; every configure here turns it on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,8 +23,10 @@ usage() {
 Usage: scripts/test.sh [options]
   --skip-asan         leave out the ASan+UBSan build and its tests (quicker local runs only;
                       CI runs everything)
-  --skip-tsan         leave out scripts/tsan.sh, the ThreadSanitizer build and its tests (about
-                      4.5 min on 2 cores)
+  --skip-tsan         leave out scripts/tsan.sh, the ThreadSanitizer build and its tests (2 to
+                      4 min on 2 cores)
+  --fuzz-seconds N    also run scripts/fuzz.sh: build the libFuzzer targets and run each for N
+                      seconds (default: not run)
   --chaos-cycles N    kill cycles of tests/python/test_chaos.py, in the release run and the
                       TSan run (sets SHMKV_CHAOS_CYCLES; default 500, 200 under TSan)
   -h, --help          this help
@@ -32,10 +36,15 @@ USAGE
 
 run_tsan=1
 run_asan=1
+fuzz_seconds=0
 while (($#)); do
   case "$1" in
     --skip-tsan) run_tsan=0 ;;
     --skip-asan) run_asan=0 ;;
+    --fuzz-seconds)
+      [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || { echo "test.sh: --fuzz-seconds needs a number of seconds" >&2; exit 2; }
+      fuzz_seconds=$2
+      shift ;;
     --chaos-cycles)
       [[ $# -ge 2 && "$2" =~ ^[0-9]+$ && "$2" -gt 0 ]] || { echo "test.sh: --chaos-cycles needs a positive number" >&2; exit 2; }
       export SHMKV_CHAOS_CYCLES=$2
@@ -88,6 +97,11 @@ if ((run_tsan)); then
   SHMKV_BUILD_DIR=build SHMKV_JOBS="$jobs" scripts/tsan.sh
 else
   step "ThreadSanitizer build and tests: skipped (--skip-tsan)"
+fi
+
+if ((fuzz_seconds > 0)); then
+  step "fuzzing (scripts/fuzz.sh, ${fuzz_seconds} s per target)"
+  scripts/fuzz.sh --seconds "$fuzz_seconds" --jobs "$jobs"
 fi
 
 step "CUDA build (the paged-KV kernels compile and link; without a device they report unavailable)"

@@ -10,7 +10,8 @@
 # the module and the `shmkv` CLI from a release build, SHMKV_BUILD_DIR (default build/), and
 # builds those two targets there if they are missing.
 #
-# About 4.5 min on 2 cores from scratch (4 min of it the build), 30 s with the build in place.
+# About 2 min on 2 idle cores from an empty build-tsan/ (4 min while other builds run), 25 s of it
+# the tests.
 # Usage: scripts/tsan.sh      Environment: SHMKV_BUILD_DIR, SHMKV_JOBS (default nproc),
 #                             SHMKV_CHAOS_CYCLES
 set -euo pipefail
