@@ -9,10 +9,10 @@
 #      allocator's internal checks are on) and runs the C++ tests there,
 #   6. scripts/tsan.sh: clang ThreadSanitizer build, the multi-threaded C++ suites, and the
 #      server's end-to-end and chaos tests against the TSan-built server,
-#   7. with --fuzz-seconds N: scripts/fuzz.sh, every libFuzzer target for N seconds,
+#   7. scripts/fuzz.sh: every libFuzzer target (clang, ASan+UBSan) for 60 s (--fuzz-seconds N),
 #   8. where nvcc exists, a CUDA build of the paged-KV kernels.
-# Exits non-zero on the first failure. Build trees: build/, build-clang/, build-asan/, build-tsan/
-# (and build-fuzz/ with --fuzz-seconds).
+# Exits non-zero on the first failure. Build trees: build/, build-clang/, build-asan/, build-tsan/,
+# build-fuzz/.
 # SHMKV_WERROR is OFF by default for users' builds; every configure here turns it on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,8 +25,8 @@ Usage: scripts/test.sh [options]
                       CI runs everything)
   --skip-tsan         leave out scripts/tsan.sh, the ThreadSanitizer build and its tests (2 to
                       4 min on 2 cores)
-  --fuzz-seconds N    also run scripts/fuzz.sh: build the libFuzzer targets and run each for N
-                      seconds (default: not run)
+  --fuzz-seconds N    how long scripts/fuzz.sh runs each libFuzzer target (default 60; 0 leaves
+                      fuzzing out; hours: scripts/fuzz.sh --seconds 3600)
   --chaos-cycles N    kill cycles of tests/python/test_chaos.py, in the release run and the
                       TSan run (sets SHMKV_CHAOS_CYCLES; default 500, 200 under TSan)
   -h, --help          this help
@@ -36,7 +36,7 @@ USAGE
 
 run_tsan=1
 run_asan=1
-fuzz_seconds=0
+fuzz_seconds=60
 while (($#)); do
   case "$1" in
     --skip-tsan) run_tsan=0 ;;
@@ -102,6 +102,8 @@ fi
 if ((fuzz_seconds > 0)); then
   step "fuzzing (scripts/fuzz.sh, ${fuzz_seconds} s per target)"
   scripts/fuzz.sh --seconds "$fuzz_seconds" --jobs "$jobs"
+else
+  step "fuzzing: skipped (--fuzz-seconds 0)"
 fi
 
 step "CUDA build (the paged-KV kernels compile and link; without a device they report unavailable)"
