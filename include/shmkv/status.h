@@ -29,7 +29,7 @@ enum class StatusCode : int {
   kUnavailable,      // an optional facility (CUDA, io_uring) is not present
   kInternal,         // a broken invariant: a bug in shmkv
   // Keep kExpired last: the client maps wire names back by iterating up to it.
-  kExpired,          // a lease (reservation or pin) passed its TTL: the bytes it covered are not valid
+  kExpired,  // a lease (reservation or pin) passed its TTL: the bytes it covered are not valid
 };
 
 std::string_view StatusCodeName(StatusCode code);
