@@ -8,6 +8,15 @@ import pytest
 _counter = itertools.count()
 
 
+def process_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (an orphan may wait for its reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 @pytest.fixture(scope="session")
 def build_dir() -> pathlib.Path:
     path = pathlib.Path(os.environ.get("SHMKV_BUILD_DIR", pathlib.Path(__file__).parents[2] / "build"))

@@ -23,6 +23,8 @@ from multiprocessing import resource_tracker, shared_memory
 
 import pytest
 
+from conftest import process_alive
+
 SEG_SIZE = 8 << 20
 TIMEOUT = 10
 
@@ -974,15 +976,6 @@ time.sleep(3600)
 """
 
 
-def _alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie (an orphan may wait for its reaper)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_parent_pid_ties_the_worker_to_its_parent(worker_bin, root):
     """A worker whose parent is SIGKILLed dies too, even when its input stays open."""
     to_r, to_w = os.pipe()
@@ -999,9 +992,9 @@ def test_parent_pid_ties_the_worker_to_its_parent(worker_bin, root):
         parent.kill()
         parent.wait(timeout=TIMEOUT)
         deadline = time.monotonic() + 5
-        while _alive(worker) and time.monotonic() < deadline:
+        while process_alive(worker) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert not _alive(worker)
+        assert not process_alive(worker)
     finally:
         if parent.poll() is None:
             parent.kill()

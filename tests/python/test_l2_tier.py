@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ServerProcess
+from conftest import ServerProcess, process_alive
 
 MiB = 1 << 20
 NS_HEX_LEN = 32  # 16-byte namespace digest
@@ -781,15 +781,6 @@ def test_a_client_that_disconnects_during_its_load_leaves_nothing_pinned(l2, shm
     c2.close()
 
 
-def _alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie (an orphan may wait for its reaper)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_a_killed_server_takes_its_file_worker_along(l2, server_bin, shmkv_module, tmp_path, segment_name):
     """Issue 9 item 11: a SIGKILLed server used to leave its worker running, and the worker went on
     with whatever reached its stdin while a new server already owned the directory. Now the worker
@@ -814,7 +805,7 @@ def test_a_killed_server_takes_its_file_worker_along(l2, server_bin, shmkv_modul
         c.close()
         srv.proc.kill()
         srv.proc.wait(timeout=10)
-        wait_for(lambda: not _alive(worker), timeout=5, what="the worker to die with its server")
+        wait_for(lambda: not process_alive(worker), timeout=5, what="the worker to die with its server")
     finally:
         if srv.proc.poll() is None:
             srv.proc.kill()
