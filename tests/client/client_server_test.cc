@@ -327,10 +327,14 @@ TEST(ServerTrust, ConnectRefusesAServerOfAnotherUserAndSendsItNothing) {
     std::memcpy(addr.sun_path, path.data(), path.size());
     if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 4) != 0) return 4;
     ready.Signal();
-    const int conn = ::accept(fd, nullptr, nullptr);
-    if (conn < 0) return 5;
-    char byte = 0;
-    return ::recv(conn, &byte, 1, 0) == 0 ? 0 : 6;  // 0: the client hung up without sending
+    for (int i = 0; i < 2; ++i) {  // Connect, then QueryStats: each must hang up without sending
+      const int conn = ::accept(fd, nullptr, nullptr);
+      if (conn < 0) return 5;
+      char byte = 0;
+      if (::recv(conn, &byte, 1, 0) != 0) return 6;
+      ::close(conn);
+    }
+    return 0;
   });
   ASSERT_TRUE(ready.Wait());
   ClientOptions o;
