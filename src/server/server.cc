@@ -10,7 +10,6 @@
 #include <asio.hpp>
 #include <cerrno>
 #include <cstring>
-#include <deque>
 #include <random>
 #include <unordered_map>
 
@@ -19,12 +18,10 @@
 #include "common/log.h"
 #include "common/syscall.h"
 #include "protocol/wire.h"
-#include "server/disk_index.h"
 #include "server/disk_tier.h"
 #include "server/request_handler.h"
 #include "server/store.h"
 #include "shmkv/segment.h"
-#include "shmkv/version.h"
 
 namespace shmkv {
 
