@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs every Debian package shmkv builds, tests, benchmarks or demos with (DESIGN.md §9).
+# Installs every Debian package shmkv builds, tests, benchmarks or demos with (docs/design.md §9).
 # Idempotent: packages already present are skipped, and with all present it returns in well under
 # a second without touching apt. Set SHMKV_SKIP_TORCH=1 to leave out the optional python3-torch.
 set -euo pipefail

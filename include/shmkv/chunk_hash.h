@@ -1,4 +1,4 @@
-// Chunk digests: the keys under which shmkv stores a token sequence's KV chunks (DESIGN.md §3).
+// Chunk digests: the keys under which shmkv stores a token sequence's KV chunks (docs/design.md §3).
 //
 // A sequence is cut into chunks of `chunk_tokens` token ids. Chunk i's digest chains over every
 // chunk before it, so equal digests mean equal prefixes:

@@ -1,4 +1,4 @@
-// The POSIX shared-memory segment that holds the L1 pool (DESIGN.md §2).
+// The POSIX shared-memory segment that holds the L1 pool (docs/design.md §2).
 //
 // One server process creates and owns the segment; workers and the file worker attach to it.
 // The segment holds payload bytes only: no metadata, no pointers, nothing a writer could corrupt
@@ -40,7 +40,7 @@ struct SegmentNameRules {
   static SegmentNameRules ForThisPlatform();
 };
 
-// The name rules of DESIGN.md §2 as one pure function. Returns the full segment name without a
+// The name rules of docs/design.md §2 as one pure function. Returns the full segment name without a
 // leading slash (e.g. "lmcache_l1_pool_foo"), which is what registration reports and what
 // Python's multiprocessing.shared_memory expects.
 //   nullopt or ""          -> "lmcache_l1_pool_<pid>"

@@ -2,7 +2,7 @@
 
 One :class:`KVConnector` per worker rank. It turns token ids into chunk keys (chained SHA-256,
 docs/chunk-hashing.md) and moves KV between the engine's paged cache and pool slots without
-intermediate copies, following the ordering rules of DESIGN.md §4:
+intermediate copies, following the ordering rules of docs/design.md §4:
 
 * store: prepare_store -> gather into the slots -> (CUDA stream sync) -> commit_store
 * retrieve: prepare_retrieve -> scatter out of the slots -> (CUDA stream sync) -> commit_retrieve

@@ -1,5 +1,5 @@
 // shmkv-file-worker: moves bytes between the shmkv pool (a POSIX shared-memory segment) and files
-// under --root, speaking LMCache's shm_file_worker line protocol, hardened (DESIGN.md §6,
+// under --root, speaking LMCache's shm_file_worker line protocol, hardened (docs/design.md §6,
 // docs/file-worker.md). PIPE mode on stdin/stdout by default; TCP mode with --listen.
 #include <fcntl.h>
 #include <signal.h>

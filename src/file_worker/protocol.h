@@ -1,4 +1,4 @@
-// The file worker's line protocol (DESIGN.md §6, docs/file-worker.md): parsing one command line,
+// The file worker's line protocol (docs/design.md §6, docs/file-worker.md): parsing one command line,
 // strict number parsing, the pool bounds check and the reply formats.
 //
 // Everything here is a pure function of its arguments: no I/O, no state, thread-safe.

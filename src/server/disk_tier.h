@@ -1,4 +1,4 @@
-// DiskTier: the L2 local-disk tier of shmkv-server (DESIGN.md §7, docs/l2-tier.md).
+// DiskTier: the L2 local-disk tier of shmkv-server (docs/design.md §7, docs/l2-tier.md).
 //
 // It owns a shmkv-file-worker child in PIPE mode (FileWorkerLink) attached to the pool, and the
 // disk index (DiskIndex). It never blocks the event loop on disk I/O:

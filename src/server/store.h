@@ -2,7 +2,7 @@
 // sessions and their leases. Pure logic with no I/O, so every rule is unit-testable; the server
 // drives it from its one event loop.
 //
-// Object life (DESIGN.md §3): PrepareStore reserves a slot (state `reserved`, invisible to every
+// Object life (docs/design.md §3): PrepareStore reserves a slot (state `reserved`, invisible to every
 // reader) -> CommitStore makes it `committed` (visible) -> readers pin it (PrepareRetrieve, or
 // Lookup with pin) and unpin it (CommitRetrieve) -> when committed and unpinned it is evictable.
 // A reservation belongs to the session that made it; when that session closes (disconnect,

@@ -1,5 +1,5 @@
 // Page-locks host memory for CUDA DMA through the CUDA runtime loaded with dlopen at run time, so
-// shmkv never links against CUDA and runs unchanged on machines without it (DESIGN.md §2).
+// shmkv never links against CUDA and runs unchanged on machines without it (docs/design.md §2).
 //
 // Thread-safety: all members are safe to call from any thread; loading happens once.
 #pragma once

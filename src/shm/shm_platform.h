@@ -32,7 +32,7 @@ std::optional<struct stat> StatSegment(std::string_view name);
 // Opens an existing segment read-write (never creates).
 Result<sys::UniqueFd> OpenExisting(std::string_view name);
 
-// The liveness lock (DESIGN.md §2). Linux: flock on the segment's own descriptor, so `lock_fd`
+// The liveness lock (docs/design.md §2). Linux: flock on the segment's own descriptor, so `lock_fd`
 // is the segment fd and nothing new is opened. macOS: a lock file named after the segment in
 // the runtime directory; the returned descriptor holds it.
 // Non-blocking: kBusy when another process holds it.

@@ -1,4 +1,4 @@
-// Listing and removing stale segments (DESIGN.md §2): a segment is stale when its name carries
+// Listing and removing stale segments (docs/design.md §2): a segment is stale when its name carries
 // the prefix and no process holds its liveness lock.
 #include <dirent.h>
 #include <sys/mman.h>
