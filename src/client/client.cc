@@ -235,7 +235,8 @@ struct ReplyKind {
 Result<wire::MapReader> ParseReply(std::string_view frame, Scratch& scratch, uint64_t id, ReplyKind* kind = nullptr) {
   msgpack::object obj;
   try {
-    obj = wire::UnpackReferenced(scratch.zone, frame);
+    // Bounded like the server's requests (a stats map may hold more fields than a request).
+    obj = wire::UnpackReferenced(scratch.zone, frame, wire::FrameLimits(frame.size(), /*max_map_fields=*/4096));
   } catch (const std::exception& e) {
     return Status::Protocol(fmt::format("reply is not valid msgpack: {}", e.what()));
   }

@@ -6,6 +6,7 @@
 
 #include <msgpack.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -29,6 +30,18 @@ inline constexpr uint32_t kDefaultMaxFrame = 64u << 20;
 inline constexpr size_t kMaxKeyBytes = 64;
 // The most keys (and elements of any array) one request may carry.
 inline constexpr uint32_t kMaxBatchKeys = 65536;
+// The most fields of a request's map, and the deepest nesting of a message.
+inline constexpr uint32_t kMaxMapFields = 64;
+inline constexpr uint32_t kMaxNesting = 8;
+
+// Container limits for unpacking one frame of `frame_bytes`: no array or map may declare more
+// elements than the frame has bytes (each takes at least one), nor more than the protocol's
+// limits, so the unpacker never reserves memory for elements that cannot be there.
+inline msgpack::unpack_limit FrameLimits(size_t frame_bytes, uint32_t max_map_fields = kMaxMapFields) {
+  const size_t bytes = frame_bytes;
+  return msgpack::unpack_limit(std::min<size_t>(bytes, kMaxBatchKeys), std::min<size_t>(bytes, max_map_fields), bytes,
+                               bytes, 0, kMaxNesting);
+}
 
 inline uint32_t ReadLength(const uint8_t* p) {
   return uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24;

@@ -16,10 +16,6 @@ namespace {
 // Namespace fields are bounded so a registration cannot make the server keep or log much.
 constexpr size_t kMaxNameBytes = 256;  // model, dtype, layout, instance_id
 constexpr size_t kMaxSaltBytes = 256;  // tenant salt
-// Containers in a request: the batch limit of docs/protocol.md, a few fields per map, and a
-// shallow nesting; checked by the unpacker before it allocates anything for a container.
-constexpr uint32_t kMaxMapFields = 64;
-constexpr uint32_t kMaxNesting = 8;
 
 // Renders client text for an error message: printable ASCII as is, every other byte as \xNN,
 // at most 64 bytes, so a reply is always valid UTF-8 and short.
@@ -92,9 +88,7 @@ bool RequestHandler::Handle(std::string_view body, std::string& out) {
   msgpack::object obj;
   // Every container count is bounded before the unpacker allocates for it: by the frame (each
   // element takes at least one byte) and by the protocol's limits.
-  const auto frame_bytes = static_cast<uint32_t>(body.size());
-  const msgpack::unpack_limit limits(std::min(frame_bytes, wire::kMaxBatchKeys), std::min(frame_bytes, kMaxMapFields),
-                                     frame_bytes, frame_bytes, 0, kMaxNesting);
+  const msgpack::unpack_limit limits = wire::FrameLimits(body.size());
   try {
     size_t used = 0;
     obj = wire::UnpackReferenced(zone_, body, limits, &used);  // points into body, alive until Handle returns
@@ -106,7 +100,7 @@ bool RequestHandler::Handle(std::string_view body, std::string& out) {
     return Fail(0, Status::Protocol(fmt::format(
                        "request exceeds a protocol limit ({}): arrays of at most {} elements, maps of at most {} "
                        "fields, nesting of at most {} levels",
-                       e.what(), wire::kMaxBatchKeys, kMaxMapFields, kMaxNesting)));
+                       e.what(), wire::kMaxBatchKeys, wire::kMaxMapFields, wire::kMaxNesting)));
   } catch (const std::exception& e) {
     return Fail(0, Status::Protocol(fmt::format("request is not valid msgpack: {}", e.what())));
   }
