@@ -77,6 +77,10 @@ struct SegmentAttachOptions {
   std::optional<uid_t> expected_owner;
   // Register the mapping with cudaHostRegister when a CUDA runtime and a device are present.
   bool pin_with_cuda = true;
+  // Attach the name exactly as given (one leading '/' allowed), without the lmcache_l1_pool_
+  // normalisation: the file worker attaches segments other programs named (LMCache's own). The
+  // caller has validated the name.
+  bool exact_name = false;
 };
 
 // A mapped shared-memory segment: move-only RAII over the descriptor, the mapping, the liveness

@@ -19,7 +19,7 @@
 
 #include "common/log.h"
 #include "common/syscall.h"
-#include "file_worker/shm_mapping.h"
+#include "shmkv/segment.h"
 
 namespace shmkv::file_worker {
 namespace {
@@ -86,8 +86,8 @@ std::string_view SessionEndName(Session::End end) {
 }
 
 struct Session::Attachment {
-  Attachment(ShmMapping seg, uint64_t base) : segment(std::move(seg)), base_addr(base) {}
-  ShmMapping segment;
+  Attachment(SharedSegment seg, uint64_t base) : segment(std::move(seg)), base_addr(base) {}
+  SharedSegment segment;
   uint64_t base_addr;
 };
 
@@ -236,7 +236,11 @@ std::string Session::Attach(const Command& cmd) {
   attachment_.reset();
   auto name = CheckSegmentName(cmd.text, options_.attach_prefix);
   if (!name.ok()) return ErrorReply(fmt::format("attach failed: {}", name.status().message()));
-  auto seg = ShmMapping::Attach(*name, cmd.size);
+  SegmentAttachOptions opts;
+  opts.size = cmd.size;  // > 0: the parser refuses 0
+  opts.pin_with_cuda = false;
+  opts.exact_name = true;
+  auto seg = SharedSegment::Attach(*name, opts);
   if (!seg.ok()) return ErrorReply(fmt::format("attach failed: {}", seg.status().message()));
   auto att = std::make_shared<Attachment>(std::move(seg).value(), cmd.base_addr);
   Log().debug("file worker: attached '{}' ({} bytes) at base {:#x}", att->segment.name(), att->segment.size(),

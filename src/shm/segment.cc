@@ -234,21 +234,31 @@ Result<SharedSegment> SharedSegment::Create(const SegmentCreateOptions& options)
 
 Result<SharedSegment> SharedSegment::Attach(std::string_view requested, const SegmentAttachOptions& options) {
   if (requested.empty()) return Status::InvalidArgument("attach: a segment name is required");
-  auto normalized = NormalizeSegmentName(requested, static_cast<int>(::getpid()));
-  if (!normalized.ok()) return normalized.status();
-  const std::string name = std::move(normalized).value();
+  std::string name;
+  if (options.exact_name) {
+    name = std::string(requested.starts_with('/') ? requested.substr(1) : requested);
+  } else {
+    auto normalized = NormalizeSegmentName(requested, static_cast<int>(::getpid()));
+    if (!normalized.ok()) return normalized.status();
+    name = std::move(normalized).value();
+  }
 
   auto fd = shm::OpenExisting(name);
   if (!fd.ok()) {
     if (fd.status().code() == StatusCode::kNotFound) {
-      return Status(StatusCode::kNotFound, fmt::format("segment '{}' does not exist (is the server running?)", name),
-                    ENOENT);
+      // Only a shmkv pool has a server to blame; an exact name may be anyone's.
+      return Status(
+          StatusCode::kNotFound,
+          fmt::format("segment '{}' does not exist{}", name, options.exact_name ? "" : " (is the server running?)"),
+          ENOENT);
     }
     return fd.status();
   }
   struct stat st {};
   SHMKV_RETURN_IF_ERROR(
       sys::Call([&] { return ::fstat(fd->get(), &st); }).ToStatus(fmt::format("fstat segment '{}'", name)));
+  // A FIFO or directory planted in /dev/shm is no segment (mmap would fail less clearly).
+  if (!S_ISREG(st.st_mode)) return Status::InvalidArgument(fmt::format("'{}' is not a shared-memory segment", name));
   if (options.expected_owner) SHMKV_RETURN_IF_ERROR(CheckOwnership(name, st, *options.expected_owner));
   const auto actual = static_cast<uint64_t>(st.st_size);
   if (actual == 0) {
