@@ -125,6 +125,7 @@ class Engine:
 
 
 def worker_main(rank, args, socket_path, tasks, results):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     import torch  # noqa: PLC0415 (heavy; only workers need it)
 
     sys.path.insert(0, str(pathlib.Path(args.build_dir) / "python"))
@@ -199,8 +200,11 @@ def start_server(args, workdir):
         sys.exit(f"demo: {binary} is missing; run scripts/demo.sh (it builds first)")
     socket_path = str(pathlib.Path(workdir) / "shmkv.sock")
     extra = ["--disk-dir", args.disk_dir] if args.disk_dir else []
+    # Its own session: a Ctrl-C reaches only the demo, which then stops the workers and the server
+    # in order (a server stopped first would leave the workers' last calls failing).
     proc = subprocess.Popen([str(binary), "--pool-size", args.pool_size, "--socket", socket_path,
-                             "--log-level", "warn", *extra], stdout=subprocess.PIPE, text=True)
+                             "--log-level", "warn", *extra], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
     line = proc.stdout.readline().strip()
     if not line.startswith("shmkv-server ready:"):
         proc.kill()
@@ -327,8 +331,15 @@ def main(argv=None):
         wall = time.time() - started
         final_stats = monitor.stats()
         samples.append((time.time(), final_stats["used_bytes"], final_stats["evictions"]))
+    except KeyboardInterrupt:
+        failure = "interrupted (Ctrl-C); workers and server stopped"
+        if not args.no_progress:
+            sys.stderr.write("\n")
     finally:
         monitor.close()
+        # Requests the workers never took must not keep this process waiting at exit.
+        tasks.cancel_join_thread()
+        results.cancel_join_thread()
         for _ in workers:
             tasks.put(None)
         for w in workers:
@@ -338,7 +349,10 @@ def main(argv=None):
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=30)
     if failure:
-        sys.exit(f"demo FAILED: {failure}")
+        left = segment and pathlib.Path("/dev/shm", segment).exists()
+        print(f"demo FAILED: {failure}; server exit code {rc}; segment {segment} "
+              f"{'STILL PRESENT' if left else 'removed'}", file=sys.stderr)
+        sys.exit(130 if failure.startswith("interrupted") else 1)
 
     lookups = [r["lookup_ms"] for r in records]
     stores = [r["store_ms"] for r in records]
