@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "shmkv/client.h"
 #include "shmkv/status.h"
+#include "shmkv/types.h"
 
 namespace shmkv {
 

@@ -60,18 +60,9 @@
 
 #include "shmkv/segment.h"
 #include "shmkv/status.h"
+#include "shmkv/types.h"
 
 namespace shmkv {
-
-// What makes the bytes of a chunk mean something: keys of different namespaces never collide.
-struct Namespace {
-  std::string model;        // model name
-  uint32_t world_size = 1;  // tensor-parallel world size
-  uint32_t rank = 0;        // this worker's rank, < world_size
-  std::string dtype;        // KV dtype, e.g. "bfloat16"
-  std::string layout;       // KV layout, e.g. "NHD"
-  std::string salt;         // optional tenant salt
-};
 
 struct ClientOptions {
   // Path of the server's control socket.
@@ -95,9 +86,6 @@ struct RegistrationInfo {
   uint32_t protocol = 0;
   uint64_t generation = 0;  // changes when the server restarts
 };
-
-enum class SlotStatus : uint8_t { kOk, kExists, kBusy, kFull, kMissing };
-std::string_view SlotStatusName(SlotStatus s);
 
 struct Slot {
   SlotStatus status = SlotStatus::kMissing;

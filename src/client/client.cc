@@ -19,17 +19,6 @@
 
 namespace shmkv {
 
-std::string_view SlotStatusName(SlotStatus s) {
-  switch (s) {
-    case SlotStatus::kOk: return "ok";
-    case SlotStatus::kExists: return "exists";
-    case SlotStatus::kBusy: return "busy";
-    case SlotStatus::kFull: return "full";
-    case SlotStatus::kMissing: return "missing";
-  }
-  return "unknown";
-}
-
 namespace {
 
 using Deadline = std::chrono::steady_clock::time_point;

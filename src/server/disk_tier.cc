@@ -189,7 +189,7 @@ Result<std::vector<SlotResult>> DiskTier::PrepareStore(SessionId session, std::s
   if (!rest.ok()) return rest.status();
   std::vector<SlotResult> out(keys.size());
   for (size_t i = 0, j = 0; i < keys.size(); ++i) {
-    out[i] = on_disk[i] ? SlotResult{SlotOutcome::kExists, 0, 0} : (*rest)[j++];
+    out[i] = on_disk[i] ? SlotResult{SlotStatus::kExists, 0, 0} : (*rest)[j++];
   }
   Pump();
   return out;

@@ -37,7 +37,7 @@ void PackSlots(wire::Packer& pk, const std::vector<SlotResult>& slots) {
   pk.pack_array(static_cast<uint32_t>(slots.size()));
   for (const SlotResult& r : slots) {
     pk.pack_array(3);
-    wire::PackStr(pk, SlotOutcomeName(r.outcome));
+    wire::PackStr(pk, SlotStatusName(r.status));
     pk.pack_uint64(r.offset);
     pk.pack_uint64(r.length);
   }
@@ -358,12 +358,12 @@ Status RequestHandler::Dispatch(std::string_view op, const wire::MapReader& req,
     auto out = srv.store.Remove(keys);
     if (srv.disk) {
       for (size_t i = 0; i < out.size(); ++i) {
-        if (out[i] != SlotOutcome::kBusy && srv.disk->Remove(keys[i])) out[i] = SlotOutcome::kSlot;
+        if (out[i] != RemoveOutcome::kBusy && srv.disk->Remove(keys[i])) out[i] = RemoveOutcome::kRemoved;
       }
     }
     field("results");
     pk.pack_array(static_cast<uint32_t>(out.size()));
-    for (SlotOutcome o : out) wire::PackStr(pk, o == SlotOutcome::kSlot ? "removed" : SlotOutcomeName(o));
+    for (RemoveOutcome o : out) wire::PackStr(pk, RemoveOutcomeName(o));
     return Status::Ok();
   }
   return Status::InvalidArgument("unknown operation");

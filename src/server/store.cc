@@ -4,17 +4,6 @@
 
 namespace shmkv {
 
-std::string_view SlotOutcomeName(SlotOutcome o) {
-  switch (o) {
-    case SlotOutcome::kSlot: return "ok";
-    case SlotOutcome::kExists: return "exists";
-    case SlotOutcome::kBusy: return "busy";
-    case SlotOutcome::kFull: return "full";
-    case SlotOutcome::kMissing: return "missing";
-  }
-  return "unknown";
-}
-
 Result<Store> Store::Create(const StoreOptions& options) {
   auto allocator = SlotAllocator::Create(options.pool_size, options.alignment);
   if (!allocator.ok()) return allocator.status();
@@ -176,16 +165,16 @@ Result<std::vector<SlotResult>> Store::PrepareStore(SessionId session, std::span
   for (size_t i = keys.size(); i-- > 0;) {
     auto it = index_.find(keys[i]);
     if (it == index_.end()) continue;
-    out[i].outcome = it->second.state == State::kCommitted ? SlotOutcome::kExists : SlotOutcome::kBusy;
+    out[i].status = it->second.state == State::kCommitted ? SlotStatus::kExists : SlotStatus::kBusy;
     Touch(it);
   }
   for (size_t i = 0; i < keys.size(); ++i) {
-    if (out[i].outcome == SlotOutcome::kExists || out[i].outcome == SlotOutcome::kBusy) continue;
+    if (out[i].status == SlotStatus::kExists || out[i].status == SlotStatus::kBusy) continue;
     // One hash for both the duplicate check and the insert. The new entry is a reservation
     // from here on: not in the LRU, so the evictions below never touch it.
     auto [it, inserted] = index_.try_emplace(std::string(keys[i]));
     if (!inserted) {  // the same key twice in one batch
-      out[i].outcome = SlotOutcome::kBusy;
+      out[i].status = SlotStatus::kBusy;
       continue;
     }
     Result<uint64_t> offset = allocator_.Allocate(sizes[i]);
@@ -194,7 +183,7 @@ Result<std::vector<SlotResult>> Store::PrepareStore(SessionId session, std::span
     }
     if (!offset.ok()) {
       index_.erase(it);  // no slot: the key was never visible
-      out[i].outcome = SlotOutcome::kFull;
+      out[i].status = SlotStatus::kFull;
       continue;
     }
     Object& o = it->second;
@@ -203,7 +192,7 @@ Result<std::vector<SlotResult>> Store::PrepareStore(SessionId session, std::span
     o.writer = session;
     o.reserved_at = now;
     s->reservations.insert(&it->first);
-    out[i] = {SlotOutcome::kSlot, o.offset, o.length};
+    out[i] = {SlotStatus::kOk, o.offset, o.length};
   }
   return out;
 }
@@ -318,7 +307,7 @@ std::vector<SlotResult> Store::PrepareRetrieve(SessionId session, std::span<cons
     lease.retrieve_pins++;
     lease.since = now;
     Touch(it);
-    out[i] = {SlotOutcome::kSlot, it->second.offset, it->second.length};
+    out[i] = {SlotStatus::kOk, it->second.offset, it->second.length};
     counters_.retrieves++;
   }
   return out;
@@ -383,17 +372,17 @@ Status Store::CommitRetrieve(SessionId session, std::span<const std::string_view
                   list));
 }
 
-std::vector<SlotOutcome> Store::Remove(std::span<const std::string_view> keys) {
-  std::vector<SlotOutcome> out(keys.size(), SlotOutcome::kMissing);
+std::vector<RemoveOutcome> Store::Remove(std::span<const std::string_view> keys) {
+  std::vector<RemoveOutcome> out(keys.size(), RemoveOutcome::kMissing);
   for (size_t i = 0; i < keys.size(); ++i) {
     auto it = index_.find(keys[i]);
     if (it == index_.end()) continue;
     if (it->second.state != State::kCommitted || it->second.pins > 0) {
-      out[i] = SlotOutcome::kBusy;
+      out[i] = RemoveOutcome::kBusy;
       continue;
     }
     Erase(it);
-    out[i] = SlotOutcome::kSlot;
+    out[i] = RemoveOutcome::kRemoved;
   }
   return out;
 }

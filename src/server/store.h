@@ -42,6 +42,7 @@
 
 #include "pool/slot_allocator.h"
 #include "shmkv/status.h"
+#include "shmkv/types.h"
 
 namespace shmkv {
 
@@ -61,17 +62,8 @@ template <typename V>
 using KeyMap = std::unordered_map<std::string, V, KeyHash, std::equal_to<>>;
 using Clock = std::chrono::steady_clock;
 
-enum class SlotOutcome : uint8_t {
-  kSlot,     // a slot was handed out (store: reserved; retrieve: pinned)
-  kExists,   // store: the key is already committed
-  kBusy,     // store: another writer holds the key; remove: readers hold it
-  kFull,     // store: no room even after evicting everything evictable
-  kMissing,  // retrieve/remove: no committed object under the key
-};
-std::string_view SlotOutcomeName(SlotOutcome o);
-
 struct SlotResult {
-  SlotOutcome outcome = SlotOutcome::kMissing;
+  SlotStatus status = SlotStatus::kMissing;
   uint64_t offset = 0;
   uint64_t length = 0;
 };
@@ -160,7 +152,7 @@ class Store {
                         std::vector<uint32_t>* expired = nullptr);
 
   // Per key: kSlot (removed), kMissing, or kBusy (pinned or being written; left in place).
-  std::vector<SlotOutcome> Remove(std::span<const std::string_view> keys);
+  std::vector<RemoveOutcome> Remove(std::span<const std::string_view> keys);
   // Removes every committed, unpinned object whose key starts with `prefix`; returns the count.
   size_t Clear(std::string_view prefix);
 

@@ -23,7 +23,7 @@ void Put(Store& s, SessionId id, std::string_view key) {
   uint64_t sizes[] = {kChunk};
   auto r = s.PrepareStore(id, keys, sizes, kT0);
   ASSERT_TRUE(r.ok());
-  ASSERT_EQ((*r)[0].outcome, SlotOutcome::kSlot);
+  ASSERT_EQ((*r)[0].status, SlotStatus::kOk);
   ASSERT_TRUE(s.CommitStore(id, keys, kT0).ok());
 }
 
@@ -38,7 +38,7 @@ TEST(StoreDiskHooks, CommitsAreDirtyOldestFirstAndAWriteKeepsTheSlot) {
   EXPECT_EQ(taken[0].key, "a");
   // While "a" is being written it cannot be evicted, removed or reused: "c" evicts "b".
   std::string_view rm[] = {"a"};
-  EXPECT_EQ(s.Remove(rm)[0], SlotOutcome::kBusy);
+  EXPECT_EQ(s.Remove(rm)[0], RemoveOutcome::kBusy);
   Put(s, 1, "c");
   EXPECT_TRUE(s.IsCommitted("a"));
   EXPECT_FALSE(s.IsCommitted("b"));
@@ -75,7 +75,7 @@ TEST(StoreDiskHooks, LoadsAreInvisibleUntilFinishedAndFailuresLeaveNothing) {
   ASSERT_TRUE(off.ok());
   std::string_view keys[] = {"x"};
   EXPECT_EQ(s.Lookup(1, keys, false, kT0), 0u);
-  EXPECT_EQ(s.PrepareRetrieve(1, keys, kT0)[0].outcome, SlotOutcome::kMissing);
+  EXPECT_EQ(s.PrepareRetrieve(1, keys, kT0)[0].status, SlotStatus::kMissing);
   EXPECT_EQ(s.ReserveForLoad("x", 100).status().code(), StatusCode::kAlreadyExists);
   EXPECT_TRUE(s.CheckInvariants().ok()) << s.CheckInvariants().ToString();
   s.FinishLoad("x", /*ok=*/false);
@@ -104,7 +104,7 @@ TEST(StoreDiskHooks, IoPinsKeepLoadedObjectsUntilTheRetrievePinsThem) {
   EXPECT_FALSE(s.Contains("b"));
   EXPECT_EQ(s.ReserveForLoad("d", kChunk).status().code(), StatusCode::kFull);  // a pinned, c reserved
   std::string_view keys[] = {"a"};
-  EXPECT_EQ(s.PrepareRetrieve(1, keys, kT0)[0].outcome, SlotOutcome::kSlot);
+  EXPECT_EQ(s.PrepareRetrieve(1, keys, kT0)[0].status, SlotStatus::kOk);
   s.IoUnpin("a");
   EXPECT_TRUE(s.CheckInvariants().ok()) << s.CheckInvariants().ToString();
   EXPECT_TRUE(s.CommitRetrieve(1, keys).ok());

@@ -27,7 +27,7 @@ void StoreAll(Store& s, SessionId id, const std::vector<std::string>& keys) {
   std::vector<uint64_t> sizes(keys.size(), kChunk);
   auto r = s.PrepareStore(id, Keys(keys), sizes, kT0);
   ASSERT_TRUE(r.ok());
-  for (const SlotResult& x : *r) ASSERT_EQ(x.outcome, SlotOutcome::kSlot);
+  for (const SlotResult& x : *r) ASSERT_EQ(x.status, SlotStatus::kOk);
   ASSERT_TRUE(s.CommitStore(id, Keys(keys), kT0).ok());
 }
 
@@ -37,14 +37,14 @@ TEST(Store, ReservedObjectsAreInvisibleUntilCommitted) {
   s.OpenSession(2);
   std::vector<std::string> k = {"a"};
   std::vector<uint64_t> sz = {100};
-  ASSERT_EQ((*s.PrepareStore(1, Keys(k), sz, kT0))[0].outcome, SlotOutcome::kSlot);
+  ASSERT_EQ((*s.PrepareStore(1, Keys(k), sz, kT0))[0].status, SlotStatus::kOk);
   EXPECT_EQ(s.Lookup(2, Keys(k), false, kT0), 0u);
-  EXPECT_EQ(s.PrepareRetrieve(2, Keys(k), kT0)[0].outcome, SlotOutcome::kMissing);
-  EXPECT_EQ((*s.PrepareStore(2, Keys(k), sz, kT0))[0].outcome, SlotOutcome::kBusy);
+  EXPECT_EQ(s.PrepareRetrieve(2, Keys(k), kT0)[0].status, SlotStatus::kMissing);
+  EXPECT_EQ((*s.PrepareStore(2, Keys(k), sz, kT0))[0].status, SlotStatus::kBusy);
   EXPECT_FALSE(s.CommitStore(2, Keys(k), kT0).ok());  // not session 2's reservation
   ASSERT_TRUE(s.CommitStore(1, Keys(k), kT0).ok());
   EXPECT_EQ(s.Lookup(2, Keys(k), false, kT0), 1u);
-  EXPECT_EQ((*s.PrepareStore(2, Keys(k), sz, kT0))[0].outcome, SlotOutcome::kExists);
+  EXPECT_EQ((*s.PrepareStore(2, Keys(k), sz, kT0))[0].status, SlotStatus::kExists);
   EXPECT_TRUE(s.CheckInvariants().ok());
 }
 
@@ -57,7 +57,7 @@ TEST(Store, ClosingASessionFreesReservationsAndPins) {
   std::vector<uint64_t> sz = {kChunk, kChunk};
   ASSERT_TRUE(s.PrepareStore(2, Keys(r), sz, kT0).ok());
   std::vector<std::string> c = {"c"};
-  ASSERT_EQ(s.PrepareRetrieve(2, Keys(c), kT0)[0].outcome, SlotOutcome::kSlot);
+  ASSERT_EQ(s.PrepareRetrieve(2, Keys(c), kT0)[0].status, SlotStatus::kOk);
   EXPECT_EQ(s.Lookup(2, Keys(c), true, kT0), 1u);
   EXPECT_EQ(s.stats().pinned_objects, 1u);
   EXPECT_EQ(s.stats().reserved_objects, 2u);
@@ -74,7 +74,7 @@ TEST(Store, EvictionTakesChainTailsFirstAndNeverPinnedObjects) {
   s.OpenSession(1);
   StoreAll(s, 1, {"h0", "h1", "h2", "h3", "h4", "h5"});
   std::vector<std::string> pinned = {"h5"};
-  ASSERT_EQ(s.PrepareRetrieve(1, Keys(pinned), kT0)[0].outcome, SlotOutcome::kSlot);
+  ASSERT_EQ(s.PrepareRetrieve(1, Keys(pinned), kT0)[0].status, SlotStatus::kOk);
   StoreAll(s, 1, {"x0", "x1", "x2"});  // needs one eviction beyond the two free chunks
   std::vector<std::string> chain = {"h0", "h1", "h2", "h3", "h4"};
   EXPECT_EQ(s.Lookup(1, Keys(chain), false, kT0), 4u);  // h4, the unpinned tail, went
@@ -93,8 +93,8 @@ TEST(Store, FullWhenEverythingIsPinnedOrReserved) {
   std::vector<uint64_t> sz = {kChunk, kChunk};
   auto r = s.PrepareStore(1, Keys(bc), sz, kT0);
   ASSERT_TRUE(r.ok());
-  EXPECT_EQ((*r)[0].outcome, SlotOutcome::kSlot);
-  EXPECT_EQ((*r)[1].outcome, SlotOutcome::kFull);
+  EXPECT_EQ((*r)[0].status, SlotStatus::kOk);
+  EXPECT_EQ((*r)[1].status, SlotStatus::kFull);
   EXPECT_TRUE(s.CheckInvariants().ok());
 }
 
@@ -133,14 +133,14 @@ TEST(Store, AnExpiredReservationsSlotNeverGoesToAnotherWriter) {
   // Session 2 fills the pool: only the free chunk is handed out, never the quarantined one.
   r = s.PrepareStore(2, Keys(other), two, kT0);
   ASSERT_TRUE(r.ok());
-  EXPECT_EQ((*r)[0].outcome, SlotOutcome::kSlot);
+  EXPECT_EQ((*r)[0].status, SlotStatus::kOk);
   EXPECT_NE((*r)[0].offset, stalled_offset);
-  EXPECT_EQ((*r)[1].outcome, SlotOutcome::kFull);
+  EXPECT_EQ((*r)[1].status, SlotStatus::kFull);
   // The key itself is free again: another session may store it (into another slot).
   EXPECT_EQ(s.AbortStore(2, Keys(other)), 1u);
   r = s.PrepareStore(2, Keys(stalled), one, kT0);
   ASSERT_TRUE(r.ok());
-  ASSERT_EQ((*r)[0].outcome, SlotOutcome::kSlot);
+  ASSERT_EQ((*r)[0].status, SlotStatus::kOk);
   EXPECT_NE((*r)[0].offset, stalled_offset);
   ASSERT_TRUE(s.CommitStore(2, Keys(stalled), kT0).ok());
   // The stalled writer wakes up and commits: told kExpired with the key's index, nothing of its
@@ -205,8 +205,8 @@ TEST(Store, AReaderWhosePinExpiredIsToldByCommitRetrieve) {
   s.OpenSession(2);
   StoreAll(s, 1, {"a", "b", "c"});
   std::vector<std::string> ab = {"a", "b"}, c = {"c"}, abc = {"a", "b", "c"};
-  ASSERT_EQ(s.PrepareRetrieve(2, Keys(ab), kT0)[0].outcome, SlotOutcome::kSlot);
-  ASSERT_EQ(s.PrepareRetrieve(2, Keys(c), kT0 + std::chrono::milliseconds(60))[0].outcome, SlotOutcome::kSlot);
+  ASSERT_EQ(s.PrepareRetrieve(2, Keys(ab), kT0)[0].status, SlotStatus::kOk);
+  ASSERT_EQ(s.PrepareRetrieve(2, Keys(c), kT0 + std::chrono::milliseconds(60))[0].status, SlotStatus::kOk);
   EXPECT_EQ(s.ExpireLeases(kT0 + std::chrono::milliseconds(100)), 2u);  // a and b, not c
   EXPECT_EQ(s.stats().pinned_objects, 1u);
   // The expired objects are evictable again (their slots may be reused while the reader reads).
@@ -220,7 +220,7 @@ TEST(Store, AReaderWhosePinExpiredIsToldByCommitRetrieve) {
   // Reported once; the next mention is an ordinary error, and it releases nothing.
   EXPECT_EQ(s.CommitRetrieve(2, Keys(ab)).code(), StatusCode::kInvalidArgument);
   // A batch with a key never pinned releases nothing and reports no expiry.
-  ASSERT_EQ(s.PrepareRetrieve(2, Keys(c), kT0)[0].outcome, SlotOutcome::kSlot);
+  ASSERT_EQ(s.PrepareRetrieve(2, Keys(c), kT0)[0].status, SlotStatus::kOk);
   std::vector<std::string> c_and_never = {"c", "never"};
   EXPECT_EQ(s.CommitRetrieve(2, Keys(c_and_never)).code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(s.stats().pinned_objects, 1u);
@@ -234,8 +234,8 @@ TEST(Store, AKeyTwiceInOneBatchGetsOneSlotAndBusy) {
   std::vector<uint64_t> sz = {kChunk, kChunk};
   auto r = s.PrepareStore(1, Keys(k), sz, kT0);
   ASSERT_TRUE(r.ok());
-  EXPECT_EQ((*r)[0].outcome, SlotOutcome::kSlot);
-  EXPECT_EQ((*r)[1].outcome, SlotOutcome::kBusy);
+  EXPECT_EQ((*r)[0].status, SlotStatus::kOk);
+  EXPECT_EQ((*r)[1].status, SlotStatus::kBusy);
   EXPECT_EQ(s.stats().reserved_objects, 1u);
   EXPECT_TRUE(s.CommitStore(1, Keys(k), kT0).ok());  // listing it twice commits it once
   EXPECT_EQ(s.stats().objects, 1u);
@@ -247,17 +247,17 @@ TEST(Store, AKeyThatGotFullLeavesNoTraceAndCanBeStoredLater) {
   s.OpenSession(1);
   std::vector<std::string> held = {"held"}, big = {"big"};
   std::vector<uint64_t> one = {kChunk}, two = {2 * kChunk};
-  ASSERT_EQ((*s.PrepareStore(1, Keys(held), one, kT0))[0].outcome, SlotOutcome::kSlot);  // reserved: not evictable
+  ASSERT_EQ((*s.PrepareStore(1, Keys(held), one, kT0))[0].status, SlotStatus::kOk);  // reserved: not evictable
   auto r = s.PrepareStore(1, Keys(big), two, kT0);
   ASSERT_TRUE(r.ok());
-  EXPECT_EQ((*r)[0].outcome, SlotOutcome::kFull);
+  EXPECT_EQ((*r)[0].status, SlotStatus::kFull);
   EXPECT_EQ(s.stats().reserved_objects, 1u);
   EXPECT_FALSE(s.CommitStore(1, Keys(big), kT0).ok());  // never reserved
   EXPECT_TRUE(s.CheckInvariants().ok());
   EXPECT_EQ(s.AbortStore(1, Keys(held)), 1u);
   r = s.PrepareStore(1, Keys(big), two, kT0);  // the same key, once there is room
   ASSERT_TRUE(r.ok());
-  EXPECT_EQ((*r)[0].outcome, SlotOutcome::kSlot);
+  EXPECT_EQ((*r)[0].status, SlotStatus::kOk);
   EXPECT_TRUE(s.CommitStore(1, Keys(big), kT0).ok());
   EXPECT_EQ(s.Lookup(1, Keys(big), false, kT0), 1u);
   EXPECT_TRUE(s.CheckInvariants().ok());
