@@ -635,9 +635,9 @@ void DataShmkv(benchmark::State& state) {
   auto remove = [&]() -> bool {
     auto r = client->Remove(keys);
     if (FailIf(state, r.status(), "remove")) return false;
-    for (const std::string& result : *r) {
-      if (result != "removed") {
-        state.SkipWithError(fmt::format("remove: {}", result).c_str());
+    for (shmkv::RemoveOutcome result : *r) {
+      if (result != shmkv::RemoveOutcome::kRemoved) {
+        state.SkipWithError(fmt::format("remove: {}", shmkv::RemoveOutcomeName(result)).c_str());
         return false;
       }
     }
