@@ -822,3 +822,24 @@ def test_a_killed_server_takes_its_file_worker_along(l2, server_bin, shmkv_modul
     c2 = client(shmkv_module, srv2)
     assert sha(c2.get(b"first")) == sha(payload(0, MiB))
     c2.close()
+
+
+def test_a_retrieve_that_starts_with_a_key_held_nowhere_answers_at_once(l2, shmkv_module, tmp_path):
+    """[missing, on disk]: the disk key does not extend the prefix, so no load starts and the answer
+    comes at once. (The server before the KvService re-handled the same request from inside its own
+    completion and recursed until its stack overflowed.)"""
+    disk = tmp_path / "disk"
+    srv = l2(disk, "--disk-write-through", pool="16MiB")
+    c = client(shmkv_module, srv)
+    c.put(b"on-disk", payload(2, MiB))
+    settled(c)
+    srv = evict_all_by_restart(l2, disk, srv, c)
+    c = client(shmkv_module, srv)
+    assert c.prepare_retrieve([b"nowhere", b"on-disk"]) == [None, None]
+    assert c.last_statuses == ["missing", "missing"]
+    assert c.lookup([b"nowhere", b"on-disk"]) == 0
+    # The connection is in step, and the disk object still loads when asked for on its own.
+    (view,) = c.prepare_retrieve([b"on-disk"])
+    assert sha(view) == sha(payload(2, MiB))
+    c.commit_retrieve([b"on-disk"])
+    c.close()
