@@ -825,9 +825,8 @@ def test_a_killed_server_takes_its_file_worker_along(l2, server_bin, shmkv_modul
 
 
 def test_a_retrieve_that_starts_with_a_key_held_nowhere_answers_at_once(l2, shmkv_module, tmp_path):
-    """[missing, on disk]: the disk key does not extend the prefix, so no load starts and the answer
-    comes at once. (The server before the KvService re-handled the same request from inside its own
-    completion and recursed until its stack overflowed.)"""
+    """[missing, on disk]: the disk key does not extend the prefix, so nothing is loaded, both keys
+    report missing, and the requests behind it are answered in order."""
     disk = tmp_path / "disk"
     srv = l2(disk, "--disk-write-through", pool="16MiB")
     c = client(shmkv_module, srv)
