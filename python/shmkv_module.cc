@@ -30,6 +30,9 @@ struct SlotBuffer {
 
 py::object g_error, g_timeout_error, g_expired_error;
 
+// The C++ client's default deadline (ClientOptions), in the seconds Python callers use.
+const double kDefaultTimeoutSeconds = static_cast<double>(ClientOptions{}.timeout.count()) / 1000.0;
+
 // kExpired becomes shmkv.ExpiredError whose `indices` are the expired keys' positions in the
 // failed commit's `keys` (Client::last_expired()).
 [[noreturn]] void Raise(const Status& s, const std::vector<uint32_t>& expired = {}) {
@@ -522,9 +525,9 @@ last_statuses holds the slot statuses ("ok", "exists", "busy", "full", "missing"
 thread's most recent prepare_* call; other threads' calls do not change what a thread reads.)doc")
       .def(py::init<const std::string&, double, const std::string&, const std::string&, uint32_t, uint32_t,
                     const std::string&, const std::string&, const std::string&>(),
-           py::arg("socket_path"), py::arg("timeout") = 5.0, py::arg("instance_id") = "", py::arg("model") = "",
-           py::arg("world_size") = 1, py::arg("rank") = 0, py::arg("dtype") = "", py::arg("layout") = "",
-           py::arg("salt") = "")
+           py::arg("socket_path"), py::arg("timeout") = kDefaultTimeoutSeconds, py::arg("instance_id") = "",
+           py::arg("model") = "", py::arg("world_size") = 1, py::arg("rank") = 0, py::arg("dtype") = "",
+           py::arg("layout") = "", py::arg("salt") = "")
       .def("info", &PyClient::Info)
       .def("prepare_store", &PyClient::PrepareStore, py::arg("keys"), py::arg("sizes"))
       .def("commit_store", &PyClient::CommitStore, py::arg("keys"),
@@ -552,6 +555,7 @@ thread's most recent prepare_* call; other threads' calls do not change what a t
       .def("__exit__", [](PyClient& c, py::args) { c.Close(); });
 
   m.attr("DEFAULT_CHUNK_TOKENS") = kDefaultChunkTokens;
+  m.attr("DEFAULT_TIMEOUT") = kDefaultTimeoutSeconds;
   m.def(
       "chain_root",
       [](const std::string& model, uint32_t world_size, const std::string& dtype, const std::string& layout,

@@ -7,6 +7,7 @@ you): :class:`KVConnector`. Paged-KV copies: :func:`gather`, :func:`scatter`. Ch
 """
 from ._native import (  # noqa: F401
     DEFAULT_CHUNK_TOKENS,
+    DEFAULT_TIMEOUT,
     Client,
     Error,
     ExpiredError,
@@ -22,5 +23,5 @@ from .engine import KVConnector, StoreResult  # noqa: F401
 
 __all__ = [
     "Client", "Error", "ExpiredError", "TimeoutError", "KVConnector", "StoreResult", "chain_root", "chunk_digests", "chunk_nbytes",
-    "gather", "scatter", "cuda_kernels_compiled", "DEFAULT_CHUNK_TOKENS",
+    "gather", "scatter", "cuda_kernels_compiled", "DEFAULT_CHUNK_TOKENS", "DEFAULT_TIMEOUT",
 ]

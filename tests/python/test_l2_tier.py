@@ -26,14 +26,16 @@ class L2Server(ServerProcess):
         self.log_path = tmp_path / f"{name}.{time.monotonic_ns()}.log"
         super().__init__(binary, tmp_path, name, pool_size, *extra)
 
+    log_level = "info"
+
     def start(self):
-        self.proc = subprocess.Popen(
-            [self.binary, "--pool-size", self.pool_size, "--shm-name", self.name, "--socket", self.socket,
-             "--log-level", "info", *self.extra],
-            stdout=subprocess.PIPE, stderr=open(self.log_path, "w"), text=True)
-        line = self.proc.stdout.readline()
-        assert line.startswith("shmkv-server ready:"), f"server did not start: {line!r}\n{self.log()}"
-        return self
+        try:
+            return super().start()
+        except RuntimeError as e:
+            raise AssertionError(f"{e}\n{self.log()}") from None
+
+    def popen_kwargs(self) -> dict:
+        return {"stderr": open(self.log_path, "w")}
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
