@@ -56,21 +56,23 @@ bool RequestHandler::Handle(std::string_view body, std::string& out) {
   if (!req.ok()) return Fail(0, req.status());
   protocol::RequestHead head;
   if (Status s = protocol::DecodeRequestHead(*req, &head); !s.ok()) return Fail(head.id, s);
-  const std::string op_name = Printable(head.op_name);
+  // Errors name the operation; client text is made printable only on that path.
+  auto op_name = [&] { return Printable(head.op_name); };
   if (protocol_ >= 2) {
     auto chained = protocol::DecodeChained(*req);
-    if (!chained.ok()) return Fail(head.id, chained.status().WithContext(op_name));
+    if (!chained.ok()) return Fail(head.id, chained.status().WithContext(op_name()));
     if (*chained && prev_failed_) {
       // Stays failed: every later chained request is skipped as well.
       AppendError(head.id, wire::kNotExecutedCode,
-                  fmt::format("{} was not executed: an earlier request of this connection failed", op_name), {}, out);
+                  fmt::format("{} was not executed: an earlier request of this connection failed", op_name()), {}, out);
       return false;
     }
   }
-  if (!head.op) return Fail(head.id, Status::InvalidArgument("unknown operation").WithContext(op_name));
+  if (!head.op) return Fail(head.id, Status::InvalidArgument("unknown operation").WithContext(op_name()));
   if (protocol::NeedsRegistration(*head.op) && !registered_) {
-    return Fail(head.id,
-                Status::InvalidArgument("the session is not registered (send 'register' first)").WithContext(op_name));
+    return Fail(
+        head.id,
+        Status::InvalidArgument("the session is not registered (send 'register' first)").WithContext(op_name()));
   }
 
   current_id_ = head.id;
@@ -85,7 +87,7 @@ bool RequestHandler::Handle(std::string_view body, std::string& out) {
   }
   handling_ = false;
   out_ = nullptr;
-  if (!s.ok()) return Fail(head.id, s.WithContext(op_name), expired_);
+  if (!s.ok()) return Fail(head.id, s.WithContext(op_name()), expired_);
   return deferred_;
 }
 
