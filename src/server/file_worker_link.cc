@@ -5,7 +5,6 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,6 +18,7 @@
 
 #include "common/log.h"
 #include "common/syscall.h"
+#include "platform/process.h"
 #include "shmkv/segment.h"
 
 extern char** environ;
@@ -299,11 +299,11 @@ void FileWorkerLink::Die(const std::string& why) {
   int status = 0;
   auto done = sys::Call([&] { return ::waitpid(pid_, &status, WNOHANG); });
   if (done.ok() && done.value == pid_) return Buried(why, DescribeExit(status));
-  auto pidfd = sys::Call([&] { return static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)); });
-  if (!done.ok() || !pidfd.ok()) {
-    return Buried(why, Reap(pid_, std::chrono::milliseconds(200)));  // no pidfd: the blocking way
+  sys::UniqueFd exit_watch = platform::WatchProcessExit(pid_);
+  if (!done.ok() || !exit_watch.valid()) {
+    return Buried(why, Reap(pid_, std::chrono::milliseconds(200)));  // no exit watch: the blocking way
   }
-  pidfd_ = std::make_unique<asio::posix::stream_descriptor>(io_, pidfd.value);
+  pidfd_ = std::make_unique<asio::posix::stream_descriptor>(io_, exit_watch.release());
   pidfd_->async_wait(asio::posix::stream_descriptor::wait_read,
                      [this, token = token_, why](const asio::error_code& ec) {
                        if (!*token || ec) return;
