@@ -182,7 +182,7 @@ int main(int argc, char** argv) {
   // its pipe runs after it). The signal is armed only now, after exec: a parent that died before
   // this line is caught by the getppid() check (the worker was reparented, so it is not PID).
   if (parent_pid != 0) {
-    if (Status s = platform::KillWhenParentExits(parent_pid); !s.ok()) {
+    if (Status s = platform::KillWhenParentExits(); !s.ok()) {
       return Fail(1, s.WithContext("--parent-pid").message());
     }
     if (const pid_t actual = ::getppid(); actual != parent_pid) {

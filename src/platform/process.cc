@@ -1,5 +1,6 @@
 #include "platform/process.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
@@ -10,27 +11,53 @@
 #include <sys/syscall.h>
 #endif
 #if defined(__APPLE__)
+#include <mach-o/dyld.h>
 #include <sys/event.h>
 #include <sys/ucred.h>
 #endif
 #if SHMKV_LINUX_PLATFORM
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
-#else
-#include <fcntl.h>
-
-#include <chrono>
-#include <system_error>
-#include <thread>
 #endif
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstdlib>
+#include <filesystem>
+#include <string_view>
+#include <system_error>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
 
 namespace shmkv::platform {
+#if !SHMKV_LINUX_PLATFORM
+namespace {
+
+// Starts a detached helper thread with every signal blocked in it, so a process-directed signal
+// (SIGTERM) is never delivered to the helper and never runs its default action there.
+template <typename F>
+Status StartHelperThread(std::string_view what, F&& body) {
+  sigset_t all;
+  sigset_t old;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_BLOCK, &all, &old);
+  Status s;
+  try {
+    std::thread(std::forward<F>(body)).detach();
+  } catch (const std::system_error& e) {
+    s = Status(StatusCode::kIoError, fmt::format("starting the {} thread: {}", what, e.what()), e.code().value());
+  }
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  return s;
+}
+
+}  // namespace
+#endif
 
 std::string DescribeUid(uid_t uid) {
   long hint = ::sysconf(_SC_GETPW_R_SIZE_MAX);
@@ -128,21 +155,49 @@ bool PeerInGroup(int socket_fd, const PeerCredentials& peer, gid_t gid) {
 #endif
 }
 
-Status KillWhenParentExits(pid_t parent) {
+Status KillWhenParentExits() {
 #if SHMKV_LINUX_PLATFORM
-  (void)parent;
   return sys::Call([] { return ::prctl(PR_SET_PDEATHSIG, SIGKILL); }).ToStatus("prctl(PR_SET_PDEATHSIG)");
 #else
   // Reparenting changes getppid(); 50 ms bounds how long an orphan keeps running.
-  try {
-    std::thread([parent] {
-      while (::getppid() == parent) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      ::kill(::getpid(), SIGKILL);
-    }).detach();
-  } catch (const std::system_error& e) {
-    return Status(StatusCode::kIoError, fmt::format("starting the parent watch thread: {}", e.what()), e.code().value());
+  return StartHelperThread("parent watch", [parent = ::getppid()] {
+    while (::getppid() == parent) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    ::kill(::getpid(), SIGKILL);
+  });
+#endif
+}
+
+Status CloexecPipe(sys::UniqueFd& read_end, sys::UniqueFd& write_end) {
+  int fds[2] = {-1, -1};
+#if SHMKV_LINUX_PLATFORM
+  if (::pipe2(fds, O_CLOEXEC) != 0) return Status::FromErrno("pipe2", errno);
+#else
+  if (::pipe(fds) != 0) return Status::FromErrno("pipe", errno);
+#endif
+  read_end.reset(fds[0]);
+  write_end.reset(fds[1]);
+#if !SHMKV_LINUX_PLATFORM
+  for (int fd : fds) {
+    if (::fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) return Status::FromErrno("fcntl(FD_CLOEXEC) of a pipe", errno);
   }
+#endif
   return Status::Ok();
+}
+
+Result<std::string> ExecutablePath() {
+#if defined(__APPLE__)
+  uint32_t size = 0;
+  (void)::_NSGetExecutablePath(nullptr, &size);
+  std::string path(size, '\0');
+  if (::_NSGetExecutablePath(path.data(), &size) != 0) return Status::Internal("_NSGetExecutablePath failed");
+  char resolved[PATH_MAX];
+  if (::realpath(path.c_str(), resolved) == nullptr) return Status::FromErrno("realpath of the executable", errno);
+  return std::string(resolved);
+#else
+  std::error_code ec;
+  std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return Status::FromErrno("reading /proc/self/exe", ec.value());
+  return exe.string();
 #endif
 }
 
@@ -159,23 +214,15 @@ Result<sys::UniqueFd> StopSignalDescriptor() {
   if (!fd.ok()) return fd.ToStatus("signalfd");
   return sys::UniqueFd(fd.value);
 #else
-  int fds[2] = {-1, -1};
-  if (::pipe(fds) != 0) return Status::FromErrno("pipe for the stop signals", errno);
-  sys::UniqueFd read_end(fds[0]);
-  for (int fd : fds) (void)::fcntl(fd, F_SETFD, FD_CLOEXEC);
-  // The thread owns the write end for the life of the process; the signals stay blocked in it
-  // too (inherited), which is what sigwait needs.
-  try {
-    std::thread([stop_signals, write_fd = fds[1]] {
-      int signal = 0;
-      while (::sigwait(&stop_signals, &signal) != 0) {
-      }
-      (void)!::write(write_fd, "s", 1);
-    }).detach();
-  } catch (const std::system_error& e) {
-    ::close(fds[1]);
-    return Status(StatusCode::kIoError, fmt::format("starting the signal thread: {}", e.what()), e.code().value());
-  }
+  sys::UniqueFd read_end, write_end;
+  SHMKV_RETURN_IF_ERROR(CloexecPipe(read_end, write_end).WithContext("the stop-signal pipe"));
+  // The thread owns the write end for the life of the process.
+  SHMKV_RETURN_IF_ERROR(StartHelperThread("stop signal", [stop_signals, write_fd = write_end.release()] {
+    int signal = 0;
+    while (::sigwait(&stop_signals, &signal) != 0) {
+    }
+    (void)!::write(write_fd, "s", 1);
+  }));
   return read_end;
 #endif
 }

@@ -10,6 +10,9 @@
 //                      (SHMKV_LINUX_PLATFORM)
 //   stop signals as    signalfd (SHMKV_LINUX_PLATFORM)     a sigwait thread writing to a pipe
 //   a descriptor
+//   close-on-exec      pipe2(O_CLOEXEC)                    pipe, then fcntl(FD_CLOEXEC)
+//   pipe               (SHMKV_LINUX_PLATFORM)
+//   own executable     /proc/self/exe (OS-selected)        _NSGetExecutablePath (macOS)
 //
 // Thread-safety: free functions without shared state; safe from any thread.
 #pragma once
@@ -51,11 +54,19 @@ Result<PeerCredentials> GetPeerCredentials(int socket_fd);
 // groups (Linux: SO_PEERGROUPS; macOS: the groups LOCAL_PEERCRED reports, at most 16).
 bool PeerInGroup(int socket_fd, const PeerCredentials& peer, gid_t gid);
 
-// From now on, this process is killed (SIGKILL) when its parent exits. Linux: PR_SET_PDEATHSIG
-// (armed for the parent as of this call). Portable: a detached thread that polls getppid() every
-// 50 ms and kills the process once it changes from `parent`. The caller still checks getppid()
-// == parent right after (a parent that died before this call is not seen by PR_SET_PDEATHSIG).
-Status KillWhenParentExits(pid_t parent);
+// From now on, this process is killed (SIGKILL) when its current parent exits. Linux:
+// PR_SET_PDEATHSIG. Portable: a detached thread that polls getppid() every 50 ms and kills the
+// process once it differs from the parent at the time of this call. A parent that died before
+// the call is not seen by either: the caller checks getppid() right after.
+Status KillWhenParentExits();
+
+// A pipe whose two ends are close-on-exec: fds[0] reads, fds[1] writes. Portable: the flag is
+// set right after pipe(), so a fork+exec by another thread in between could inherit the ends
+// (shmkv spawns children from one thread only).
+Status CloexecPipe(sys::UniqueFd& read_end, sys::UniqueFd& write_end);
+
+// The absolute path of this process's executable (to find programs installed next to it).
+Result<std::string> ExecutablePath();
 
 // Blocks SIGTERM and SIGINT in the calling thread (call it before starting threads: they inherit
 // the mask) and returns a descriptor that turns readable, and stays readable (nobody reads it),

@@ -94,6 +94,14 @@ std::optional<struct stat> StatSegment(std::string_view name) {
   return std::nullopt;
 }
 
+std::string LivenessLockPath([[maybe_unused]] std::string_view name) {
+#if SHMKV_LINUX_PLATFORM
+  return {};
+#else
+  return LockFilePath(name);
+#endif
+}
+
 #if SHMKV_LINUX_PLATFORM
 Result<sys::UniqueFd> TryLockLiveness(int segment_fd, std::string_view name) {
   SHMKV_RETURN_IF_ERROR(TryFlock(segment_fd, name, fmt::format("segment '{}'", name)));

@@ -54,6 +54,10 @@ std::optional<struct stat> StatSegment(std::string_view name);
 // the same machine (its `shmkv gc`) sees the segment as live too.
 Result<sys::UniqueFd> TryLockLiveness(int segment_fd, std::string_view name);
 
+// The lock file of segment `name` on the portable platform; empty on Linux (the lock is taken on
+// the segment itself).
+std::string LivenessLockPath(std::string_view name);
+
 // Removes segment `name` (shm_unlink) and, portable, its lock file. OK when it was already gone.
 Status UnlinkSegment(std::string_view name);
 
