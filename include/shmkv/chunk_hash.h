@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "shmkv/export.h"
 #include "shmkv/status.h"
 #include "shmkv/types.h"
 
@@ -29,15 +30,15 @@ using ChunkDigest = std::array<uint8_t, 32>;
 // d[-1] of every chain in a deployment. It covers model, world_size, dtype, layout and salt but
 // not the rank: all ranks of one deployment get the same digests for the same prompt, so a
 // scheduler hashes a prompt once; the rank still separates keys through the key namespace.
-ChunkDigest ChainRoot(const Namespace& ns);
+SHMKV_EXPORT ChunkDigest ChainRoot(const Namespace& ns);
 
 // The digests of the chunks of `tokens`: one per full chunk, plus one for a trailing partial
 // chunk when include_partial is set. chunk_tokens must be positive.
-Result<std::vector<ChunkDigest>> ChunkDigests(const ChunkDigest& root, std::span<const uint32_t> tokens,
+SHMKV_EXPORT Result<std::vector<ChunkDigest>> ChunkDigests(const ChunkDigest& root, std::span<const uint32_t> tokens,
                                               uint32_t chunk_tokens = kDefaultChunkTokens,
                                               bool include_partial = false);
 
 // Lower-case hex, 64 characters.
-std::string DigestHex(const ChunkDigest& digest);
+SHMKV_EXPORT std::string DigestHex(const ChunkDigest& digest);
 
 }  // namespace shmkv

@@ -58,6 +58,7 @@
 #include <string_view>
 #include <vector>
 
+#include "shmkv/export.h"
 #include "shmkv/segment.h"
 #include "shmkv/status.h"
 #include "shmkv/types.h"
@@ -99,7 +100,7 @@ struct SlotBatch {
   std::shared_ptr<const SharedSegment> mapping;  // keeps `bytes` valid
 };
 
-class Client {
+class SHMKV_EXPORT Client {
  public:
   static Result<Client> Connect(const ClientOptions& options);
   // Asks a server for its statistics without registering (for tools).

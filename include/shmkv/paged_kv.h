@@ -22,16 +22,17 @@
 #include <string_view>
 #include <vector>
 
+#include "shmkv/export.h"
 #include "shmkv/status.h"
 
 namespace shmkv {
 
 enum class KvLayout : uint8_t { kNHD, kHND, kMLA };
 
-std::string_view KvLayoutName(KvLayout layout);         // "NHD", "HND", "MLA"
-Result<KvLayout> ParseKvLayout(std::string_view name);  // case-insensitive; error names the input
+SHMKV_EXPORT std::string_view KvLayoutName(KvLayout layout);         // "NHD", "HND", "MLA"
+SHMKV_EXPORT Result<KvLayout> ParseKvLayout(std::string_view name);  // case-insensitive; error names the input
 
-struct KvGeometry {
+struct SHMKV_EXPORT KvGeometry {
   KvLayout layout = KvLayout::kNHD;
   uint32_t num_layers = 0;    // layer tensors in the cache
   uint64_t num_blocks = 0;    // blocks in each layer tensor
@@ -66,14 +67,14 @@ struct TransferOptions {
 // Copies chunk chunk_indices[i] of the sequence into out[i], for every i. Each out[i] must be
 // exactly chunk_bytes() long; block_ids must cover the largest chunk index named; every block id
 // must be in [0, num_blocks). chunk_indices.size() must equal out.size().
-Status GatherChunks(const PagedKvCache& kv, std::span<const int64_t> block_ids, std::span<const uint32_t> chunk_indices,
+SHMKV_EXPORT Status GatherChunks(const PagedKvCache& kv, std::span<const int64_t> block_ids, std::span<const uint32_t> chunk_indices,
                     std::span<const std::span<std::byte>> out, const TransferOptions& options = {});
 
 // Copies in[i], chunk i of the sequence (i = 0 .. in.size() - 1), back into the paged cache.
 // Tokens before skip_first_n_tokens are not written: skip_first_n_tokens must be a multiple of
 // block_size, and the blocks it covers stay untouched. Each in[i] must be exactly chunk_bytes()
 // long; block_ids must hold at least in.size() * blocks_per_chunk() ids, each in range.
-Status ScatterChunks(std::span<const std::span<const std::byte>> in, const PagedKvCache& kv,
+SHMKV_EXPORT Status ScatterChunks(std::span<const std::span<const std::byte>> in, const PagedKvCache& kv,
                      std::span<const int64_t> block_ids, uint64_t skip_first_n_tokens,
                      const TransferOptions& options = {});
 
@@ -84,12 +85,12 @@ Status ScatterChunks(std::span<const std::span<const std::byte>> in, const Paged
 // gather) and before commit_retrieve (after a scatter). Validation is the same as above and
 // happens on the host before any launch. Builds without SHMKV_CUDA, and machines without a CUDA
 // device, return kUnavailable.
-Status GatherChunksCuda(const PagedKvCache& kv, std::span<const int64_t> block_ids,
+SHMKV_EXPORT Status GatherChunksCuda(const PagedKvCache& kv, std::span<const int64_t> block_ids,
                         std::span<const uint32_t> chunk_indices, std::span<const std::span<std::byte>> out,
                         void* stream);
-Status ScatterChunksCuda(std::span<const std::span<const std::byte>> in, const PagedKvCache& kv,
+SHMKV_EXPORT Status ScatterChunksCuda(std::span<const std::span<const std::byte>> in, const PagedKvCache& kv,
                          std::span<const int64_t> block_ids, uint64_t skip_first_n_tokens, void* stream);
 // Whether this build carries the CUDA kernels (SHMKV_CUDA) — not whether a device is present.
-bool PagedKvCudaCompiled();
+SHMKV_EXPORT bool PagedKvCudaCompiled();
 
 }  // namespace shmkv

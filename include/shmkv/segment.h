@@ -23,6 +23,7 @@
 #include <string_view>
 #include <vector>
 
+#include "shmkv/export.h"
 #include "shmkv/status.h"
 
 namespace shmkv {
@@ -30,7 +31,7 @@ namespace shmkv {
 inline constexpr std::string_view kSegmentPrefix = "lmcache_l1_pool_";
 
 // Limits a platform puts on shared-memory names.
-struct SegmentNameRules {
+struct SHMKV_EXPORT SegmentNameRules {
   // Longest name shm_open accepts, counting the leading '/'. Linux: the file name in /dev/shm
   // may have NAME_MAX (255) bytes, so 256 with the '/'; macOS: 31 bytes with the '/'.
   size_t max_bytes_with_slash;
@@ -48,7 +49,7 @@ struct SegmentNameRules {
 //   "lmcache_l1_pool_foo"  -> unchanged (never prefixed twice), also with one leading '/'
 // Errors (kInvalidArgument, each saying why): nothing left after the prefix, a '/' after the one
 // leading '/' is stripped, a '\', a NUL byte, or longer than the platform allows.
-Result<std::string> NormalizeSegmentName(std::optional<std::string_view> requested, int pid,
+SHMKV_EXPORT Result<std::string> NormalizeSegmentName(std::optional<std::string_view> requested, int pid,
                                          const SegmentNameRules& rules = SegmentNameRules::ForThisPlatform());
 
 struct SegmentCreateOptions {
@@ -91,7 +92,7 @@ struct SegmentAttachOptions {
 //
 // Thread-safety: the object itself is not synchronised (one owner thread); the bytes it maps are
 // shared memory and their use is governed by the slot protocol, not by this class.
-class SharedSegment {
+class SHMKV_EXPORT SharedSegment {
  public:
   // Creates, sizes, maps, prefaults and locks a new segment. Fails if the name exists.
   static Result<SharedSegment> Create(const SegmentCreateOptions& options);
@@ -133,13 +134,13 @@ struct SegmentInfo {
 };
 
 // Every segment whose name carries the prefix, live or stale, sorted by name.
-Result<std::vector<SegmentInfo>> ListSegments();
+SHMKV_EXPORT Result<std::vector<SegmentInfo>> ListSegments();
 
 // Removes every stale prefixed segment owned by this process's effective uid (dry_run: removes
 // nothing). Returns the segments removed, or that would be removed. A live segment and a name
 // without the prefix are never touched, and neither is a segment of another user, also when the
 // caller is root (a root server's start-up must not delete other users' pools): those are not
 // even probed, and are appended to *foreign when given (their `live` is not known).
-Result<std::vector<SegmentInfo>> RemoveStaleSegments(bool dry_run, std::vector<SegmentInfo>* foreign = nullptr);
+SHMKV_EXPORT Result<std::vector<SegmentInfo>> RemoveStaleSegments(bool dry_run, std::vector<SegmentInfo>* foreign = nullptr);
 
 }  // namespace shmkv

@@ -13,6 +13,8 @@
 #include <utility>
 #include <variant>
 
+#include "shmkv/export.h"
+
 namespace shmkv {
 
 enum class StatusCode : int {
@@ -32,9 +34,9 @@ enum class StatusCode : int {
   kExpired,  // a lease (reservation or pin) passed its TTL: the bytes it covered are not valid
 };
 
-std::string_view StatusCodeName(StatusCode code);
+SHMKV_EXPORT std::string_view StatusCodeName(StatusCode code);
 
-class [[nodiscard]] Status {
+class [[nodiscard]] SHMKV_EXPORT Status {
  public:
   Status() = default;  // OK
   Status(StatusCode code, std::string message, int sys_errno = 0)

@@ -5,15 +5,13 @@
 // Thread-safety: free functions without shared state.
 #pragma once
 
-#include <sys/socket.h>
 #include <sys/types.h>
-#include <unistd.h>
 
 #include <string_view>
 
 #include <fmt/format.h>
 
-#include "shm/shm_platform.h"
+#include "platform/process.h"
 #include "shmkv/status.h"
 
 namespace shmkv::client {
@@ -25,25 +23,15 @@ inline Status CheckServerUid(std::string_view socket_path, uid_t server, uid_t s
   return Status::InvalidArgument(fmt::format(
       "refusing the server at '{}': it runs as {}, this process as {}; a worker trusts only a server of its own user "
       "or root (another local user may have bound the socket)",
-      socket_path, shm::DescribeUid(server), shm::DescribeUid(self)));
+      socket_path, platform::DescribeUid(server), platform::DescribeUid(self)));
 }
 
-// The effective uid of the process at the other end of a connected Unix socket (Linux: as of its
+// The effective uid of the process at the other end of a connected Unix socket (as of its
 // listen(); the kernel records it, the peer cannot forge it).
 inline Result<uid_t> PeerUid(int fd) {
-#if defined(__linux__)
-  ucred cred{};
-  socklen_t len = sizeof cred;
-  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-    return Status::FromErrno("getsockopt(SO_PEERCRED)", errno);
-  }
-  return cred.uid;
-#else
-  uid_t uid = 0;
-  gid_t gid = 0;
-  if (::getpeereid(fd, &uid, &gid) != 0) return Status::FromErrno("getpeereid", errno);
-  return uid;
-#endif
+  auto peer = platform::GetPeerCredentials(fd);
+  if (!peer.ok()) return peer.status();
+  return peer->uid;
 }
 
 }  // namespace shmkv::client

@@ -4,8 +4,6 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
-#include <sys/prctl.h>
-#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -30,6 +28,7 @@
 #include "file_worker/tcp_server.h"
 #include "file_worker/thread_pool.h"
 #include "file_worker/uring.h"
+#include "platform/process.h"
 #include "shmkv/version.h"
 
 namespace {
@@ -184,8 +183,8 @@ int main(int argc, char** argv) {
   // its pipe runs after it). The signal is armed only now, after exec: a parent that died before
   // this line is caught by the getppid() check (the worker was reparented, so it is not PID).
   if (parent_pid != 0) {
-    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) {
-      return Fail(1, Status::FromErrno("--parent-pid: prctl(PR_SET_PDEATHSIG)", errno).message());
+    if (Status s = platform::KillWhenParentExits(); !s.ok()) {
+      return Fail(1, s.WithContext("--parent-pid").message());
     }
     if (const pid_t actual = ::getppid(); actual != parent_pid) {
       return Fail(1, fmt::format("--parent-pid {}: the worker's parent is {}, not {} (it has exited); not starting",
@@ -258,14 +257,9 @@ int main(int argc, char** argv) {
   // SIGTERM/SIGINT become a readable signalfd that every session and the accept loop poll, so a
   // stop finishes in-flight commands (no temp file left behind) instead of killing them. Blocked
   // before any thread starts, so every thread inherits the mask.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  auto sfd = sys::Call([&] { return ::signalfd(-1, &stop_signals, SFD_CLOEXEC | SFD_NONBLOCK); });
-  if (!sfd.ok()) return Fail(1, sfd.ToStatus("signalfd").message());
-  sys::UniqueFd stop_fd(sfd.value);
+  auto stop = platform::StopSignalDescriptor();
+  if (!stop.ok()) return Fail(1, stop.status().message());
+  sys::UniqueFd stop_fd = std::move(stop).value();
   // A client that vanishes must cost an EPIPE on one write, not the process.
   ::signal(SIGPIPE, SIG_IGN);
 

@@ -10,11 +10,18 @@
 // submit one each, so that bound is not reached in the worker; the limit keeps the CQ from
 // overflowing for any caller).
 //
+// Builds without io_uring (the portable platform, src/platform/platform.h: macOS, or Linux with
+// SHMKV_PORTABLE_PLATFORM) compile uring_unavailable.cc instead: Ring::Create fails with
+// kUnavailable, so --io-engine auto takes the thread pool and --io-engine uring fails at start.
+//
 // Thread-safety: Ring is not thread-safe (one owner). UringExecutor::Read/Write may be called
 // from any number of threads at once; the destructor must not run while a call is in progress.
 #pragma once
 
+#include "platform/platform.h"
+#if SHMKV_HAVE_IO_URING
 #include <liburing.h>
+#endif
 
 #include <condition_variable>
 #include <cstddef>
@@ -39,14 +46,18 @@ class Ring {
   Ring& operator=(const Ring&) = delete;
   ~Ring();
 
+#if SHMKV_HAVE_IO_URING
   io_uring* get() { return &ring_; }
+#endif
   unsigned entries() const { return entries_; }
 
  private:
   Ring() = default;
   void Reset();
 
+#if SHMKV_HAVE_IO_URING
   io_uring ring_{};
+#endif
   bool live_ = false;
   unsigned entries_ = 0;
 };

@@ -305,10 +305,15 @@ Status DecodeReplyHead(const wire::MapReader& m, uint64_t id, ReplyHead* head) {
   auto code = err->Str("code");
   auto msg = err->Str("message");
   const StatusCode parsed = code.ok() ? ParseStatusCode(*code) : StatusCode::kInternal;
+  // A failure must never read as a success, whatever code a broken server sends with it.
+  if (parsed == StatusCode::kOk) return Status::Protocol("an error reply with code OK");
   head->not_executed = code.ok() && *code == wire::kNotExecutedCode;
   if (parsed == StatusCode::kExpired) {
     auto idx = err->U64s("expired");
     if (!idx.ok()) return Status::Protocol("an Expired reply without its 'expired' indices");
+    for (uint64_t i : *idx) {
+      if (i > UINT32_MAX) return Status::Protocol(fmt::format("an Expired reply names key #{}, which no request has", i));
+    }
     head->expired.assign(idx->begin(), idx->end());
   }
   return Status(parsed, msg.ok() ? std::string(*msg) : std::string("(no message)"));

@@ -5,7 +5,6 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,6 +18,7 @@
 
 #include "common/log.h"
 #include "common/syscall.h"
+#include "platform/process.h"
 #include "shmkv/segment.h"
 
 extern char** environ;
@@ -89,9 +89,8 @@ Result<std::string> ReadLineBlocking(int fd, std::chrono::milliseconds timeout) 
 }  // namespace
 
 std::string DefaultFileWorkerBinary() {
-  std::error_code ec;
-  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
-  if (!ec) {
+  if (auto path = platform::ExecutablePath(); path.ok()) {
+    const std::filesystem::path exe(*path);
     for (const auto& candidate :
          {exe.parent_path() / "shmkv-file-worker", exe.parent_path() / "file_worker" / "shmkv-file-worker"}) {
       if (::access(candidate.c_str(), X_OK) == 0) return candidate.string();
@@ -118,11 +117,9 @@ Result<Child> SpawnChild(const FileWorkerOptions& options) {
     if (!d.ok()) return Status::FromErrno("passing the disk directory's lock to the file worker", d.err);
     lock_copy = sys::UniqueFd(d.value);
   }
-  int to_child[2], from_child[2];
-  if (::pipe2(to_child, O_CLOEXEC) != 0) return Status::FromErrno("pipe for the file worker", errno);
-  sys::UniqueFd to_r(to_child[0]), to_w(to_child[1]);
-  if (::pipe2(from_child, O_CLOEXEC) != 0) return Status::FromErrno("pipe for the file worker", errno);
-  sys::UniqueFd from_r(from_child[0]), from_w(from_child[1]);
+  sys::UniqueFd to_r, to_w, from_r, from_w;
+  SHMKV_RETURN_IF_ERROR(platform::CloexecPipe(to_r, to_w).WithContext("pipe for the file worker"));
+  SHMKV_RETURN_IF_ERROR(platform::CloexecPipe(from_r, from_w).WithContext("pipe for the file worker"));
 
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
@@ -299,11 +296,11 @@ void FileWorkerLink::Die(const std::string& why) {
   int status = 0;
   auto done = sys::Call([&] { return ::waitpid(pid_, &status, WNOHANG); });
   if (done.ok() && done.value == pid_) return Buried(why, DescribeExit(status));
-  auto pidfd = sys::Call([&] { return static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)); });
-  if (!done.ok() || !pidfd.ok()) {
-    return Buried(why, Reap(pid_, std::chrono::milliseconds(200)));  // no pidfd: the blocking way
+  sys::UniqueFd exit_watch = platform::WatchProcessExit(pid_);
+  if (!done.ok() || !exit_watch.valid()) {
+    return Buried(why, Reap(pid_, std::chrono::milliseconds(200)));  // no exit watch: the blocking way
   }
-  pidfd_ = std::make_unique<asio::posix::stream_descriptor>(io_, pidfd.value);
+  pidfd_ = std::make_unique<asio::posix::stream_descriptor>(io_, exit_watch.release());
   pidfd_->async_wait(asio::posix::stream_descriptor::wait_read,
                      [this, token = token_, why](const asio::error_code& ec) {
                        if (!*token || ec) return;

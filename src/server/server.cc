@@ -17,6 +17,7 @@
 
 #include "common/log.h"
 #include "common/syscall.h"
+#include "platform/process.h"
 #include "protocol/wire.h"
 #include "server/disk_tier.h"
 #include "server/kv_service.h"
@@ -64,22 +65,6 @@ Status PrepareSocketDirectory(const std::string& socket_path, uint32_t socket_mo
 namespace {
 
 class Connection;
-
-// A descriptor that becomes readable when process `pid` exits, or invalid where the kernel has
-// no pidfd or the peer's pid is not visible (another pid namespace reports 0).
-sys::UniqueFd OpenPidfd(pid_t pid) {
-  if (pid <= 0) return {};
-  auto r = sys::Call([&] { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); });
-  return r.ok() ? sys::UniqueFd(r.value) : sys::UniqueFd();
-}
-
-bool ProcessExited(const sys::UniqueFd& pidfd) {
-  struct pollfd p {
-    pidfd.get(), POLLIN, 0
-  };
-  auto r = sys::Call([&] { return ::poll(&p, 1, 0); });
-  return r.ok() && r.value == 1;
-}
 
 }  // namespace
 
@@ -267,7 +252,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     finished_ = true;
     // A client that closed its connection while its process lives on may still be writing into
     // slots whose reservation expired: those stay quarantined until the process exits.
-    const bool may_still_run = peer_pidfd_.valid() && !ProcessExited(peer_pidfd_);
+    const bool may_still_run = peer_pidfd_.valid() && !platform::ProcessExited(peer_pidfd_);
     if (server_.service.CloseSession(session_, may_still_run)) {
       server_.WatchOrphans(session_, std::move(peer_pidfd_));
     }
@@ -329,31 +314,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool eof_pending_ = false;  // the peer closed while a reply was deferred
 };
 
-// The peer's credentials, or nullopt when the kernel will not say.
-std::optional<ucred> PeerCredentials(int fd) {
-  struct ucred cred {};
-  socklen_t len = sizeof cred;
-  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return std::nullopt;
-  return cred;
-}
-
 // Whether a peer may use the server: its own uid, root, or with mode 0660 a member of the
 // server's group, also through a supplementary group (the segment's 0660 admits those too, so
 // the two gates agree).
-bool PeerAllowed(int fd, const ucred& cred, uint32_t mode) {
+bool PeerAllowed(int fd, const platform::PeerCredentials& cred, uint32_t mode) {
   if (cred.uid == ::geteuid() || cred.uid == 0) return true;
   if ((mode & 0060) == 0) return false;
-  if (cred.gid == ::getegid()) return true;
-  std::vector<gid_t> groups(64);
-  for (;;) {
-    auto len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
-    if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) == 0) {
-      groups.resize(len / sizeof(gid_t));
-      return std::find(groups.begin(), groups.end(), ::getegid()) != groups.end();
-    }
-    if (errno != ERANGE || groups.size() >= 65536) return false;
-    groups.resize(len / sizeof(gid_t) + 1);
-  }
+  return platform::PeerInGroup(fd, cred, ::getegid());
 }
 
 }  // namespace
@@ -364,13 +331,13 @@ void Server::Impl::Accept() {
       if (ec != asio::error::operation_aborted) Accept();
       return;
     }
-    const std::optional<ucred> peer = PeerCredentials(socket.native_handle());
-    if (!peer || !PeerAllowed(socket.native_handle(), *peer, options.socket_mode)) {
-      Log().warn("refused a connection from uid {} (not this server's user{})", peer ? peer->uid : -1u,
+    const auto peer = platform::GetPeerCredentials(socket.native_handle());
+    if (!peer.ok() || !PeerAllowed(socket.native_handle(), *peer, options.socket_mode)) {
+      Log().warn("refused a connection from uid {} (not this server's user{})", peer.ok() ? peer->uid : -1u,
                  options.socket_mode == 0660 ? " or group" : "");
     } else {
       const SessionId id = next_session++;
-      auto conn = std::make_shared<Connection>(*this, std::move(socket), id, OpenPidfd(peer->pid));
+      auto conn = std::make_shared<Connection>(*this, std::move(socket), id, platform::WatchProcessExit(peer->pid));
       connections.emplace(id, conn);
       conn->Start();
     }

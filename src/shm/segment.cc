@@ -1,19 +1,15 @@
-#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#if defined(__linux__)
-#include <sys/statvfs.h>
-#endif
 
-#include <cmath>
 #include <utility>
 
 #include <fmt/format.h>
 
 #include "common/log.h"
+#include "platform/process.h"
+#include "platform/shm.h"
 #include "shm/cuda_pinner.h"
-#include "shm/shm_platform.h"
 #include "shmkv/segment.h"
 #include "shmkv/size.h"
 
@@ -46,10 +42,7 @@ class UnlinkGuard {
  public:
   explicit UnlinkGuard(std::string name) : name_(std::move(name)) {}
   ~UnlinkGuard() {
-    if (!name_.empty()) {
-      ::shm_unlink(shm::ShmOpenName(name_).c_str());
-      shm::RemoveLivenessFile(name_);
-    }
+    if (!name_.empty()) (void)platform::UnlinkSegment(name_);
   }
   UnlinkGuard(const UnlinkGuard&) = delete;
   UnlinkGuard& operator=(const UnlinkGuard&) = delete;
@@ -59,77 +52,12 @@ class UnlinkGuard {
   std::string name_;
 };
 
-Status CheckCapacity([[maybe_unused]] const std::string& name, [[maybe_unused]] uint64_t size) {
-#if defined(__linux__)
-  struct statvfs fs {};
-  if (auto r = sys::Call([&] { return ::statvfs(shm::kShmDir, &fs); }); !r.ok()) {
-    return r.ToStatus(fmt::format("statvfs {}", shm::kShmDir));
-  }
-  const uint64_t free_bytes = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
-  if (size > free_bytes) {
-    const auto need_gib = static_cast<uint64_t>(std::ceil(static_cast<double>(size) / double(1ULL << 30))) + 1;
-    return Status::Full(fmt::format(
-        "cannot create segment '{}' of {}: {} has only {} free. Enlarge it (in a container: "
-        "docker run --shm-size={}g ...; on a host: mount -o remount,size=... {}) or choose a smaller pool size",
-        name, FormatSize(size), shm::kShmDir, FormatSize(free_bytes), need_gib, shm::kShmDir));
-  }
-#endif
-  return Status::Ok();
-}
-
-Status SizeSegment(int fd, const std::string& name, uint64_t size) {
-#if defined(__linux__)
-  // posix_fallocate reserves the tmpfs pages now, so a too-small /dev/shm fails here and not with
-  // SIGBUS on some later store. It returns the error instead of setting errno.
-  int err = 0;
-  do {
-    err = ::posix_fallocate(fd, 0, static_cast<off_t>(size));
-  } while (err == EINTR);
-  if (err != 0) {
-    Status s = Status::FromErrno(fmt::format("reserving {} for segment '{}'", FormatSize(size), name), err);
-    if (err == ENOSPC) {
-      return Status(
-          StatusCode::kFull,
-          s.message() + fmt::format(" ({} is too small; enlarge it, e.g. docker run --shm-size)", shm::kShmDir), err);
-    }
-    return s;
-  }
-  return Status::Ok();
-#else
-  return sys::Call([&] { return ::ftruncate(fd, static_cast<off_t>(size)); })
-      .ToStatus(fmt::format("ftruncate segment '{}' to {} bytes", name, size));
-#endif
-}
-
-// Asks for transparent huge pages before the pages are faulted in: 2 MiB pages cut the TLB
-// misses of multi-MiB chunk copies. It takes effect only where the host allows it for shared
-// memory (/sys/kernel/mm/transparent_hugepage/shmem_enabled = advise, within_size or always);
-// elsewhere the kernel ignores it or refuses it, and 4 KiB pages are used as before.
-void AdviseHugePages(std::byte* data, uint64_t size) {
-#if defined(MADV_HUGEPAGE)
-  (void)::madvise(data, size, MADV_HUGEPAGE);
-#else
-  (void)data;
-  (void)size;
-#endif
-}
-
-void Prefault(std::byte* data, uint64_t size) {
-#if defined(MADV_POPULATE_WRITE)
-  if (::madvise(data, size, MADV_POPULATE_WRITE) == 0) return;
-    // EINVAL: a kernel older than 5.14; fall through to touching pages.
-#endif
-  const uint64_t page = PageSize();
-  volatile auto* bytes = reinterpret_cast<volatile unsigned char*>(data);
-  for (uint64_t off = 0; off < size; off += page) bytes[off] = bytes[off];
-}
-
 // Why Create found `name` taken: whose it is (another user may have created a predictable name
 // first), its mode, and whether a live process holds it.
 Status ExistsError(const std::string& name) {
-  const std::optional<struct stat> st = shm::StatSegment(name);
+  const std::optional<struct stat> st = platform::StatSegment(name);
   const std::string owner =
-      st ? fmt::format("owner {}, mode {:04o}", shm::DescribeUid(st->st_uid), st->st_mode & 07777) : "owner unknown";
+      st ? fmt::format("owner {}, mode {:04o}", platform::DescribeUid(st->st_uid), st->st_mode & 07777) : "owner unknown";
   if (st && st->st_uid != ::geteuid()) {
     return Status(StatusCode::kAlreadyExists,
                   fmt::format("segment '{}' already exists and belongs to another user ({}); shmkv never removes "
@@ -138,8 +66,8 @@ Status ExistsError(const std::string& name) {
                   EEXIST);
   }
   bool live = false;
-  if (auto existing = shm::OpenExisting(name); existing.ok()) {
-    live = shm::TryLockLiveness(existing->get(), name).status().code() == StatusCode::kBusy;
+  if (auto existing = platform::OpenExisting(name); existing.ok()) {
+    live = platform::TryLockLiveness(existing->get(), name).status().code() == StatusCode::kBusy;
   }
   return Status(StatusCode::kAlreadyExists,
                 live ? fmt::format("segment '{}' already exists and a live process owns it ({})", name, owner)
@@ -156,12 +84,12 @@ Status CheckOwnership(const std::string& name, const struct stat& st, uid_t expe
     return Status::InvalidArgument(fmt::format(
         "refusing segment '{}': it is owned by {} (mode {:04o}), but the server runs as {}; another user may have "
         "created the name first",
-        name, shm::DescribeUid(st.st_uid), mode, shm::DescribeUid(expected)));
+        name, platform::DescribeUid(st.st_uid), mode, platform::DescribeUid(expected)));
   }
   if ((mode & 0007) != 0) {
     return Status::InvalidArgument(fmt::format(
         "refusing segment '{}' (owner {}): its mode {:04o} lets every user access it; a pool must be 0600 or 0660",
-        name, shm::DescribeUid(st.st_uid), mode));
+        name, platform::DescribeUid(st.st_uid), mode));
   }
   return Status::Ok();
 }
@@ -185,40 +113,39 @@ Result<SharedSegment> SharedSegment::Create(const SegmentCreateOptions& options)
   }
   const uint64_t page = PageSize();
   const uint64_t size = (options.size + page - 1) / page * page;
-  if (options.check_capacity) SHMKV_RETURN_IF_ERROR(CheckCapacity(name, size));
+  if (options.check_capacity) SHMKV_RETURN_IF_ERROR(platform::CheckCapacity(name, size));
 
-  const std::string open_name = shm::ShmOpenName(name);
-  auto opened = sys::Call([&] { return ::shm_open(open_name.c_str(), O_CREAT | O_EXCL | O_RDWR, options.mode); });
+  auto opened = platform::CreateExclusive(name, options.mode);
   if (!opened.ok()) {
-    if (opened.err == EEXIST) return ExistsError(name);
-    return Status::FromErrno(fmt::format("creating segment '{}'", name), opened.err);
+    if (opened.status().sys_errno() == EEXIST) return ExistsError(name);
+    return opened.status();
   }
-  sys::UniqueFd fd(opened.value);
+  sys::UniqueFd fd = std::move(opened).value();
   UnlinkGuard unlink_on_error(name);
   // umask may have narrowed the mode; set exactly what was asked for.
   SHMKV_RETURN_IF_ERROR(
       sys::Call([&] { return ::fchmod(fd.get(), options.mode); }).ToStatus(fmt::format("fchmod segment '{}'", name)));
 
-  auto lock = shm::TryLockLiveness(fd.get(), name);
+  auto lock = platform::TryLockLiveness(fd.get(), name);
   if (!lock.ok()) return lock.status().WithContext("taking the liveness lock");
   // A concurrent `shmkv gc` may have seen the segment between create and lock, found it
   // unlocked and unlinked it. Then this descriptor names nothing: refuse rather than serve a pool
   // nobody can attach to.
-  if (!shm::StillNamed(fd.get(), name)) {
+  if (!platform::StillNamed(fd.get(), name)) {
     unlink_on_error.dismiss();  // the name is no longer ours to remove
     return Status::Busy(
         fmt::format("segment '{}' was removed by a concurrent cleanup while being created; retry", name));
   }
 
-  SHMKV_RETURN_IF_ERROR(SizeSegment(fd.get(), name, size));
+  SHMKV_RETURN_IF_ERROR(platform::ReserveSize(fd.get(), name, size));
   void* mapped = Map(fd.get(), size);
   if (mapped == nullptr) {
     return Status::FromErrno(fmt::format("mapping {} of segment '{}'", FormatSize(size), name), errno);
   }
   MappingGuard unmap_on_error(mapped, size);
   auto* data = static_cast<std::byte*>(mapped);
-  AdviseHugePages(data, size);
-  if (options.prefault) Prefault(data, size);
+  platform::AdviseHugePages(data, size);
+  if (options.prefault) platform::Prefault(data, size);
 
   SharedSegment seg;
   seg.pinned_ = options.pin_with_cuda && CudaHostPinner::Instance().Register(data, size).ok();
@@ -243,7 +170,7 @@ Result<SharedSegment> SharedSegment::Attach(std::string_view requested, const Se
     name = std::move(normalized).value();
   }
 
-  auto fd = shm::OpenExisting(name);
+  auto fd = platform::OpenExisting(name);
   if (!fd.ok()) {
     if (fd.status().code() == StatusCode::kNotFound) {
       // Only a shmkv pool has a server to blame; an exact name may be anyone's.
@@ -316,10 +243,7 @@ void SharedSegment::Reset() noexcept {
     ::munmap(data_, size_);
   }
   // Unlink while still holding the liveness lock, so no cleanup can race on a half-dead name.
-  if (owner_) {
-    ::shm_unlink(shm::ShmOpenName(name_).c_str());
-    shm::RemoveLivenessFile(name_);
-  }
+  if (owner_) (void)platform::UnlinkSegment(name_);
   if (lock_fd_ >= 0) ::close(lock_fd_);
   if (fd_ >= 0) ::close(fd_);
   data_ = nullptr;

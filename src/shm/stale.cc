@@ -1,52 +1,21 @@
 // Listing and removing stale segments (docs/design.md §2): a segment is stale when its name carries
 // the prefix and no process holds its liveness lock.
-#include <dirent.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
-#include <cstdlib>
 #include <ctime>
-#include <memory>
 
 #include <fmt/format.h>
 
 #include "common/log.h"
-#include "shm/shm_platform.h"
+#include "platform/process.h"
+#include "platform/shm.h"
 #include "shmkv/segment.h"
 
 namespace shmkv {
 namespace {
 
 constexpr time_t kCreationGraceSeconds = 10;
-
-// Names of every prefixed segment on this machine.
-Result<std::vector<std::string>> PrefixedNames() {
-#if defined(__linux__)
-  const char* dir_path = shm::kShmDir;
-#else
-  // macOS cannot enumerate shared memory; the lock files in TMPDIR stand for the segments.
-  const char* tmp = std::getenv("TMPDIR");
-  const std::string lock_dir = (tmp && *tmp) ? tmp : "/tmp";
-  const char* dir_path = lock_dir.c_str();
-  const std::string_view strip_suffix = ".lock";
-#endif
-  std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(dir_path), &::closedir);
-  if (!dir) return Status::FromErrno(fmt::format("listing {}", dir_path), errno);
-  std::vector<std::string> names;
-  while (const dirent* e = ::readdir(dir.get())) {
-    std::string_view n = e->d_name;
-#if !defined(__linux__)
-    if (!n.starts_with("shmkv-") || !n.ends_with(strip_suffix)) continue;
-    n.remove_prefix(6);
-    n.remove_suffix(strip_suffix.size());
-#endif
-    if (n.starts_with(kSegmentPrefix) && n.size() > kSegmentPrefix.size()) names.emplace_back(n);
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
 
 // What a scan does with the segments it finds.
 enum class ScanMode {
@@ -63,7 +32,7 @@ struct Probed {
 // Probes one segment; in kRemoveStale mode, unlinks it when stale, while holding its lock.
 // Returns nullopt when the segment vanished meanwhile.
 Result<std::optional<Probed>> Probe(const std::string& name, ScanMode mode) {
-  auto fd = shm::OpenExisting(name);
+  auto fd = platform::OpenExisting(name);
   if (!fd.ok()) {
     if (fd.status().code() == StatusCode::kNotFound) return std::optional<Probed>();
     if (fd.status().sys_errno() == EACCES) {  // another user's segment: not ours to judge
@@ -85,7 +54,7 @@ Result<std::optional<Probed>> Probe(const std::string& name, ScanMode mode) {
     p.foreign = true;
     return std::optional<Probed>(p);
   }
-  auto lock = shm::TryLockLiveness(fd->get(), name);
+  auto lock = platform::TryLockLiveness(fd->get(), name);
   if (!lock.ok()) {
     if (lock.status().code() != StatusCode::kBusy) return lock.status();
     info.live = true;
@@ -98,11 +67,8 @@ Result<std::optional<Probed>> Probe(const std::string& name, ScanMode mode) {
   }
   // We hold the lock, so no owner can be alive. Unlink only if the name still designates the
   // file we locked (another cleaner may have replaced it).
-  if (mode == ScanMode::kRemoveStale && shm::StillNamed(fd->get(), name)) {
-    if (::shm_unlink(shm::ShmOpenName(name).c_str()) != 0 && errno != ENOENT) {
-      return Status::FromErrno(fmt::format("removing stale segment '{}'", name), errno);
-    }
-    shm::RemoveLivenessFile(name);
+  if (mode == ScanMode::kRemoveStale && platform::StillNamed(fd->get(), name)) {
+    SHMKV_RETURN_IF_ERROR(platform::UnlinkSegment(name));
     Log().info("removed stale segment '{}' ({} bytes)", name, info.size);
   }
   return std::optional<Probed>(p);
@@ -111,7 +77,7 @@ Result<std::optional<Probed>> Probe(const std::string& name, ScanMode mode) {
 // Lists the segments: all of them (kList), or the stale ones of this euid, with other users'
 // segments appended to *foreign when given.
 Result<std::vector<SegmentInfo>> Scan(ScanMode mode, std::vector<SegmentInfo>* foreign) {
-  auto names = PrefixedNames();
+  auto names = platform::ListSegmentNames(kSegmentPrefix);
   if (!names.ok()) return names.status();
   std::vector<SegmentInfo> out;
   for (const std::string& name : *names) {
@@ -120,7 +86,7 @@ Result<std::vector<SegmentInfo>> Scan(ScanMode mode, std::vector<SegmentInfo>* f
     if (!probed->has_value()) continue;
     Probed& p = **probed;
     if (p.foreign) {
-      Log().debug("not removing segment '{}': owned by {}, not by this user", name, shm::DescribeUid(p.info.owner));
+      Log().debug("not removing segment '{}': owned by {}, not by this user", name, platform::DescribeUid(p.info.owner));
       if (foreign != nullptr) foreign->push_back(std::move(p.info));
       continue;
     }

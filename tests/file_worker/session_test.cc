@@ -130,6 +130,7 @@ class SessionTest : public ::testing::TestWithParam<bool> {
     server_fd_ = sv[0];
     peer_ = std::make_unique<Peer>(sv[1]);
     if (GetParam()) {
+      if (!platform::kHaveIoUring) GTEST_SKIP() << "this build has no io_uring (portable platform)";
       auto ring = Ring::Create(8);
       ASSERT_TRUE(ring.ok()) << ring.status().ToString();
       uring_ = std::make_unique<UringExecutor>(std::move(ring).value());

@@ -1,6 +1,7 @@
 // Stale-segment cleanup against real owners in child processes.
 #include <algorithm>
 
+#include "platform/shm.h"
 #include "shmkv/segment.h"
 #include "test_util.h"
 
@@ -122,24 +123,35 @@ TEST(StaleSegments, CreatingOverAStaleSegmentExplainsAndWorksAfterGc) {
 }
 
 // A stale segment owned by another user (root only: it takes fchown). Unlocked, so it looks exactly
-// like what a dead server of that user leaves behind.
+// like what a dead server of that user leaves behind: on the portable platform that includes its
+// lock file (in /tmp, which users share when TMPDIR is unset).
 class ForeignSegment {
  public:
   static constexpr uid_t kUid = 65534;  // nobody
 
-  explicit ForeignSegment(const std::string& name) : name_(name) {
+  explicit ForeignSegment(const std::string& name) : name_(name), lock_path_(platform::LivenessLockPath(name)) {
     const int fd = ::shm_open(("/" + name).c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
     EXPECT_GE(fd, 0);
     EXPECT_EQ(::ftruncate(fd, 1 << 20), 0);
     EXPECT_EQ(::fchown(fd, kUid, kUid), 0);
     ::close(fd);
+    if (!lock_path_.empty()) {
+      const int lock = ::open(lock_path_.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+      EXPECT_GE(lock, 0) << lock_path_;
+      EXPECT_EQ(::fchown(lock, kUid, kUid), 0);
+      ::close(lock);
+    }
   }
-  ~ForeignSegment() { ::shm_unlink(("/" + name_).c_str()); }
+  ~ForeignSegment() {
+    ::shm_unlink(("/" + name_).c_str());
+    if (!lock_path_.empty()) ::unlink(lock_path_.c_str());
+  }
   ForeignSegment(const ForeignSegment&) = delete;
   ForeignSegment& operator=(const ForeignSegment&) = delete;
 
  private:
   std::string name_;
+  std::string lock_path_;
 };
 
 TEST(StaleSegments, ARootCleanupNeverRemovesAnotherUsersSegment) {
