@@ -312,7 +312,10 @@ Status DecodeReplyHead(const wire::MapReader& m, uint64_t id, ReplyHead* head) {
     auto idx = err->U64s("expired");
     if (!idx.ok()) return Status::Protocol("an Expired reply without its 'expired' indices");
     for (uint64_t i : *idx) {
-      if (i > UINT32_MAX) return Status::Protocol(fmt::format("an Expired reply names key #{}, which no request has", i));
+      if (i >= wire::kMaxBatchKeys) {
+        return Status::Protocol(
+            fmt::format("an Expired reply's expired indices name key #{}, which no request has", i));
+      }
     }
     head->expired.assign(idx->begin(), idx->end());
   }

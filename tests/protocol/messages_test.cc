@@ -689,25 +689,20 @@ TEST(ErrorReply, AnUnknownCodeIsInternalAndKeepsItsMessage) {
   EXPECT_EQ(ParseStatusCode("Protocol"), StatusCode::kProtocol);
 }
 
-// BUG (messages.cc, DecodeReplyHead / ParseStatusCode): "OK" is a StatusCodeName, so an error
-// reply ({"ok": false, "error": {"code": "OK", ...}}) decodes as a *successful* Status: a
-// malformed or hostile server could make a failed commit_store (EmptyReply, nothing else to
-// check) look applied. An `ok: false` reply must never decode as success; "OK" is not an error
-// code of docs/protocol.md, so it should read as an unknown code (kInternal).
+// "OK" is a StatusCodeName, so an error reply ({"ok": false, "error": {"code": "OK", ...}}) once
+// decoded as a *successful* Status: a malformed or hostile server could make a failed
+// commit_store (EmptyReply, nothing else to check) look applied. It is a malformed reply.
 TEST(ErrorReply, AnErrorReplyWithCodeOKIsNeverASuccess) {
-  GTEST_SKIP() << "bug: DecodeReplyHead turns error code \"OK\" into an OK Status (see comment)";
   ReplyHead head;
   const Status s = DecodeError({"OK", "looks fine", {}}, 37, &head);
   EXPECT_FALSE(s.ok());
-  EXPECT_EQ(s.code(), StatusCode::kInternal);
+  EXPECT_EQ(s.code(), StatusCode::kProtocol);
 }
 
-// BUG (messages.cc, DecodeReplyHead): the `expired` indices are read as uint64 and stored as
-// uint32 without a range check, so an index of 2^32 + 1 comes back as 1 and the caller reports
-// key #1 as expired (Client::last_expired, shmkv.ExpiredError.indices). An index that can name no
-// key of any batch (a batch holds at most 65,536) is a malformed reply: a Protocol error.
+// The `expired` indices were read as uint64 and stored as uint32 without a range check, so an
+// index of 2^32 + 1 came back as 1 and the caller reported key #1 as expired. An index that can
+// name no key of any batch (a batch holds at most 65,536) is a malformed reply: a Protocol error.
 TEST(ErrorReply, AnExpiredIndexThatNamesNoKeyIsAProtocolError) {
-  GTEST_SKIP() << "bug: DecodeReplyHead truncates expired indices to 32 bits (see comment)";
   const std::string body = Msgpack([](wire::Packer& pk) {
     pk.pack_map(3);
     wire::PackStr(pk, "id");
