@@ -12,6 +12,7 @@
 #include <string>
 
 #include "server/disk_tier_options.h"
+#include "server/eviction_policy.h"
 #include "shmkv/status.h"
 
 namespace shmkv {
@@ -41,6 +42,8 @@ struct ServerOptions {
   bool clean_stale = true;
   // The L2 disk tier (docs/l2-tier.md); unset: L1 only.
   std::optional<DiskTierOptions> disk;
+  // L1 eviction and admission (docs/eviction.md).
+  EvictionOptions eviction;
 };
 
 class Server {
