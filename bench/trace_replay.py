@@ -4,7 +4,8 @@
 Replays a trace in the Mooncake format (one JSON object per line, ``hash_ids`` = the prompt's
 prefix blocks, equal ids = the same chained prefix block) through a real ``shmkv-server``: per
 request one lookup of the whole chain, a retrieve of the leading hits, and a store of the rest
-(stopping at the first block that gets no room, as shmkv.KVConnector does). Each block is one
+(prepare_store of the whole chain, committing up to the first block that gets no room, as
+shmkv.KVConnector does). Each block is one
 object of ``--block-bytes`` (default 4096, one pool slot), and the pool is sized to hold exactly
 the capacity asked for, so a pool of a few MiB models millions of tokens.
 
@@ -275,13 +276,14 @@ def replay_server(shmkv, server: str, requests, capacity: int, block_bytes: int,
                 if n:
                     c.prepare_retrieve(keys[:n])
                     c.post_commit_retrieve(keys[:n])
-                rest = keys[n:]
-                if not rest:
+                if n == len(keys):
                     continue
-                c.prepare_store(rest, [block_bytes] * len(rest))
+                # The whole chain, as shmkv.KVConnector sends it: the blocks present answer
+                # `exists` (and are touched), and each block's position is its depth.
+                c.prepare_store(keys, [block_bytes] * len(keys))
                 statuses = c.last_statuses
                 reserved, abandoned, full = [], [], False
-                for k, s in zip(rest, statuses):
+                for k, s in zip(keys, statuses):
                     if s == "ok":
                         (abandoned if full else reserved).append(k)
                     elif s not in ("exists", "busy"):

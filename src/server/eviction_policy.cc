@@ -155,7 +155,16 @@ SegmentedTinyLfu::Handle SegmentedTinyLfu::FirstEvictable(Segment s) {
   return h;
 }
 
-SegmentedTinyLfu::Pick SegmentedTinyLfu::PickVictim(const FrequencySketch* sketch, std::optional<uint64_t> incoming,
+namespace {
+// The contest: does `a` deserve its slot more than `b`? Looked up more often, or as often and
+// nearer the head of its chain: a parent is looked up whenever its child is, so on equal counts
+// keeping the deeper block could only leave it behind an evicted parent, useless.
+bool Beats(uint32_t a_count, uint32_t a_depth, uint32_t b_count, uint32_t b_depth) {
+  return a_count > b_count || (a_count == b_count && a_depth < b_depth);
+}
+}  // namespace
+
+SegmentedTinyLfu::Pick SegmentedTinyLfu::PickVictim(const FrequencySketch* sketch, std::optional<Incoming> incoming,
                                                     Handle* out) {
   Handle cand = FirstEvictable(kWindow);
   Handle vict = FirstEvictable(kProbation);
@@ -170,7 +179,7 @@ SegmentedTinyLfu::Pick SegmentedTinyLfu::PickVictim(const FrequencySketch* sketc
     *out = cand;
     if (have_vict && sketch != nullptr) {
       // The admission contest: the candidate enters main only if it was looked up more often.
-      if (sketch->Estimate(cand->hash) > sketch->Estimate(vict->hash)) {
+      if (Beats(sketch->Estimate(cand->hash), cand->depth, sketch->Estimate(vict->hash), vict->depth)) {
         MoveTo(cand, kProbation);
         *out = vict;
         contests_won_++;
@@ -183,10 +192,10 @@ SegmentedTinyLfu::Pick SegmentedTinyLfu::PickVictim(const FrequencySketch* sketc
   if (!have_vict) return Pick::kNothing;
   if (!have_cand && main_within && sketch != nullptr && incoming.has_value()) {
     // The window is empty (a burst of new objects used it up): the object asking for room is
-    // the candidate. Less popular than main's victim, it is not admitted at all; a victim never
+    // the candidate. Unless it beats main's victim it is not admitted at all; a victim never
     // looked up (count 0) always gives way, so traffic without lookups keeps plain recency.
     const uint32_t victim_count = sketch->Estimate(vict->hash);
-    if (victim_count > 0 && sketch->Estimate(*incoming) <= victim_count) {
+    if (victim_count > 0 && !Beats(sketch->Estimate(incoming->hash), incoming->depth, victim_count, vict->depth)) {
       contests_lost_++;
       return Pick::kRejectIncoming;
     }
@@ -218,7 +227,7 @@ ShadowCache::ShadowCache(size_t capacity, double window_fraction, double protect
   sketch_.EnsureCapacity(capacity);
 }
 
-size_t ShadowCache::Request(std::span<const uint64_t> hashes) {
+size_t ShadowCache::Request(std::span<const uint64_t> hashes, std::span<const uint32_t> depths) {
   size_t leading = 0;
   while (leading < hashes.size() && map_.contains(hashes[leading])) ++leading;
   for (uint64_t h : hashes) sketch_.Increment(h);
@@ -231,12 +240,14 @@ size_t ShadowCache::Request(std::span<const uint64_t> hashes) {
     if (it != map_.end()) core_.Touch(it->second);
   }
   admitted_.clear();
-  for (uint64_t h : hashes) {
-    if (map_.contains(h) || std::find(admitted_.begin(), admitted_.end(), h) != admitted_.end()) continue;
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    const uint64_t h = hashes[i];
+    if (map_.contains(h)) continue;
     bool room = true;
     while (core_.size() + admitted_.size() >= core_.capacity()) {
       SegmentedTinyLfu::Handle victim;
-      if (core_.PickVictim(&sketch_, h, &victim) != SegmentedTinyLfu::Pick::kVictim) {
+      if (core_.PickVictim(&sketch_, SegmentedTinyLfu::Incoming{h, depths[i]}, &victim) !=
+          SegmentedTinyLfu::Pick::kVictim) {
         room = false;
         break;
       }
@@ -244,10 +255,12 @@ size_t ShadowCache::Request(std::span<const uint64_t> hashes) {
       core_.Remove(victim);
     }
     if (!room) break;
-    admitted_.push_back(h);
+    admitted_.push_back(i);
   }
-  for (size_t i = admitted_.size(); i-- > 0;) {
-    map_[admitted_[i]] = core_.Insert({.hash = admitted_[i], .weight = 1});
+  for (size_t j = admitted_.size(); j-- > 0;) {  // a key twice in the batch is inserted once
+    const size_t i = admitted_[j];
+    auto [it, inserted] = map_.try_emplace(hashes[i]);
+    if (inserted) it->second = core_.Insert({.hash = hashes[i], .weight = 1, .depth = depths[i]});
   }
   return leading;
 }
@@ -296,29 +309,27 @@ uint64_t EvictionPolicy::HashKey(std::string_view key) {
   return Mix(std::hash<std::string_view>{}(key));
 }
 
-EvictionPolicy::Handle EvictionPolicy::Insert(const std::string* key, uint64_t bytes) {
+EvictionPolicy::Handle EvictionPolicy::Insert(const std::string* key, uint64_t bytes, uint32_t depth) {
   inserted_bytes_ += bytes;
   inserted_objects_++;
   if (options_.mode == EvictionMode::kAdaptive) sketch_.EnsureCapacity(core_.size() + 1);
-  return core_.Insert({.hash = HashKey(*key), .weight = bytes, .key = key});
+  return core_.Insert({.hash = HashKey(*key), .weight = bytes, .key = key, .depth = depth});
 }
 
-EvictionPolicy::Handle EvictionPolicy::Restore(const std::string* key, uint64_t bytes, Segment segment) {
-  return core_.Restore({.hash = HashKey(*key), .weight = bytes, .key = key}, segment);
+EvictionPolicy::Handle EvictionPolicy::Restore(const std::string* key, uint64_t bytes, uint32_t depth,
+                                               Segment segment) {
+  return core_.Restore({.hash = HashKey(*key), .weight = bytes, .key = key, .depth = depth}, segment);
 }
 
-EvictionPolicy::Victim EvictionPolicy::PickVictim(std::optional<std::string_view> incoming) {
+EvictionPolicy::Victim EvictionPolicy::PickVictim(std::optional<std::string_view> incoming, uint32_t incoming_depth) {
   const bool adaptive = options_.mode == EvictionMode::kAdaptive;
-  std::optional<uint64_t> incoming_hash;
-  if (adaptive && incoming.has_value()) incoming_hash = HashKey(*incoming);
+  std::optional<SegmentedTinyLfu::Incoming> incoming_hash;
+  if (adaptive && incoming.has_value()) incoming_hash = SegmentedTinyLfu::Incoming{HashKey(*incoming), incoming_depth};
   Handle h;
   switch (core_.PickVictim(adaptive ? &sketch_ : nullptr, incoming_hash, &h)) {
-    case SegmentedTinyLfu::Pick::kVictim:
-      return {.key = h->key};
-    case SegmentedTinyLfu::Pick::kRejectIncoming:
-      return {.reject_incoming = true};
-    case SegmentedTinyLfu::Pick::kNothing:
-      break;
+    case SegmentedTinyLfu::Pick::kVictim: return {.key = h->key};
+    case SegmentedTinyLfu::Pick::kRejectIncoming: return {.reject_incoming = true};
+    case SegmentedTinyLfu::Pick::kNothing: break;
   }
   return {};
 }
@@ -345,14 +356,18 @@ void EvictionPolicy::RecordLookup(std::span<const std::string_view> keys) {
   if (options_.mode != EvictionMode::kAdaptive) return;
   if (shadows_.empty() && inserted_objects_ > 0) StartShadows();
   sampled_.clear();
-  for (std::string_view k : keys) {
-    const uint64_t h = HashKey(k);
+  sampled_depths_.clear();
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const uint64_t h = HashKey(keys[i]);
     sketch_.Increment(h);
     // Sampling on other bits than the sketch's rows use.
-    if (!shadows_.empty() && ((h >> 40) & sample_mask_) == 0) sampled_.push_back(h);
+    if (!shadows_.empty() && ((h >> 40) & sample_mask_) == 0) {
+      sampled_.push_back(h);
+      sampled_depths_.push_back(static_cast<uint32_t>(i));
+    }
   }
   if (sampled_.empty()) return;
-  for (size_t i = 0; i < shadows_.size(); ++i) epoch_hits_[i] += shadows_[i].Request(sampled_);
+  for (size_t i = 0; i < shadows_.size(); ++i) epoch_hits_[i] += shadows_[i].Request(sampled_, sampled_depths_);
   epoch_keys_ += sampled_.size();
   if (epoch_keys_ >= epoch_length_) EndEpoch();
 }

@@ -101,6 +101,7 @@ class SegmentedTinyLfu {
     uint64_t hash = 0;
     uint64_t weight = 0;
     const std::string* key = nullptr;  // the Store's index key (null in shadows)
+    uint32_t depth = 0;                // position in its prefix chain (0: the chain's first block)
     Segment segment = kWindow;
     bool io_pinned = false;  // a lower tier's I/O holds the slot: never a victim
   };
@@ -130,7 +131,11 @@ class SegmentedTinyLfu {
   // candidate moves to probation). `incoming`: the hash of the object the room is for, if it
   // may be refused: when the window has no candidate left it competes with main's victim
   // itself. `sketch` null: no contests (recency only).
-  Pick PickVictim(const FrequencySketch* sketch, std::optional<uint64_t> incoming, Handle* out);
+  struct Incoming {
+    uint64_t hash = 0;
+    uint32_t depth = 0;
+  };
+  Pick PickVictim(const FrequencySketch* sketch, std::optional<Incoming> incoming, Handle* out);
 
   size_t size() const { return lists_[0].size() + lists_[1].size() + lists_[2].size(); }
   uint64_t bytes(Segment s) const { return bytes_[s]; }
@@ -162,20 +167,21 @@ class SegmentedTinyLfu {
 class ShadowCache {
  public:
   ShadowCache(size_t capacity, double window_fraction, double protected_fraction);
-  // Returns the number of leading sampled keys that were present.
-  size_t Request(std::span<const uint64_t> hashes);
+  // `depths`: each key's position in its chain. Returns the number of leading sampled keys that
+  // were present.
+  size_t Request(std::span<const uint64_t> hashes, std::span<const uint32_t> depths);
   double window_fraction() const { return core_.window_fraction(); }
 
  private:
   SegmentedTinyLfu core_;
   FrequencySketch sketch_;
   std::unordered_map<uint64_t, SegmentedTinyLfu::Handle> map_;
-  std::vector<uint64_t> admitted_;  // scratch
+  std::vector<size_t> admitted_;  // scratch: indices into the request
 };
 
 struct EvictionStats {
-  double window_fraction = 1.0;  // the pool's current window share
-  uint64_t window_switches = 0;  // times the adaptation changed it
+  double window_fraction = 1.0;      // the pool's current window share
+  uint64_t window_switches = 0;      // times the adaptation changed it
   uint64_t admissions_rejected = 0;  // contests the candidate lost (evicted from the window)
   uint64_t admissions_won = 0;       // contests the candidate won (main's victim evicted)
   uint64_t shadow_sample_rate = 0;   // 1 in N keys simulated; 0 before the first epoch
@@ -189,10 +195,12 @@ class EvictionPolicy {
   // Validates the options (kInvalidArgument naming the field).
   static Result<EvictionPolicy> Create(uint64_t capacity_bytes, const EvictionOptions& options);
 
-  // A committed object joins (the window's hot end).
-  Handle Insert(const std::string* key, uint64_t bytes);
+  // A committed object joins (the window's hot end). `depth`: its position in its prefix chain,
+  // as far as the Store knows it (the position in the batch that stored it, raised by lookups).
+  Handle Insert(const std::string* key, uint64_t bytes, uint32_t depth);
   // An object whose last session pin went: back to the hot end of `segment`.
-  Handle Restore(const std::string* key, uint64_t bytes, Segment segment);
+  Handle Restore(const std::string* key, uint64_t bytes, uint32_t depth, Segment segment);
+  void SetDepth(Handle h, uint32_t depth) { h->depth = depth; }
   void Touch(Handle h) { core_.Touch(h); }
   // Leaves the policy (evicted, removed, or session-pinned); returns the segment it was in.
   Segment Remove(Handle h) { return core_.Remove(h); }
@@ -205,7 +213,7 @@ class EvictionPolicy {
   // The next object to evict; both fields empty when every tracked object is io-pinned or none
   // is tracked. `incoming`: the key the room is for, when it may be refused admission (a new
   // store; not a load from a lower tier, which serves a hit).
-  Victim PickVictim(std::optional<std::string_view> incoming = std::nullopt);
+  Victim PickVictim(std::optional<std::string_view> incoming = std::nullopt, uint32_t incoming_depth = 0);
 
   // One lookup batch, keys in prefix order: counts each key once in the sketch and feeds the
   // sampled ones to the shadows; at an epoch's end, may change the window share. No-op in Lru
@@ -226,7 +234,7 @@ class EvictionPolicy {
   EvictionOptions options_;
   SegmentedTinyLfu core_;
   FrequencySketch sketch_;
-  uint64_t inserted_bytes_ = 0;  // running sum and count of inserted objects: their mean size
+  uint64_t inserted_bytes_ = 0;    // running sum and count of inserted objects: their mean size
   uint64_t inserted_objects_ = 0;  // sets the pool's capacity in objects for the shadows
   // Miniature simulations (adaptive mode, once the pool's object size is known).
   std::vector<ShadowCache> shadows_;
@@ -236,7 +244,8 @@ class EvictionPolicy {
   uint64_t shadow_capacity_ = 0;
   uint64_t epoch_keys_ = 0;
   uint64_t epoch_length_ = 0;
-  std::vector<uint64_t> sampled_;  // scratch
+  std::vector<uint64_t> sampled_;         // scratch
+  std::vector<uint32_t> sampled_depths_;  // scratch
   EvictionStats stats_;
 };
 

@@ -120,7 +120,7 @@ void Store::Unpin(Index::iterator it) {
   Object& o = it->second;
   if (o.pins - o.io_pins == 0) return;
   if (--o.pins - o.io_pins == 0 && o.state == State::kCommitted) {
-    o.node = policy_.Restore(&it->first, Weight(o), o.segment);
+    o.node = policy_.Restore(&it->first, Weight(o), o.depth, o.segment);
     o.in_policy = true;
     policy_.SetIoPinned(o.node, o.io_pins > 0);
   }
@@ -139,9 +139,9 @@ void Store::Erase(Index::iterator it) {
   index_.erase(it);
 }
 
-Store::Eviction Store::EvictOne(std::optional<std::string_view> incoming) {
+Store::Eviction Store::EvictOne(std::optional<std::string_view> incoming, uint32_t incoming_depth) {
   // The policy never names an io-pinned object: a lower tier is copying it, its slot must stay.
-  const EvictionPolicy::Victim victim = policy_.PickVictim(incoming);
+  const EvictionPolicy::Victim victim = policy_.PickVictim(incoming, incoming_depth);
   if (victim.reject_incoming) return Eviction::kRejected;
   if (victim.key == nullptr) return Eviction::kNothing;
   auto it = index_.find(*victim.key);
@@ -188,7 +188,7 @@ Result<std::vector<SlotResult>> Store::PrepareStore(SessionId session, std::span
     // less often than everything that would have to go): `full` either way.
     Result<uint64_t> offset = allocator_.Allocate(sizes[i]);
     while (!offset.ok() && offset.status().code() == StatusCode::kFull &&
-           EvictOne(keys[i]) == Eviction::kEvicted) {
+           EvictOne(keys[i], static_cast<uint32_t>(i)) == Eviction::kEvicted) {
       offset = allocator_.Allocate(sizes[i]);
     }
     if (!offset.ok()) {
@@ -201,6 +201,7 @@ Result<std::vector<SlotResult>> Store::PrepareStore(SessionId session, std::span
     o.length = sizes[i];
     o.writer = session;
     o.reserved_at = now;
+    o.depth = static_cast<uint32_t>(i);  // a batch is in prefix order: at least this deep
     s->reservations.insert(&it->first);
     out[i] = {SlotStatus::kOk, o.offset, o.length};
   }
@@ -246,7 +247,7 @@ Status Store::CommitStore(SessionId session, std::span<const std::string_view> k
     s->reservations.erase(&it->first);
     it->second.state = State::kCommitted;
     it->second.writer = 0;
-    it->second.node = policy_.Insert(&it->first, Weight(it->second));
+    it->second.node = policy_.Insert(&it->first, Weight(it->second), it->second.depth);
     it->second.in_policy = true;
     if (options_.track_dirty) {
       it->second.dirty = dirty_.insert(dirty_.end(), &it->first);
@@ -283,6 +284,13 @@ size_t Store::Lookup(SessionId session, std::span<const std::string_view> keys, 
   for (std::string_view k : keys) {
     auto it = index_.find(k);
     if (it == index_.end() || it->second.state != State::kCommitted) break;
+    // A lookup names a chain from its first block: the position is the block's depth (a batch
+    // that started later in the chain recorded less).
+    Object& o = it->second;
+    if (o.depth < n) {
+      o.depth = static_cast<uint32_t>(n);
+      if (o.in_policy) policy_.SetDepth(o.node, o.depth);
+    }
     hits.push_back(it);
     ++n;
   }
@@ -493,8 +501,7 @@ Result<uint64_t> Store::ReserveForLoad(std::string_view key, uint64_t length) {
   }
   if (index_.find(key) != index_.end()) return Status::AlreadyExists("the key is already in L1");
   Result<uint64_t> offset = allocator_.Allocate(length);
-  while (!offset.ok() && offset.status().code() == StatusCode::kFull &&
-         EvictOne(std::nullopt) == Eviction::kEvicted) {
+  while (!offset.ok() && offset.status().code() == StatusCode::kFull && EvictOne(std::nullopt) == Eviction::kEvicted) {
     offset = allocator_.Allocate(length);
   }
   if (!offset.ok()) return offset.status();
@@ -512,7 +519,7 @@ void Store::FinishLoad(std::string_view key, bool ok) {
   if (!ok) return Erase(it);
   it->second.state = State::kCommitted;
   it->second.writer = 0;
-  it->second.node = policy_.Insert(&it->first, Weight(it->second));
+  it->second.node = policy_.Insert(&it->first, Weight(it->second), it->second.depth);
   it->second.in_policy = true;
 }
 

@@ -202,7 +202,8 @@ class Store {
     EvictionPolicy::Handle node{};  // valid when in_policy: committed and no session pins it
     bool in_policy = false;
     EvictionPolicy::Segment segment = EvictionPolicy::Segment::kWindow;  // where it was, while pinned
-    uint32_t io_pins = 0;                             // pins of a lower tier, part of `pins`
+    uint32_t depth = 0;    // its position in its prefix chain, as batches have shown it (eviction)
+    uint32_t io_pins = 0;  // pins of a lower tier, part of `pins`
     std::list<const std::string*>::iterator dirty{};  // valid when in_dirty
     bool in_dirty = false;                            // queued for write-behind
     bool writing = false;                             // taken by TakeDirty, not yet finished
@@ -227,7 +228,7 @@ class Store {
 
   Store(const StoreOptions& options, SlotAllocator allocator, EvictionPolicy policy);
 
-  void Touch(Index::iterator it);  // a use: the policy moves it towards the hot end
+  void Touch(Index::iterator it);          // a use: the policy moves it towards the hot end
   uint64_t Weight(const Object& o) const;  // the object's bytes in the pool (its slot, rounded)
   void Pin(Index::iterator it);
   void Unpin(Index::iterator it);
@@ -235,7 +236,7 @@ class Store {
   enum class Eviction : uint8_t { kEvicted, kNothing, kRejected };
   // Evicts one object to make room for `incoming` (a new store the policy may refuse: kRejected)
   // or for a load from a lower tier (nullopt: never refused).
-  Eviction EvictOne(std::optional<std::string_view> incoming);
+  Eviction EvictOne(std::optional<std::string_view> incoming, uint32_t incoming_depth = 0);
   Session* FindSession(SessionId id);
   void ReleasePin(Session& s, std::string_view key, bool all);
   void QuarantineReservation(Session& s, Index::iterator it);  // leaves the index, keeps the slot
