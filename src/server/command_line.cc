@@ -38,6 +38,7 @@ std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* co
   std::string disk_dir, disk_size_text, file_worker;
   bool disk_write_through = false;
   double disk_io_timeout_s = seconds(disk_defaults.io_timeout);
+  std::string eviction_text(EvictionModeName(o.eviction.mode));
   app.add_option("--pool-size", pool_size_text, "Pool size: 512MiB, 4GiB or a byte count")->required();
   app.add_option("--shm-name", shm_name, "Segment name (prefixed with lmcache_l1_pool_; default: the pid)");
   app.add_option("--socket", o.socket_path, "Control socket path")->capture_default_str();
@@ -59,6 +60,9 @@ std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* co
                  "shmkv-file-worker binary for L2 (default: next to this executable, else on PATH)");
   app.add_option("--disk-io-timeout", disk_io_timeout_s,
                  "Seconds without a reply after which the file worker counts as hung and is restarted")
+      ->capture_default_str();
+  app.add_option("--eviction-policy", eviction_text,
+                 "L1 eviction: adaptive (window TinyLFU tuned online) or lru (docs/eviction.md)")
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
   try {
@@ -95,6 +99,9 @@ std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* co
   o.reserve_ttl = std::chrono::milliseconds(static_cast<int64_t>(reserve_ttl_s * 1000));
   o.pin_ttl = std::chrono::milliseconds(static_cast<int64_t>(pin_ttl_s * 1000));
   o.prefault = !no_prefault;
+  auto eviction = ParseEvictionMode(eviction_text);
+  if (!eviction.ok()) return fail("--eviction-policy: " + eviction.status().message());
+  o.eviction.mode = *eviction;
   if (disk_dir.empty() && (!disk_size_text.empty() || disk_write_through || !file_worker.empty())) {
     return fail("--disk-size, --disk-write-through and --file-worker need --disk-dir");
   }

@@ -409,6 +409,7 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
   store_opts.reserve_ttl = options.reserve_ttl;
   store_opts.pin_ttl = options.pin_ttl;
   store_opts.track_dirty = options.disk.has_value();
+  store_opts.eviction = options.eviction;
   auto store = Store::Create(store_opts);
   if (!store.ok()) return store.status();
 

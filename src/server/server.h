@@ -13,6 +13,7 @@
 
 #include "protocol/wire.h"
 #include "server/disk_tier_options.h"
+#include "server/eviction_policy.h"
 #include "server/store.h"
 #include "shmkv/status.h"
 
@@ -43,6 +44,8 @@ struct ServerOptions {
   bool clean_stale = true;
   // The L2 disk tier (docs/l2-tier.md); unset: L1 only.
   std::optional<DiskTierOptions> disk;
+  // L1 eviction and admission (docs/eviction.md).
+  EvictionOptions eviction;
 };
 
 class Server {

@@ -7,11 +7,13 @@ namespace shmkv {
 Result<Store> Store::Create(const StoreOptions& options) {
   auto allocator = SlotAllocator::Create(options.pool_size, options.alignment);
   if (!allocator.ok()) return allocator.status();
-  return Store(options, std::move(allocator).value());
+  auto policy = EvictionPolicy::Create(allocator->pool_size(), options.eviction);
+  if (!policy.ok()) return policy.status();
+  return Store(options, std::move(allocator).value(), std::move(policy).value());
 }
 
-Store::Store(const StoreOptions& options, SlotAllocator allocator)
-    : options_(options), allocator_(std::move(allocator)) {
+Store::Store(const StoreOptions& options, SlotAllocator allocator, EvictionPolicy policy)
+    : options_(options), allocator_(std::move(allocator)), policy_(std::move(policy)) {
   counters_.pool_size = allocator_.pool_size();
 }
 
@@ -95,16 +97,22 @@ void Store::AcknowledgeExpired(Session& s, std::string_view key) {
 
 void Store::Touch(Index::iterator it) {
   Object& o = it->second;
-  if (o.in_lru) lru_.splice(lru_.end(), lru_, o.lru);
+  if (o.in_policy) policy_.Touch(o.node);
 }
 
-// Session pins take an object out of the LRU. Io pins (a lower tier's, counted in both `pins`
-// and `io_pins`) leave it in place, so background I/O never reorders eviction; EvictOne skips it.
+uint64_t Store::Weight(const Object& o) const {
+  const uint64_t a = allocator_.alignment();
+  return (o.length + a - 1) / a * a;
+}
+
+// Session pins take an object out of the eviction policy (it comes back to the same segment when
+// the last one goes). Io pins (a lower tier's, counted in both `pins` and `io_pins`) leave it in
+// place, so background I/O never reorders eviction; the policy skips it when choosing a victim.
 void Store::Pin(Index::iterator it) {
   Object& o = it->second;
-  if (o.pins++ - o.io_pins == 0 && o.in_lru) {
-    lru_.erase(o.lru);
-    o.in_lru = false;
+  if (o.pins++ - o.io_pins == 0 && o.in_policy) {
+    o.segment = policy_.Remove(o.node);
+    o.in_policy = false;
   }
 }
 
@@ -112,14 +120,15 @@ void Store::Unpin(Index::iterator it) {
   Object& o = it->second;
   if (o.pins - o.io_pins == 0) return;
   if (--o.pins - o.io_pins == 0 && o.state == State::kCommitted) {
-    o.lru = lru_.insert(lru_.end(), &it->first);
-    o.in_lru = true;
+    o.node = policy_.Restore(&it->first, Weight(o), o.depth, o.segment);
+    o.in_policy = true;
+    policy_.SetIoPinned(o.node, o.io_pins > 0);
   }
 }
 
 void Store::Erase(Index::iterator it) {
   Object& o = it->second;
-  if (o.in_lru) lru_.erase(o.lru);
+  if (o.in_policy) policy_.Remove(o.node);
   if (o.in_dirty) {
     dirty_.erase(o.dirty);
     dirty_bytes_ -= o.length;
@@ -130,19 +139,17 @@ void Store::Erase(Index::iterator it) {
   index_.erase(it);
 }
 
-bool Store::EvictOne() {
-  auto lit = lru_.begin();
-  Index::iterator it;
-  for (;; ++lit) {
-    if (lit == lru_.end()) return false;
-    it = index_.find(**lit);
-    if (it->second.io_pins == 0) break;  // a lower tier is copying it: its slot must stay
-  }
+Store::Eviction Store::EvictOne(std::optional<std::string_view> incoming, uint32_t incoming_depth) {
+  // The policy never names an io-pinned object: a lower tier is copying it, its slot must stay.
+  const EvictionPolicy::Victim victim = policy_.PickVictim(incoming, incoming_depth);
+  if (victim.reject_incoming) return Eviction::kRejected;
+  if (victim.key == nullptr) return Eviction::kNothing;
+  auto it = index_.find(*victim.key);
   counters_.evictions++;
   counters_.evicted_bytes += it->second.length;
   if (it->second.in_dirty) counters_.evicted_dirty++;
   Erase(it);
-  return true;
+  return Eviction::kEvicted;
 }
 
 Result<std::vector<SlotResult>> Store::PrepareStore(SessionId session, std::span<const std::string_view> keys,
@@ -177,8 +184,11 @@ Result<std::vector<SlotResult>> Store::PrepareStore(SessionId session, std::span
       out[i].status = SlotStatus::kBusy;
       continue;
     }
+    // No room and nothing evictable, or the policy does not admit this object (it was looked up
+    // less often than everything that would have to go): `full` either way.
     Result<uint64_t> offset = allocator_.Allocate(sizes[i]);
-    while (!offset.ok() && offset.status().code() == StatusCode::kFull && EvictOne()) {
+    while (!offset.ok() && offset.status().code() == StatusCode::kFull &&
+           EvictOne(keys[i], static_cast<uint32_t>(i)) == Eviction::kEvicted) {
       offset = allocator_.Allocate(sizes[i]);
     }
     if (!offset.ok()) {
@@ -191,6 +201,7 @@ Result<std::vector<SlotResult>> Store::PrepareStore(SessionId session, std::span
     o.length = sizes[i];
     o.writer = session;
     o.reserved_at = now;
+    o.depth = static_cast<uint32_t>(i);  // a batch is in prefix order: at least this deep
     s->reservations.insert(&it->first);
     out[i] = {SlotStatus::kOk, o.offset, o.length};
   }
@@ -236,8 +247,8 @@ Status Store::CommitStore(SessionId session, std::span<const std::string_view> k
     s->reservations.erase(&it->first);
     it->second.state = State::kCommitted;
     it->second.writer = 0;
-    it->second.lru = lru_.insert(lru_.end(), &it->first);
-    it->second.in_lru = true;
+    it->second.node = policy_.Insert(&it->first, Weight(it->second), it->second.depth);
+    it->second.in_policy = true;
     if (options_.track_dirty) {
       it->second.dirty = dirty_.insert(dirty_.end(), &it->first);
       it->second.in_dirty = true;
@@ -265,6 +276,7 @@ size_t Store::AbortStore(SessionId session, std::span<const std::string_view> ke
 
 size_t Store::Lookup(SessionId session, std::span<const std::string_view> keys, bool pin, Clock::time_point now) {
   counters_.lookups++;
+  policy_.RecordLookup(keys);
   Session* s = pin ? FindSession(session) : nullptr;
   size_t n = 0;
   std::vector<Index::iterator> hits;
@@ -272,6 +284,13 @@ size_t Store::Lookup(SessionId session, std::span<const std::string_view> keys, 
   for (std::string_view k : keys) {
     auto it = index_.find(k);
     if (it == index_.end() || it->second.state != State::kCommitted) break;
+    // A lookup names a chain from its first block: the position is the block's depth (a batch
+    // that started later in the chain recorded less).
+    Object& o = it->second;
+    if (o.depth < n) {
+      o.depth = static_cast<uint32_t>(n);
+      if (o.in_policy) policy_.SetDepth(o.node, o.depth);
+    }
     hits.push_back(it);
     ++n;
   }
@@ -389,12 +408,14 @@ std::vector<RemoveOutcome> Store::Remove(std::span<const std::string_view> keys)
 
 size_t Store::Clear(std::string_view prefix) {
   size_t n = 0;
-  for (auto it = lru_.begin(); it != lru_.end();) {
-    const std::string* key = *it++;
-    if (key->starts_with(prefix) && index_.find(*key)->second.io_pins == 0) {
-      Erase(index_.find(*key));
+  for (auto it = index_.begin(); it != index_.end();) {
+    auto next = std::next(it);
+    const Object& o = it->second;
+    if (o.in_policy && o.io_pins == 0 && it->first.starts_with(prefix)) {
+      Erase(it);
       ++n;
     }
+    it = next;
   }
   return n;
 }
@@ -452,6 +473,7 @@ std::vector<IoSlot> Store::TakeDirty(size_t max_objects) {
     o.writing = true;
     o.io_pins++;
     o.pins++;
+    if (o.in_policy) policy_.SetIoPinned(o.node, true);
     out.push_back({it->first, o.offset, o.length});
   }
   return out;
@@ -469,6 +491,7 @@ void Store::FinishWrite(std::string_view key, bool requeue) {
   }
   o.io_pins--;
   o.pins--;
+  if (o.in_policy) policy_.SetIoPinned(o.node, o.io_pins > 0);
 }
 
 Result<uint64_t> Store::ReserveForLoad(std::string_view key, uint64_t length) {
@@ -478,7 +501,7 @@ Result<uint64_t> Store::ReserveForLoad(std::string_view key, uint64_t length) {
   }
   if (index_.find(key) != index_.end()) return Status::AlreadyExists("the key is already in L1");
   Result<uint64_t> offset = allocator_.Allocate(length);
-  while (!offset.ok() && offset.status().code() == StatusCode::kFull && EvictOne()) {
+  while (!offset.ok() && offset.status().code() == StatusCode::kFull && EvictOne(std::nullopt) == Eviction::kEvicted) {
     offset = allocator_.Allocate(length);
   }
   if (!offset.ok()) return offset.status();
@@ -496,8 +519,8 @@ void Store::FinishLoad(std::string_view key, bool ok) {
   if (!ok) return Erase(it);
   it->second.state = State::kCommitted;
   it->second.writer = 0;
-  it->second.lru = lru_.insert(lru_.end(), &it->first);
-  it->second.in_lru = true;
+  it->second.node = policy_.Insert(&it->first, Weight(it->second), it->second.depth);
+  it->second.in_policy = true;
 }
 
 bool Store::IoPin(std::string_view key) {
@@ -505,6 +528,7 @@ bool Store::IoPin(std::string_view key) {
   if (it == index_.end() || it->second.state != State::kCommitted) return false;
   it->second.io_pins++;
   it->second.pins++;
+  if (it->second.in_policy) policy_.SetIoPinned(it->second.node, true);
   return true;
 }
 
@@ -513,6 +537,7 @@ void Store::IoUnpin(std::string_view key) {
   if (it == index_.end() || it->second.io_pins == 0) return;
   it->second.io_pins--;
   it->second.pins--;
+  if (it->second.in_policy) policy_.SetIoPinned(it->second.node, it->second.io_pins > 0);
 }
 
 StoreStats Store::stats() const {
@@ -530,6 +555,7 @@ StoreStats Store::stats() const {
   s.sessions = sessions_.size();
   s.dirty_objects = dirty_.size();
   s.dirty_bytes = dirty_bytes_;
+  s.eviction = policy_.stats();
   return s;
 }
 
@@ -548,7 +574,8 @@ Status Store::CheckInvariants() const {
     return fail(fmt::format("{} slots allocated but {} objects indexed and {} quarantined",
                             allocator_.stats().live_slots, index_.size(), quarantined));
   }
-  size_t in_lru = 0;
+  SHMKV_RETURN_IF_ERROR(policy_.CheckInvariants());
+  size_t in_policy = 0;
   size_t dirty_count = 0;
   std::unordered_map<std::string_view, uint32_t> pins_by_sessions;
   std::unordered_map<std::string_view, SessionId> reserved_by;
@@ -559,9 +586,12 @@ Status Store::CheckInvariants() const {
   for (const auto& [key, o] : index_) {
     auto slot = allocator_.SlotSize(o.offset);
     if (!slot.ok() || *slot < o.length) return fail("object without a slot large enough");
-    const bool should_be_in_lru = o.state == State::kCommitted && o.pins == o.io_pins;
-    if (o.in_lru != should_be_in_lru) return fail("LRU membership disagrees with state and pins");
-    in_lru += o.in_lru ? 1 : 0;
+    const bool should_be_in_policy = o.state == State::kCommitted && o.pins == o.io_pins;
+    if (o.in_policy != should_be_in_policy) return fail("eviction policy membership disagrees with state and pins");
+    if (o.in_policy && (o.node->key != &key || o.node->io_pinned != (o.io_pins > 0) || o.node->weight != Weight(o))) {
+      return fail("eviction policy node disagrees with its object");
+    }
+    in_policy += o.in_policy ? 1 : 0;
     auto p = pins_by_sessions.find(key);
     if ((p == pins_by_sessions.end() ? 0u : p->second) + o.io_pins != o.pins) {
       return fail("pin count disagrees with sessions");
@@ -573,7 +603,7 @@ Status Store::CheckInvariants() const {
       if (r == reserved_by.end() || r->second != o.writer) return fail("reserved object not held by its writer");
     }
   }
-  if (in_lru != lru_.size()) return fail("LRU list holds objects that are not evictable");
+  if (in_policy != policy_.size()) return fail("eviction policy holds objects that are not evictable");
   if (dirty_count != dirty_.size()) return fail("dirty queue disagrees with the objects");
   return Status::Ok();
 }

@@ -8,9 +8,11 @@
 // A reservation belongs to the session that made it; when that session closes (disconnect,
 // crash) every reservation is freed and never admitted, and every pin is released.
 //
-// Eviction is LRU over committed, unpinned objects and prefix-aware: a batch of keys arrives in
-// prefix order and is touched tail first, so within a chain the head is the most recently used
-// and the tail is evicted before it; lookups keep returning the longest possible prefix.
+// Eviction (server/eviction_policy.h, docs/eviction.md) chooses among committed objects that no
+// session pins and no lower tier is copying; by default a window TinyLFU whose window share adapts
+// to the traffic, or plain LRU. It is prefix-aware: a batch of keys arrives in prefix order and is
+// touched tail first, so within a chain the head is the most recently used and the tail is
+// evicted before it; lookups keep returning the longest possible prefix.
 //
 // With a lower tier (track_dirty), committed objects are dirty until the tier has copied them;
 // a tier's io pins keep a slot alive during its I/O without moving the object in the LRU
@@ -41,6 +43,7 @@
 #include <vector>
 
 #include "pool/slot_allocator.h"
+#include "server/eviction_policy.h"
 #include "shmkv/status.h"
 #include "shmkv/types.h"
 
@@ -75,6 +78,8 @@ struct StoreOptions {
   // With a lower tier (L2, docs/l2-tier.md): committed objects start dirty (not yet copied down)
   // and are queued for write-behind, oldest commit first.
   bool track_dirty = false;
+  // Which committed object is evicted when room is needed (docs/eviction.md).
+  EvictionOptions eviction;
 };
 
 struct StoreStats {
@@ -96,6 +101,7 @@ struct StoreStats {
   uint64_t evicted_dirty = 0;      // evicted before a lower tier had a copy: dropped
   uint64_t quarantined_slots = 0;  // slots of expired reservations not yet safe to reuse
   uint64_t quarantined_bytes = 0;
+  EvictionStats eviction;  // the policy's state: window share, switches, admission contests
 };
 
 // A committed object handed to a lower tier for I/O: its slot stays allocated (io-pinned, so
@@ -175,7 +181,7 @@ class Store {
   void IoUnpin(std::string_view key);
 
   StoreStats stats() const;
-  // Cross-checks index, LRU, sessions and allocator. O(objects); for tests.
+  // Cross-checks index, eviction policy, sessions and allocator. O(objects); for tests.
   Status CheckInvariants() const;
 
  private:
@@ -187,9 +193,11 @@ class Store {
     uint32_t pins = 0;
     SessionId writer = 0;  // reserved objects only
     Clock::time_point reserved_at{};
-    std::list<const std::string*>::iterator lru{};  // valid when committed and no session pins it
-    bool in_lru = false;
-    uint32_t io_pins = 0;                             // pins of a lower tier, part of `pins`
+    EvictionPolicy::Handle node{};  // valid when in_policy: committed and no session pins it
+    bool in_policy = false;
+    EvictionPolicy::Segment segment = EvictionPolicy::Segment::kWindow;  // where it was, while pinned
+    uint32_t depth = 0;    // its position in its prefix chain, as batches have shown it (eviction)
+    uint32_t io_pins = 0;  // pins of a lower tier, part of `pins`
     std::list<const std::string*>::iterator dirty{};  // valid when in_dirty
     bool in_dirty = false;                            // queued for write-behind
     bool writing = false;                             // taken by TakeDirty, not yet finished
@@ -212,13 +220,17 @@ class Store {
   };
   using Index = KeyMap<Object>;
 
-  explicit Store(const StoreOptions& options, SlotAllocator allocator);
+  Store(const StoreOptions& options, SlotAllocator allocator, EvictionPolicy policy);
 
-  void Touch(Index::iterator it);  // move to the MRU end
+  void Touch(Index::iterator it);          // a use: the policy moves it towards the hot end
+  uint64_t Weight(const Object& o) const;  // the object's bytes in the pool (its slot, rounded)
   void Pin(Index::iterator it);
   void Unpin(Index::iterator it);
   void Erase(Index::iterator it);  // frees the slot
-  bool EvictOne();
+  enum class Eviction : uint8_t { kEvicted, kNothing, kRejected };
+  // Evicts one object to make room for `incoming` (a new store the policy may refuse: kRejected)
+  // or for a load from a lower tier (nullopt: never refused).
+  Eviction EvictOne(std::optional<std::string_view> incoming, uint32_t incoming_depth = 0);
   Session* FindSession(SessionId id);
   void ReleasePin(Session& s, std::string_view key, bool all);
   void QuarantineReservation(Session& s, Index::iterator it);  // leaves the index, keeps the slot
@@ -228,7 +240,7 @@ class Store {
   StoreOptions options_;
   SlotAllocator allocator_;
   Index index_;
-  std::list<const std::string*> lru_;    // front = least recently used
+  EvictionPolicy policy_;                // committed objects no session pins
   std::list<const std::string*> dirty_;  // track_dirty: front = oldest commit not yet written
   uint64_t dirty_bytes_ = 0;
   std::unordered_map<SessionId, Session> sessions_;
