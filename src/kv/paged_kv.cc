@@ -174,30 +174,98 @@ Status ValidateBuffers(std::string_view op, std::string_view name, std::span<con
 
 }  // namespace
 
-Status ValidateGather(std::string_view op, const PagedKvCache& kv, std::span<const int64_t> block_ids,
-                      std::span<const uint32_t> chunk_indices, std::span<const std::span<std::byte>> out) {
-  SHMKV_RETURN_IF_ERROR(ValidateCache(op, kv));
+namespace {
+
+Status ValidateGatherArgs(std::string_view op, const KvGeometry& g, std::span<const int64_t> block_ids,
+                          std::span<const uint32_t> chunk_indices, std::span<const std::span<std::byte>> out) {
   if (chunk_indices.size() != out.size()) {
     return Status::InvalidArgument(fmt::format("{}: {} chunk indices for {} output buffers; give one index per buffer",
                                                op, chunk_indices.size(), out.size()));
   }
-  SHMKV_RETURN_IF_ERROR(ValidateBuffers(op, "out", out, kv.geometry.chunk_bytes()));
+  SHMKV_RETURN_IF_ERROR(ValidateBuffers(op, "out", out, g.chunk_bytes()));
   if (chunk_indices.empty()) return Status::Ok();
   const uint32_t max_index = *std::max_element(chunk_indices.begin(), chunk_indices.end());
-  const uint64_t needed = (uint64_t{max_index} + 1) * kv.geometry.blocks_per_chunk();
-  return ValidateBlockIds(op, block_ids, needed, fmt::format("chunk index {}", max_index), kv.geometry.num_blocks);
+  const uint64_t needed = (uint64_t{max_index} + 1) * g.blocks_per_chunk();
+  return ValidateBlockIds(op, block_ids, needed, fmt::format("chunk index {}", max_index), g.num_blocks);
+}
+
+Status ValidateScatterArgs(std::string_view op, std::span<const std::span<const std::byte>> in, const KvGeometry& g,
+                           std::span<const int64_t> block_ids, uint64_t skip_first_n_tokens) {
+  if (skip_first_n_tokens % g.block_size != 0) {
+    return Status::InvalidArgument(fmt::format("{}: skip_first_n_tokens {} is not a multiple of block_size {}", op,
+                                               skip_first_n_tokens, g.block_size));
+  }
+  SHMKV_RETURN_IF_ERROR(ValidateBuffers(op, "in", in, g.chunk_bytes()));
+  const uint64_t needed = uint64_t{in.size()} * g.blocks_per_chunk();
+  return ValidateBlockIds(op, block_ids, needed, fmt::format("{} chunks", in.size()), g.num_blocks);
+}
+
+// 128-bit arithmetic for address ranges: a stride times a count cannot overflow it.
+__extension__ typedef __int128 Wide;
+
+// The strided cache's pointers, extents and strides: every byte the view reaches for blocks
+// [0, num_blocks) must lie inside the layer's extent.
+Status ValidateStridedCache(std::string_view op, const StridedKvCache& kv) {
+  const KvGeometry& g = kv.geometry;
+  if (Status s = g.Validate(); !s.ok()) return s.WithContext(op);
+  if (kv.layers.size() != g.num_layers || kv.extents.size() != g.num_layers) {
+    return Status::InvalidArgument(fmt::format("{}: {} layer pointers and {} extents for a geometry of num_layers {}",
+                                               op, kv.layers.size(), kv.extents.size(), g.num_layers));
+  }
+  const KvStrides& st = kv.strides;
+  const std::pair<uint64_t, int64_t> dims[] = {{KvCount(g.layout), st.kv},
+                                               {g.num_blocks, st.block},
+                                               {g.block_size, st.token},
+                                               {g.num_kv_heads, st.head},
+                                               {g.head_size, st.element}};
+  // Lowest and highest byte offset of the view, relative to the layer pointer.
+  Wide lo = 0, hi = 0;
+  for (const auto& [n, stride] : dims) {
+    const Wide span = static_cast<Wide>(n - 1) * stride;
+    (span < 0 ? lo : hi) += span;
+  }
+  hi += g.element_size;
+  for (size_t l = 0; l < kv.layers.size(); ++l) {
+    if (kv.layers[l] == nullptr) return Status::InvalidArgument(fmt::format("{}: layer {} pointer is null", op, l));
+    const auto base = static_cast<Wide>(reinterpret_cast<uintptr_t>(kv.layers[l]));
+    const auto begin = static_cast<Wide>(reinterpret_cast<uintptr_t>(kv.extents[l].data()));
+    const auto end = begin + static_cast<Wide>(kv.extents[l].size());
+    if (kv.extents[l].data() == nullptr || base + lo < begin || base + hi > end) {
+      return Status::InvalidArgument(fmt::format(
+          "{}: layer {}: the view (strides kv {}, block {}, token {}, head {}, element {} bytes over {} blocks) "
+          "reaches bytes [{}, {}) of its pointer, outside its extent of {} bytes starting {} bytes before it",
+          op, l, st.kv, st.block, st.token, st.head, st.element, g.num_blocks, static_cast<int64_t>(lo),
+          static_cast<int64_t>(hi), kv.extents[l].size(), static_cast<int64_t>(base - begin)));
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status ValidateGather(std::string_view op, const PagedKvCache& kv, std::span<const int64_t> block_ids,
+                      std::span<const uint32_t> chunk_indices, std::span<const std::span<std::byte>> out) {
+  SHMKV_RETURN_IF_ERROR(ValidateCache(op, kv));
+  return ValidateGatherArgs(op, kv.geometry, block_ids, chunk_indices, out);
+}
+
+Status ValidateGatherStrided(std::string_view op, const StridedKvCache& kv, std::span<const int64_t> block_ids,
+                             std::span<const uint32_t> chunk_indices, std::span<const std::span<std::byte>> out) {
+  SHMKV_RETURN_IF_ERROR(ValidateStridedCache(op, kv));
+  return ValidateGatherArgs(op, kv.geometry, block_ids, chunk_indices, out);
+}
+
+Status ValidateScatterStrided(std::string_view op, std::span<const std::span<const std::byte>> in,
+                              const StridedKvCache& kv, std::span<const int64_t> block_ids,
+                              uint64_t skip_first_n_tokens) {
+  SHMKV_RETURN_IF_ERROR(ValidateStridedCache(op, kv));
+  return ValidateScatterArgs(op, in, kv.geometry, block_ids, skip_first_n_tokens);
 }
 
 Status ValidateScatter(std::string_view op, std::span<const std::span<const std::byte>> in, const PagedKvCache& kv,
                        std::span<const int64_t> block_ids, uint64_t skip_first_n_tokens) {
   SHMKV_RETURN_IF_ERROR(ValidateCache(op, kv));
-  if (skip_first_n_tokens % kv.geometry.block_size != 0) {
-    return Status::InvalidArgument(fmt::format("{}: skip_first_n_tokens {} is not a multiple of block_size {}", op,
-                                               skip_first_n_tokens, kv.geometry.block_size));
-  }
-  SHMKV_RETURN_IF_ERROR(ValidateBuffers(op, "in", in, kv.geometry.chunk_bytes()));
-  const uint64_t needed = uint64_t{in.size()} * kv.geometry.blocks_per_chunk();
-  return ValidateBlockIds(op, block_ids, needed, fmt::format("{} chunks", in.size()), kv.geometry.num_blocks);
+  return ValidateScatterArgs(op, in, kv.geometry, block_ids, skip_first_n_tokens);
 }
 
 }  // namespace kv_internal
@@ -362,6 +430,189 @@ Status ScatterChunks(std::span<const std::span<const std::byte>> in, const Paged
       if (next != nullptr) PrefetchHead<true>(next);
       if (dst != nullptr) CopyUnit<false>(dst, in[u / per_chunk].data() + (u % per_chunk) * d.block_bytes, d);
       dst = next;
+    }
+  });
+  return Status::Ok();
+}
+
+// ---- strided caches ----------------------------------------------------------------------------
+
+StridedKvCache ToStrided(const PagedKvCache& kv) {
+  StridedKvCache s;
+  s.geometry = kv.geometry;
+  s.layers = kv.layers;
+  const KvGeometry& g = kv.geometry;
+  const int64_t e = g.element_size;
+  const int64_t row = e * g.head_size;
+  const int64_t block = row * g.num_kv_heads * g.block_size;
+  switch (g.layout) {
+    case KvLayout::kNHD:
+      s.strides = {block * static_cast<int64_t>(g.num_blocks), block, row * g.num_kv_heads, row, e};
+      break;
+    case KvLayout::kHND:
+      s.strides = {block * static_cast<int64_t>(g.num_blocks), block, row, row * g.block_size, e};
+      break;
+    case KvLayout::kMLA: s.strides = {0, block, row, 0, e}; break;
+  }
+  for (std::byte* p : kv.layers) s.extents.emplace_back(p, g.layer_bytes());
+  return s;
+}
+
+namespace {
+
+// How one block of one layer of K or V (a unit) is laid out in the cache, and the widest copy it
+// allows: the whole block in one memcpy (token-major and dense), one memcpy per token (heads
+// dense), one per row (head_size elements dense) or one per element.
+struct StridedDims {
+  BlockDims d;
+  KvStrides st;
+  uint32_t head_size = 0;
+  uint32_t element_size = 0;
+  enum class Copy : uint8_t { kBlock, kToken, kRow, kElement } copy = Copy::kElement;
+};
+
+StridedDims StridedDimsOf(const StridedKvCache& kv) {
+  StridedDims s;
+  s.d = kv_internal::DimsOf(kv.geometry);
+  s.st = kv.strides;
+  s.head_size = kv.geometry.head_size;
+  s.element_size = kv.geometry.element_size;
+  const auto row = static_cast<int64_t>(s.d.row_bytes);
+  const bool dense_row = s.st.element == static_cast<int64_t>(s.element_size) || s.head_size == 1;
+  const bool dense_heads = dense_row && (s.st.head == row || s.d.heads == 1);
+  const bool dense_block = dense_heads && (s.st.token == row * static_cast<int64_t>(s.d.heads) || s.d.block_size == 1);
+  s.copy = dense_block   ? StridedDims::Copy::kBlock
+           : dense_heads ? StridedDims::Copy::kToken
+           : dense_row   ? StridedDims::Copy::kRow
+                         : StridedDims::Copy::kElement;
+  return s;
+}
+
+// Copies one unit between the cache (at `cache`, strided) and the chunk (at `chunk`, dense
+// [token][head][element]), in the direction kToChunk says.
+template <size_t kRow, bool kToChunk>
+void CopyStridedRows(std::byte* cache, std::byte* chunk, const StridedDims& s) {
+  const size_t row = s.d.row_bytes;
+  for (uint32_t t = 0; t < s.d.block_size; ++t) {
+    for (uint32_t h = 0; h < s.d.heads; ++h) {
+      std::byte* c = cache + int64_t{t} * s.st.token + int64_t{h} * s.st.head;
+      std::byte* k = chunk + (size_t{t} * s.d.heads + h) * row;
+      if constexpr (kToChunk) {
+        CopyRow<kRow>(k, c, row);
+      } else {
+        CopyRow<kRow>(c, k, row);
+      }
+    }
+  }
+}
+
+template <bool kToChunk>
+void CopyStridedUnit(std::byte* cache, std::byte* chunk, const StridedDims& s) {
+  auto copy = [](std::byte* c, std::byte* k, size_t n) {
+    if constexpr (kToChunk) {
+      std::memcpy(k, c, n);
+    } else {
+      std::memcpy(c, k, n);
+    }
+  };
+  switch (s.copy) {
+    case StridedDims::Copy::kBlock: return copy(cache, chunk, s.d.block_bytes);
+    case StridedDims::Copy::kToken: {
+      const size_t token_bytes = s.d.row_bytes * s.d.heads;
+      for (uint32_t t = 0; t < s.d.block_size; ++t)
+        copy(cache + int64_t{t} * s.st.token, chunk + t * token_bytes, token_bytes);
+      return;
+    }
+    case StridedDims::Copy::kRow:
+      switch (s.d.row_bytes) {
+        case 64: return CopyStridedRows<64, kToChunk>(cache, chunk, s);
+        case 128: return CopyStridedRows<128, kToChunk>(cache, chunk, s);
+        case 256: return CopyStridedRows<256, kToChunk>(cache, chunk, s);
+        case 512: return CopyStridedRows<512, kToChunk>(cache, chunk, s);
+        case 1024: return CopyStridedRows<1024, kToChunk>(cache, chunk, s);
+        default: return CopyStridedRows<0, kToChunk>(cache, chunk, s);
+      }
+    case StridedDims::Copy::kElement: {
+      const size_t e = s.element_size;
+      for (uint32_t t = 0; t < s.d.block_size; ++t) {
+        for (uint32_t h = 0; h < s.d.heads; ++h) {
+          std::byte* c = cache + int64_t{t} * s.st.token + int64_t{h} * s.st.head;
+          std::byte* k = chunk + (size_t{t} * s.d.heads + h) * s.d.row_bytes;
+          for (uint32_t x = 0; x < s.head_size; ++x) copy(c + int64_t{x} * s.st.element, k + x * e, e);
+        }
+      }
+      return;
+    }
+  }
+}
+
+}  // namespace
+
+Status GatherChunksStrided(const StridedKvCache& kv, std::span<const int64_t> block_ids,
+                           std::span<const uint32_t> chunk_indices, std::span<const std::span<std::byte>> out,
+                           const TransferOptions& options) {
+  SHMKV_RETURN_IF_ERROR(kv_internal::ValidateGatherStrided("gather", kv, block_ids, chunk_indices, out));
+  if (out.empty()) return Status::Ok();
+  const StridedDims s = StridedDimsOf(kv);
+  const BlockDims& d = s.d;
+  const uint64_t per_chunk = d.units_per_chunk();
+  const uint64_t total = per_chunk * out.size();
+  const unsigned threads = PickThreads(options, total * d.block_bytes, total);
+  auto cache_of = [&](uint64_t u) {
+    const uint64_t i = u / per_chunk;
+    const uint64_t r = u % per_chunk;
+    const auto kv_index = static_cast<int64_t>(r / (uint64_t{d.layers} * d.blocks_per_chunk));
+    const uint64_t layer = (r / d.blocks_per_chunk) % d.layers;
+    const uint64_t block = uint64_t{chunk_indices[i]} * d.blocks_per_chunk + r % d.blocks_per_chunk;
+    return kv.layers[layer] + kv_index * s.st.kv + block_ids[block] * s.st.block;
+  };
+  ForEachUnitRange(total, d.block_bytes, threads, [&](uint64_t first, uint64_t last) {
+    for (uint64_t u = first; u < last; ++u) {
+      if (u + 1 < last) PrefetchHead<false>(cache_of(u + 1));
+      CopyStridedUnit<true>(cache_of(u), out[u / per_chunk].data() + (u % per_chunk) * d.block_bytes, s);
+    }
+  });
+  return Status::Ok();
+}
+
+Status ScatterChunksStrided(std::span<const std::span<const std::byte>> in, const StridedKvCache& kv,
+                            std::span<const int64_t> block_ids, uint64_t skip_first_n_tokens,
+                            const TransferOptions& options) {
+  SHMKV_RETURN_IF_ERROR(kv_internal::ValidateScatterStrided("scatter", in, kv, block_ids, skip_first_n_tokens));
+  const StridedDims s = StridedDimsOf(kv);
+  const BlockDims& d = s.d;
+  const uint64_t seq_blocks = uint64_t{in.size()} * d.blocks_per_chunk;
+  const uint64_t skip_blocks = std::min(skip_first_n_tokens / d.block_size, seq_blocks);
+  if (skip_blocks == seq_blocks) return Status::Ok();
+  const uint64_t per_chunk = d.units_per_chunk();
+  const uint64_t total = per_chunk * in.size();
+  unsigned threads = PickThreads(options, (seq_blocks - skip_blocks) * d.kv_count * d.layers * d.block_bytes, total);
+  if (threads > 1) {
+    // As in ScatterChunks: a repeated block id keeps the single-threaded result.
+    std::vector<int64_t> written(block_ids.begin() + static_cast<ptrdiff_t>(skip_blocks),
+                                 block_ids.begin() + static_cast<ptrdiff_t>(seq_blocks));
+    std::sort(written.begin(), written.end());
+    if (std::adjacent_find(written.begin(), written.end()) != written.end()) threads = 1;
+  }
+  auto cache_of = [&](uint64_t u) -> std::byte* {
+    const uint64_t i = u / per_chunk;
+    const uint64_t r = u % per_chunk;
+    const uint64_t block = i * d.blocks_per_chunk + r % d.blocks_per_chunk;
+    if (block < skip_blocks) return nullptr;
+    const auto kv_index = static_cast<int64_t>(r / (uint64_t{d.layers} * d.blocks_per_chunk));
+    const uint64_t layer = (r / d.blocks_per_chunk) % d.layers;
+    return kv.layers[layer] + kv_index * s.st.kv + block_ids[block] * s.st.block;
+  };
+  ForEachUnitRange(total, d.block_bytes, threads, [&](uint64_t first, uint64_t last) {
+    for (uint64_t u = first; u < last; ++u) {
+      std::byte* dst = cache_of(u);
+      if (dst == nullptr) continue;
+      if (u + 1 < last) {
+        if (std::byte* next = cache_of(u + 1)) PrefetchHead<true>(next);
+      }
+      // The chunk side is only read: the cast is for the shared copy routine.
+      CopyStridedUnit<false>(dst, const_cast<std::byte*>(in[u / per_chunk].data()) + (u % per_chunk) * d.block_bytes,
+                             s);
     }
   });
   return Status::Ok();
