@@ -53,5 +53,5 @@ make_venv() {  # name, requirement, extra packages...
 
 mkdir -p "$dir"
 [[ -z "$only" || "$only" == vllm ]] && make_venv vllm "vllm==$VLLM_VERSION" scipy "numpy>=2,<2.4"
-[[ -z "$only" || "$only" == sglang ]] && make_venv sglang "sglang==$SGLANG_VERSION" scipy
+[[ -z "$only" || "$only" == sglang ]] && make_venv sglang "sglang==$SGLANG_VERSION" scipy "numpy>=2,<2.4"
 exit 0
