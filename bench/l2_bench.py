@@ -42,12 +42,10 @@ def log(msg):
 
 class Server:
     def __init__(self, binary, disk, pool, name, sock, *extra):
-        self.proc = subprocess.Popen([binary, "--pool-size", pool, "--shm-name", name, "--socket", sock,
-                                      "--disk-dir", disk, "--log-level", "warn", *extra],
-                                     stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        if not line.startswith("shmkv-server ready:"):
-            raise RuntimeError(f"server did not start: {line!r}")
+        from shmkv.server import start_server  # the build's package (main() put it on sys.path)
+
+        self.proc, _ = start_server(binary, ["--pool-size", pool, "--shm-name", name, "--socket", sock,
+                                             "--disk-dir", disk, "--log-level", "warn", *extra])
 
     def stop(self):
         self.proc.terminate()

@@ -1,4 +1,4 @@
-// The server's request path without sockets: frame -> decoded request -> Store, through the
+// The server's request path without sockets: frame -> decoded request -> KvService -> Store, through the
 // RequestHandler seam every connection uses. An input is a sequence of steps, each
 //   [control: 1 byte][length: 2 bytes, little-endian, clamped to what is left][request body]
 // where the control byte picks one of two sessions (bit 0), lets every lease expire after the
@@ -13,6 +13,7 @@
 #include <string>
 
 #include "protocol/wire.h"
+#include "server/kv_service.h"
 #include "server/request_handler.h"
 #include "server/store.h"
 
@@ -53,13 +54,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   options.reserve_ttl = options.pin_ttl = std::chrono::seconds(1);
   auto store = shmkv::Store::Create(options);
   Check(store.ok(), "store");
-  shmkv::ServiceContext context{*store, nullptr, "lmcache_l1_pool_fuzz", options.pool_size, 1};
+  shmkv::KvService service(std::move(store).value(), {"lmcache_l1_pool_fuzz", options.pool_size, 1});
+  shmkv::Store* l1 = &service.l1();
   std::array<std::unique_ptr<RequestHandler>, 2> handlers;
   std::array<shmkv::SessionId, 2> sessions{1, 2};
   shmkv::SessionId next = 3;
   for (size_t i = 0; i < 2; ++i) {
-    store->OpenSession(sessions[i]);
-    handlers[i] = std::make_unique<RequestHandler>(context, sessions[i], nullptr);
+    service.OpenSession(sessions[i]);
+    handlers[i] = std::make_unique<RequestHandler>(service, sessions[i], nullptr);
   }
   auto now = shmkv::Clock::now();
   size_t pos = 0;
@@ -72,27 +74,27 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const size_t who = control & 1;
     if ((control & 4) != 0) {
       // The process behind the session may live on or not: both ends of a quarantine.
-      if (store->CloseSession(sessions[who], (control & 8) != 0)) store->ReleaseOrphans(sessions[who]);
+      if (service.CloseSession(sessions[who], (control & 8) != 0)) service.ReleaseOrphans(sessions[who]);
       sessions[who] = next++;
-      store->OpenSession(sessions[who]);
-      handlers[who] = std::make_unique<RequestHandler>(context, sessions[who], nullptr);
+      service.OpenSession(sessions[who]);
+      handlers[who] = std::make_unique<RequestHandler>(service, sessions[who], nullptr);
     }
     if (body.empty()) continue;  // the server never hands over an empty frame
     out.clear();
     const bool deferred = handlers[who]->Handle(body, out);
-    Check(!deferred, "a request was deferred without a disk tier");
+    Check(!deferred, "a request was deferred without a tier");
     Check(!out.empty(), "a request got no reply");
     CheckReplies(out);
     if ((control & 2) != 0) {
       now += std::chrono::hours(1);
-      store->ExpireLeases(now);
+      service.ExpireLeases(now);
     }
-    const shmkv::Status invariants = store->CheckInvariants();
+    const shmkv::Status invariants = l1->CheckInvariants();
     Check(invariants.ok(), invariants.ToString().c_str());
   }
-  for (shmkv::SessionId s : sessions) store->CloseSession(s);
-  Check(store->CheckInvariants().ok(), "invariants after every session closed");
-  const shmkv::StoreStats st = store->stats();
+  for (shmkv::SessionId s : sessions) service.CloseSession(s, false);
+  Check(l1->CheckInvariants().ok(), "invariants after every session closed");
+  const shmkv::StoreStats st = l1->stats();
   Check(st.reserved_objects == 0 && st.pinned_objects == 0 && st.quarantined_slots == 0,
         "a closed session left a reservation, a pin or a quarantined slot");
   return 0;

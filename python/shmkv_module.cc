@@ -8,6 +8,8 @@
 #include <cstring>
 #include <mutex>
 #include <optional>
+#include <thread>
+#include <unordered_map>
 
 #include "shmkv/chunk_hash.h"
 #include "shmkv/client.h"
@@ -27,6 +29,9 @@ struct SlotBuffer {
 };
 
 py::object g_error, g_timeout_error, g_expired_error;
+
+// The C++ client's default deadline (ClientOptions), in the seconds Python callers use.
+const double kDefaultTimeoutSeconds = static_cast<double>(ClientOptions{}.timeout.count()) / 1000.0;
 
 // kExpired becomes shmkv.ExpiredError whose `indices` are the expired keys' positions in the
 // failed commit's `keys` (Client::last_expired()).
@@ -178,7 +183,11 @@ class PyClient {
   }
   std::vector<std::string> Remove(const std::vector<py::bytes>& keys) {
     auto k = Keys(keys);
-    return Check(Locked([&](Client& c) { return c.Remove(k); }));
+    std::vector<std::string> out;
+    for (RemoveOutcome o : Check(Locked([&](Client& c) { return c.Remove(k); }))) {
+      out.emplace_back(RemoveOutcomeName(o));
+    }
+    return out;
   }
   uint64_t Clear() {
     return Check(Locked([&](Client& c) { return c.Clear(); }));
@@ -212,15 +221,21 @@ class PyClient {
     std::lock_guard lock(mu_);     // wait for posted replies: neither may hold the GIL
     client_.reset();
   }
-  const std::vector<std::string>& last_statuses() const { return last_statuses_; }
+  // The statuses of this thread's most recent prepare_* call: another thread's call, on the same
+  // client, does not overwrite them.
+  std::vector<std::string> last_statuses() const {
+    auto it = last_statuses_.find(std::this_thread::get_id());
+    return it == last_statuses_.end() ? std::vector<std::string>() : it->second;
+  }
 
  private:
   py::list Views(Result<SlotBatch> r, bool readonly) {
     SlotBatch batch = Check(std::move(r));
     py::list out;
-    last_statuses_.clear();
+    std::vector<std::string>& statuses = last_statuses_[std::this_thread::get_id()];
+    statuses.clear();
     for (const Slot& s : batch.slots) {
-      last_statuses_.emplace_back(SlotStatusName(s.status));
+      statuses.emplace_back(SlotStatusName(s.status));
       if (s.status != SlotStatus::kOk) {
         out.append(py::none());
         continue;
@@ -232,8 +247,9 @@ class PyClient {
   }
 
   std::mutex mu_;
-  std::unique_ptr<Client> client_;          // guarded by mu_; null once closed
-  std::vector<std::string> last_statuses_;  // guarded by the GIL
+  std::unique_ptr<Client> client_;  // guarded by mu_; null once closed
+  // Per calling thread (a handful: the threads that share this client); guarded by the GIL.
+  std::unordered_map<std::thread::id, std::vector<std::string>> last_statuses_;
 };
 
 // ---- chunk digests ---------------------------------------------------------------------------
@@ -679,13 +695,13 @@ be called from any thread at any time: it waits for the call in progress, and ev
 raises shmkv.Error("client is closed"). Slot memoryviews returned by prepare_store and
 prepare_retrieve keep the pool mapped: they stay valid after close() (and across a server
 restart), though only the protocol (commit_*) says whether their bytes are still meaningful.
-last_statuses belongs to the most recent prepare_* call of any thread: threads that share a
-client and read it must serialise those calls themselves.)doc")
+last_statuses holds the slot statuses ("ok", "exists", "busy", "full", "missing") of the calling
+thread's most recent prepare_* call; other threads' calls do not change what a thread reads.)doc")
       .def(py::init<const std::string&, double, const std::string&, const std::string&, uint32_t, uint32_t,
                     const std::string&, const std::string&, const std::string&>(),
-           py::arg("socket_path"), py::arg("timeout") = 5.0, py::arg("instance_id") = "", py::arg("model") = "",
-           py::arg("world_size") = 1, py::arg("rank") = 0, py::arg("dtype") = "", py::arg("layout") = "",
-           py::arg("salt") = "")
+           py::arg("socket_path"), py::arg("timeout") = kDefaultTimeoutSeconds, py::arg("instance_id") = "",
+           py::arg("model") = "", py::arg("world_size") = 1, py::arg("rank") = 0, py::arg("dtype") = "",
+           py::arg("layout") = "", py::arg("salt") = "")
       .def("info", &PyClient::Info)
       .def("prepare_store", &PyClient::PrepareStore, py::arg("keys"), py::arg("sizes"))
       .def("commit_store", &PyClient::CommitStore, py::arg("keys"),
@@ -713,6 +729,7 @@ client and read it must serialise those calls themselves.)doc")
       .def("__exit__", [](PyClient& c, py::args) { c.Close(); });
 
   m.attr("DEFAULT_CHUNK_TOKENS") = kDefaultChunkTokens;
+  m.attr("DEFAULT_TIMEOUT") = kDefaultTimeoutSeconds;
   m.def(
       "chain_root",
       [](const std::string& model, uint32_t world_size, const std::string& dtype, const std::string& layout,

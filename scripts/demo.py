@@ -202,15 +202,14 @@ def start_server(args, workdir):
     extra = ["--disk-dir", args.disk_dir] if args.disk_dir else []
     # Its own session: a Ctrl-C reaches only the demo, which then stops the workers and the server
     # in order (a server stopped first would leave the workers' last calls failing).
-    proc = subprocess.Popen([str(binary), "--pool-size", args.pool_size, "--socket", socket_path,
-                             "--log-level", "warn", *extra], stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    line = proc.stdout.readline().strip()
-    if not line.startswith("shmkv-server ready:"):
-        proc.kill()
-        sys.exit(f"demo: the server did not start: {line!r}")
-    segment = line.split("segment=")[1].split()[0] if "segment=" in line else None
-    return proc, socket_path, segment, line
+    from shmkv.server import start_server as start  # noqa: PLC0415 (the build's package, on sys.path)
+
+    try:
+        proc, ready = start(str(binary), ["--pool-size", args.pool_size, "--socket", socket_path,
+                                          "--log-level", "warn", *extra], start_new_session=True)
+    except RuntimeError as e:
+        sys.exit(f"demo: the server did not start: {e}")
+    return proc, socket_path, ready.segment, str(ready)
 
 
 def progress(done, total, started, hit_tokens, prompt_tokens, enabled):

@@ -64,12 +64,12 @@
 
 #include <fmt/format.h>
 
+#include "server/ready_line.h"
 #include "shmkv/client.h"
 
 namespace shmkv {
 namespace {
 
-constexpr std::string_view kServerReady = "shmkv-server ready:";
 constexpr uint64_t kControlObjectBytes = 4096;                  // control-path objects: one 4 KiB slot each
 constexpr uint64_t kClearEvery = 64 * 1024;                     // stored control-path objects before an untimed clear
 constexpr size_t kReadValueBytes = 16;                          // the value lookups and retrieves read (= redis -d 16)
@@ -174,9 +174,9 @@ class ServerProcess {
       }
       line.append(buf, static_cast<size_t>(n));
     }
-    if (!line.starts_with(kServerReady)) {
+    if (auto ready = ParseReadyLine(line); !ready.ok()) {
       ::close(out[0]);
-      return Status::Protocol(fmt::format("{} printed '{}' instead of its ready line", bin, line));
+      return Status::Protocol(fmt::format("{}: {}", bin, ready.status().message()));
     }
     // Pass anything the server prints later on to stderr, so a full pipe never blocks it.
     drain_ = std::thread([fd = out[0]] {
@@ -635,9 +635,9 @@ void DataShmkv(benchmark::State& state) {
   auto remove = [&]() -> bool {
     auto r = client->Remove(keys);
     if (FailIf(state, r.status(), "remove")) return false;
-    for (const std::string& result : *r) {
-      if (result != "removed") {
-        state.SkipWithError(fmt::format("remove: {}", result).c_str());
+    for (shmkv::RemoveOutcome result : *r) {
+      if (result != shmkv::RemoveOutcome::kRemoved) {
+        state.SkipWithError(fmt::format("remove: {}", shmkv::RemoveOutcomeName(result)).c_str());
         return false;
       }
     }

@@ -103,8 +103,7 @@ class Client {
  public:
   static Result<Client> Connect(const ClientOptions& options);
   // Asks a server for its statistics without registering (for tools).
-  static Result<std::map<std::string, uint64_t>> QueryStats(const std::string& socket_path,
-                                                            std::chrono::milliseconds timeout);
+  static Result<StatsMap> QueryStats(const std::string& socket_path, std::chrono::milliseconds timeout);
 
   Client(Client&&) noexcept;
   Client& operator=(Client&&) noexcept;
@@ -135,11 +134,11 @@ class Client {
   // whose failure a later call or Sync() returned, the indices are into the posted commit's keys
   // (the message names it). Empty after any other outcome; every call resets it.
   const std::vector<uint32_t>& last_expired() const;
-  // Per key: "removed", "missing" or "busy".
-  Result<std::vector<std::string>> Remove(std::span<const std::string_view> keys);
+  // Per key: removed (from every tier), missing, or busy (readers hold it; nothing removed).
+  Result<std::vector<RemoveOutcome>> Remove(std::span<const std::string_view> keys);
   // Removes every unpinned object of this namespace; returns the count.
   Result<uint64_t> Clear();
-  Result<std::map<std::string, uint64_t>> Stats();
+  Result<StatsMap> Stats();
 
   // One key, one copy in: prepare, copy, commit. kAlreadyExists when present, kBusy, kFull.
   Status Put(std::string_view key, std::span<const std::byte> data);

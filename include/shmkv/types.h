@@ -42,6 +42,13 @@ constexpr std::string_view SlotStatusName(SlotStatus s) {
   return "unknown";
 }
 
+// Where one key's object lies in the pool, as prepare_store and prepare_retrieve answer.
+struct SlotResult {
+  SlotStatus status = SlotStatus::kMissing;
+  uint64_t offset = 0;  // into the pool; meaningful only when status is kOk
+  uint64_t length = 0;  // bytes of the object
+};
+
 // The answer for one key of remove.
 enum class RemoveOutcome : uint8_t {
   kRemoved,  // the object was dropped from every tier that held it

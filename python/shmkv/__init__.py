@@ -8,6 +8,7 @@ you): :class:`KVConnector`. Paged-KV copies: :func:`gather`, :func:`scatter`. Ch
 """
 from ._native import (  # noqa: F401
     DEFAULT_CHUNK_TOKENS,
+    DEFAULT_TIMEOUT,
     Client,
     Error,
     ExpiredError,
@@ -26,6 +27,6 @@ from .engine import KVConnector, StoreResult  # noqa: F401
 
 __all__ = [
     "Client", "Error", "ExpiredError", "TimeoutError", "KVConnector", "StoreResult", "chain_root", "chunk_digests", "chunk_nbytes",
-    "gather", "scatter", "cuda_kernels_compiled", "DEFAULT_CHUNK_TOKENS", "gather_strided", "scatter_strided",
-    "chunk_nbytes_strided",
+    "gather", "scatter", "cuda_kernels_compiled", "DEFAULT_CHUNK_TOKENS", "DEFAULT_TIMEOUT", "gather_strided",
+    "scatter_strided", "chunk_nbytes_strided",
 ]

@@ -59,7 +59,7 @@ class KVConnector:
 
     def __init__(self, socket_path: str, *, model: str, dtype: str, layout: str = "NHD", world_size: int = 1,
                  rank: int = 0, salt: str = "", chunk_tokens: int = _native.DEFAULT_CHUNK_TOKENS,
-                 timeout: float = 5.0, instance_id: str = "", threads: int = 0):
+                 timeout: float = _native.DEFAULT_TIMEOUT, instance_id: str = "", threads: int = 0):
         if chunk_tokens <= 0:
             raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
         if not 0 <= rank < world_size:

@@ -14,6 +14,7 @@
 #include "client/peer_check.h"
 #include "common/log.h"
 #include "common/syscall.h"
+#include "protocol/messages.h"
 #include "protocol/wire.h"
 #include "shmkv/version.h"
 
@@ -172,108 +173,29 @@ class Channel {
   std::chrono::microseconds recv_timeout_{0};
 };
 
-SlotStatus ParseSlotStatus(std::string_view s) {
-  if (s == "ok") return SlotStatus::kOk;
-  if (s == "exists") return SlotStatus::kExists;
-  if (s == "busy") return SlotStatus::kBusy;
-  if (s == "full") return SlotStatus::kFull;
-  return SlotStatus::kMissing;
-}
-
-StatusCode ParseCode(std::string_view name) {
-  for (int c = 0; c <= static_cast<int>(StatusCode::kExpired); ++c) {
-    if (StatusCodeName(static_cast<StatusCode>(c)) == name) return static_cast<StatusCode>(c);
-  }
-  return StatusCode::kInternal;
-}
-
 // The reused memory of one connection's requests and replies.
 struct Scratch {
   wire::FrameBuffer request;
   msgpack::zone zone;  // the last reply's objects; they point into the channel's buffer
-};
-
-// Packs {"id", "op", ["chained": true], ...n_body fields} into scratch.request.
-template <typename Body>
-std::string_view PackRequest(Scratch& scratch, uint64_t id, std::string_view op, bool chained, uint32_t n_body,
-                             Body&& body) {
-  scratch.request.Reset();
-  wire::Packer pk(scratch.request.sbuf());
-  pk.pack_map(2 + n_body + (chained ? 1 : 0));
-  wire::PackStr(pk, "id");
-  pk.pack_uint64(id);
-  wire::PackStr(pk, "op");
-  wire::PackStr(pk, op);
-  if (chained) {
-    wire::PackStr(pk, "chained");
-    pk.pack_true();
-  }
-  body(pk);
-  return scratch.request.Finish();
-}
-
-// What ParseReply learned besides the result.
-struct ReplyKind {
-  bool answered = false;          // a well-formed reply to this request (ok or error): the stream is in step
-  bool not_executed = false;      // the error reply is `NotExecuted` (protocol 2, a chained request)
-  std::vector<uint32_t> expired;  // an `Expired` reply: indices into the request's keys
+  protocol::DecodeScratch decode;
 };
 
 // Decodes the reply to request `id`; valid until the next read of the channel. An error reply
-// becomes its Status.
-Result<wire::MapReader> ParseReply(std::string_view frame, Scratch& scratch, uint64_t id, ReplyKind* kind = nullptr) {
+// becomes its Status; `head` says whether the reply was one (the stream is in step) and carries
+// an Expired error's indices.
+Result<wire::MapReader> ParseReply(std::string_view frame, Scratch& scratch, uint64_t id, protocol::ReplyHead* head) {
   msgpack::object obj;
-  try {
-    // Bounded like the server's requests (a stats map may hold more fields than a request).
-    obj = wire::UnpackReferenced(scratch.zone, frame, wire::FrameLimits(frame.size(), /*max_map_fields=*/4096));
-  } catch (const std::exception& e) {
-    return Status::Protocol(fmt::format("reply is not valid msgpack: {}", e.what()));
-  }
+  // Bounded like the server's requests (a stats map may hold more fields than a request).
+  SHMKV_RETURN_IF_ERROR(protocol::UnpackFrame(scratch.zone, frame, "reply", &obj, /*max_map_fields=*/4096));
   auto reader = wire::MapReader::From(obj);
   if (!reader.ok()) return reader.status();
-  auto got_id = reader->U64("id");
-  if (!got_id.ok() || *got_id != id) return Status::Protocol("reply does not answer this request");
-  auto ok = reader->Bool("ok");
-  if (!ok.ok()) return ok.status();
-  if (kind != nullptr) kind->answered = true;
-  if (!*ok) {
-    auto err = reader->Map("error");
-    if (!err.ok()) return Status::Protocol("error reply without an error map");
-    auto code = err->Str("code");
-    auto msg = err->Str("message");
-    const StatusCode parsed = code.ok() ? ParseCode(*code) : StatusCode::kInternal;
-    if (kind != nullptr) {
-      kind->not_executed = code.ok() && *code == wire::kNotExecutedCode;
-      if (parsed == StatusCode::kExpired) {
-        auto idx = err->U64s("expired");
-        if (!idx.ok()) return Status::Protocol("an Expired reply without its 'expired' indices");
-        kind->expired.assign(idx->begin(), idx->end());
-      }
-    }
-    return Status(parsed, msg.ok() ? std::string(*msg) : std::string("(no message)"));
-  }
+  SHMKV_RETURN_IF_ERROR(protocol::DecodeReplyHead(*reader, id, head));
   return reader;
 }
 
-constexpr auto kNoBody = [](wire::Packer&) {};
-
-void PackKeys(wire::Packer& pk, std::span<const std::string_view> keys) {
-  wire::PackStr(pk, "keys");
-  pk.pack_array(static_cast<uint32_t>(keys.size()));
-  for (std::string_view k : keys) wire::PackBin(pk, k);
-}
-
-Result<std::map<std::string, uint64_t>> ParseStats(const wire::MapReader& r) {
-  auto m = r.Map("stats");
-  if (!m.ok()) return m.status();
-  std::map<std::string, uint64_t> out;
-  const msgpack::object* stats = r.Find("stats");
-  for (uint32_t i = 0; i < stats->via.map.size; ++i) {
-    const auto& kv = stats->via.map.ptr[i];
-    if (kv.val.type == msgpack::type::POSITIVE_INTEGER) {
-      out.emplace(std::string(kv.key.via.str.ptr, kv.key.via.str.size), kv.val.via.u64);
-    }
-  }
+StatsMap ToStatsMap(const protocol::StatsReply& reply) {
+  StatsMap out;
+  for (const auto& [name, value] : reply.counters) out.emplace(name, value);
   return out;
 }
 
@@ -329,52 +251,28 @@ struct Client::Impl {
     auto ch = Channel::Open(options.socket_path, deadline);
     if (!ch.ok()) return ch.status();
     const uint64_t id = next_id++;
-    const std::string_view req = PackRequest(scratch, id, "register", false, 4, [&](wire::Packer& pk) {
-      wire::PackStr(pk, "instance_id");
-      wire::PackStr(pk, options.instance_id);
-      wire::PackStr(pk, "client_version");
-      wire::PackStr(pk, kVersionString);
-      wire::PackStr(pk, "protocol");  // the highest version this client speaks; the server picks
-      pk.pack_uint32(wire::kProtocolVersion);
-      wire::PackStr(pk, "namespace");
-      pk.pack_map(6);
-      wire::PackStr(pk, "model");
-      wire::PackStr(pk, options.ns.model);
-      wire::PackStr(pk, "world_size");
-      pk.pack_uint32(options.ns.world_size);
-      wire::PackStr(pk, "rank");
-      pk.pack_uint32(options.ns.rank);
-      wire::PackStr(pk, "dtype");
-      wire::PackStr(pk, options.ns.dtype);
-      wire::PackStr(pk, "layout");
-      wire::PackStr(pk, options.ns.layout);
-      wire::PackStr(pk, "salt");
-      wire::PackStr(pk, options.ns.salt);
-    });
-    SHMKV_RETURN_IF_ERROR(ch->WriteAll(req, deadline));
+    protocol::RegisterRequest request;
+    request.instance_id = options.instance_id;
+    request.client_version = kVersionString;
+    request.protocol = wire::kProtocolVersion;  // the highest version this client speaks; the server picks
+    request.ns = {options.ns.model, options.ns.dtype,      options.ns.layout,
+                  options.ns.salt,  options.ns.world_size, options.ns.rank};
+    SHMKV_RETURN_IF_ERROR(ch->WriteAll(protocol::EncodeRequest(scratch.request, id, request), deadline));
     auto frame = ch->ReadFrame(deadline);
     if (!frame.ok()) return frame.status();
-    auto reply = ParseReply(*frame, scratch, id);
+    protocol::ReplyHead head;
+    auto reply = ParseReply(*frame, scratch, id, &head);
     if (!reply.ok()) return reply.status();
-    const wire::MapReader& f = *reply;
+    protocol::RegisterReply r;
+    SHMKV_RETURN_IF_ERROR(protocol::Unpack(*reply, r));
     RegistrationInfo next;
-    auto session = f.U64("session");
-    auto shm = f.Str("shm_name");
-    auto pool = f.U64("pool_size");
-    auto align = f.U64("alignment");
-    auto gen = f.U64("generation");
-    auto proto = f.U64("protocol");
-    auto ver = f.Str("server_version");
-    for (const Status& s :
-         {session.status(), shm.status(), pool.status(), align.status(), gen.status(), proto.status(), ver.status()}) {
-      if (!s.ok()) return s.WithContext("register reply");
-    }
     // A version-1 server ignores the offer and answers 1; this client speaks both.
-    if (*proto < wire::kMinProtocolVersion || *proto > wire::kProtocolVersion) {
-      return Status::Protocol(fmt::format("server speaks protocol {}, this client {}..{}", *proto,
+    if (r.protocol < wire::kMinProtocolVersion || r.protocol > wire::kProtocolVersion) {
+      return Status::Protocol(fmt::format("server speaks protocol {}, this client {}..{}", r.protocol,
                                           wire::kMinProtocolVersion, wire::kProtocolVersion));
     }
-    next = {*session, std::string(*shm), *pool, *align, std::string(*ver), static_cast<uint32_t>(*proto), *gen};
+    next = {r.session,   std::string(r.shm_name), r.pool_size, r.alignment, std::string(r.server_version), r.protocol,
+            r.generation};
     if (!mapping || next.generation != info.generation || next.shm_name != info.shm_name) {
       if (mapping) {
         Log().warn("instance '{}': server restarted (generation {} -> {}); mapping segment '{}'", options.instance_id,
@@ -438,7 +336,7 @@ struct Client::Impl {
         *broken = true;
         return frame.status();  // `posted` keeps the unanswered ones: Fail() names them
       }
-      ReplyKind kind;
+      protocol::ReplyHead kind;
       auto r = ParseReply(*frame, scratch, p.id, &kind);
       if (!kind.answered) {
         *broken = true;
@@ -478,31 +376,32 @@ struct Client::Impl {
   // connection this call found open turns out to be lost (the server restarted since the last
   // call), reconnect, re-register and send it once more, within the same deadline. Never when
   // posted replies were lost with the connection: their loss must reach the caller.
-  template <typename Body>
-  Result<wire::MapReader> Call(std::string_view op, uint32_t n_body, Body&& body, Retry retry) {
+  template <typename Request>
+  Result<wire::MapReader> Call(const Request& request, Retry retry) {
     last_expired.clear();
+    const std::string_view op = protocol::OpName(Request::kOp);
     const Deadline deadline = NewDeadline();
     const bool was_connected = channel.has_value();
     const bool had_posted = !posted.empty();
-    auto r = CallOnce(op, n_body, body, /*post=*/false, 0, deadline);
+    auto r = CallOnce(request, /*post=*/false, 0, deadline);
     if (retry == Retry::kOnce && !r.ok() && r.status().code() == StatusCode::kDisconnected && was_connected &&
         !had_posted && !channel) {
       Log().info("instance '{}': {} lost the connection (server restarted?); reconnecting and retrying once",
                  options.instance_id, op);
-      return CallOnce(op, n_body, body, /*post=*/false, 0, deadline);
+      return CallOnce(request, /*post=*/false, 0, deadline);
     }
     return r;
   }
 
-  template <typename Body>
-  Result<wire::MapReader> Post(std::string_view op, uint32_t n_body, Body&& body, size_t n_keys) {
+  template <typename Request>
+  Status Post(const Request& request) {
     last_expired.clear();
-    return CallOnce(op, n_body, body, /*post=*/true, n_keys, NewDeadline());
+    return CallOnce(request, /*post=*/true, request.keys.size(), NewDeadline()).status();
   }
 
-  template <typename Body>
-  Result<wire::MapReader> CallOnce(std::string_view op, uint32_t n_body, Body&& body, bool post, size_t n_keys,
-                                   Deadline deadline) {
+  template <typename Request>
+  Result<wire::MapReader> CallOnce(const Request& request, bool post, size_t n_keys, Deadline deadline) {
+    const std::string_view op = protocol::OpName(Request::kOp);
     if (Status s = Ensure(deadline); !s.ok()) return Fail(op, s);
     post = post && info.protocol >= 2;
     if (post && posted.size() >= kMaxPosted) {
@@ -511,7 +410,7 @@ struct Client::Impl {
     }
     const bool chained = !posted.empty();
     const uint64_t id = next_id++;
-    const std::string_view req = PackRequest(scratch, id, op, chained, n_body, body);
+    const std::string_view req = protocol::EncodeRequest(scratch.request, id, request, chained);
     if (Status s = channel->WriteAll(req, deadline); !s.ok()) return Fail(op, s);
     if (post) {
       posted.push_back({id, op, n_keys});
@@ -531,7 +430,7 @@ struct Client::Impl {
     }
     auto frame = channel->ReadFrame(deadline);
     if (!frame.ok()) return Fail(op, frame.status());
-    ReplyKind kind;
+    protocol::ReplyHead kind;
     auto r = ParseReply(*frame, scratch, id, &kind);
     if (!r.ok()) {
       last_expired = std::move(kind.expired);
@@ -540,22 +439,16 @@ struct Client::Impl {
     return r;
   }
 
-  Result<SlotBatch> Slots(const wire::MapReader& r) {
-    const msgpack::object* arr = r.Find("slots");
-    if (arr == nullptr || arr->type != msgpack::type::ARRAY) return Status::Protocol("reply lacks 'slots'");
+  // Unpacks a prepare_* reply and points each granted slot into the mapping.
+  Result<SlotBatch> Slots(const Result<wire::MapReader>& r) {
+    if (!r.ok()) return r.status();
+    protocol::SlotsReply reply;
+    SHMKV_RETURN_IF_ERROR(protocol::Unpack(*r, reply, scratch.decode));
     SlotBatch batch;
     batch.mapping = mapping;
-    batch.slots.reserve(arr->via.array.size);
-    for (uint32_t i = 0; i < arr->via.array.size; ++i) {
-      const msgpack::object& e = arr->via.array.ptr[i];
-      if (e.type != msgpack::type::ARRAY || e.via.array.size != 3) return Status::Protocol("malformed slot");
-      auto status = wire::AsBytes(e.via.array.ptr[0]);
-      const msgpack::object& off = e.via.array.ptr[1];
-      const msgpack::object& len = e.via.array.ptr[2];
-      if (!status || off.type != msgpack::type::POSITIVE_INTEGER || len.type != msgpack::type::POSITIVE_INTEGER) {
-        return Status::Protocol("malformed slot");
-      }
-      Slot s{ParseSlotStatus(*status), off.via.u64, len.via.u64, {}};
+    batch.slots.reserve(reply.slots.size());
+    for (const SlotResult& g : reply.slots) {
+      Slot s{g.status, g.offset, g.length, {}};
       if (s.status == SlotStatus::kOk) {
         if (s.length > mapping->size() || s.offset > mapping->size() - s.length) {
           return Status::Protocol(fmt::format("slot [{}, +{}) lies outside the pool", s.offset, s.length));
@@ -565,6 +458,15 @@ struct Client::Impl {
       batch.slots.push_back(s);
     }
     return batch;
+  }
+
+  // Unpacks a reply of type Reply (one without lists).
+  template <typename Reply>
+  Result<Reply> As(const Result<wire::MapReader>& r) {
+    if (!r.ok()) return r.status();
+    Reply reply;
+    SHMKV_RETURN_IF_ERROR(protocol::Unpack(*r, reply));
+    return reply;
   }
 };
 
@@ -579,18 +481,20 @@ Result<Client> Client::Connect(const ClientOptions& options) {
   return Client(std::move(impl));
 }
 
-Result<std::map<std::string, uint64_t>> Client::QueryStats(const std::string& socket_path,
-                                                           std::chrono::milliseconds timeout) {
+Result<StatsMap> Client::QueryStats(const std::string& socket_path, std::chrono::milliseconds timeout) {
   const Deadline deadline = std::chrono::steady_clock::now() + timeout;
   auto ch = Channel::Open(socket_path, deadline);
   if (!ch.ok()) return ch.status();
   Scratch scratch;
-  SHMKV_RETURN_IF_ERROR(ch->WriteAll(PackRequest(scratch, 1, "stats", false, 0, kNoBody), deadline));
+  SHMKV_RETURN_IF_ERROR(ch->WriteAll(protocol::EncodeRequest(scratch.request, 1, protocol::StatsRequest{}), deadline));
   auto frame = ch->ReadFrame(deadline);
   if (!frame.ok()) return frame.status().WithContext("stats");
-  auto r = ParseReply(*frame, scratch, 1);
+  protocol::ReplyHead head;
+  auto r = ParseReply(*frame, scratch, 1, &head);
   if (!r.ok()) return r.status().WithContext("stats");
-  return ParseStats(*r);
+  protocol::StatsReply reply;
+  SHMKV_RETURN_IF_ERROR(protocol::Unpack(*r, reply, scratch.decode));
+  return ToStatsMap(reply);
 }
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -609,77 +513,40 @@ std::shared_ptr<const SharedSegment> Client::mapping() const {
 // others change server state (reservations, pins, objects) that died with the old server.
 
 Result<SlotBatch> Client::PrepareStore(std::span<const std::string_view> keys, std::span<const uint64_t> sizes) {
-  auto r = impl_->Call(
-      "prepare_store", 2,
-      [&](wire::Packer& pk) {
-        PackKeys(pk, keys);
-        wire::PackStr(pk, "sizes");
-        pk.pack_array(static_cast<uint32_t>(sizes.size()));
-        for (uint64_t s : sizes) pk.pack_uint64(s);
-      },
-      Retry::kNo);
-  if (!r.ok()) return r.status();
-  return impl_->Slots(*r);
+  return impl_->Slots(impl_->Call(protocol::PrepareStoreRequest{keys, sizes}, Retry::kNo));
 }
 
 Status Client::CommitStore(std::span<const std::string_view> keys) {
-  return impl_
-      ->Call(
-          "commit_store", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }, Retry::kNo)
-      .status();
+  return impl_->Call(protocol::CommitStoreRequest{keys}, Retry::kNo).status();
 }
 
 Status Client::PostCommitStore(std::span<const std::string_view> keys) {
-  return impl_
-      ->Post(
-          "commit_store", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }, keys.size())
-      .status();
+  return impl_->Post(protocol::CommitStoreRequest{keys});
 }
-
-namespace {
-Result<uint64_t> U64Field(const Result<wire::MapReader>& r, std::string_view field) {
-  if (!r.ok()) return r.status();
-  return r->U64(field);
-}
-}  // namespace
 
 Result<uint64_t> Client::AbortStore(std::span<const std::string_view> keys) {
-  return U64Field(impl_->Call(
-                      "abort_store", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }, Retry::kNo),
-                  "aborted");
+  auto r = impl_->As<protocol::AbortStoreReply>(impl_->Call(protocol::AbortStoreRequest{keys}, Retry::kNo));
+  if (!r.ok()) return r.status();
+  return r->aborted;
 }
 
 Result<uint64_t> Client::Lookup(std::span<const std::string_view> keys, bool pin) {
-  return U64Field(impl_->Call(
-                      "lookup", 2,
-                      [&](wire::Packer& pk) {
-                        PackKeys(pk, keys);
-                        wire::PackStr(pk, "pin");
-                        pk.pack(pin);
-                      },
-                      pin ? Retry::kNo : Retry::kOnce),
-                  "count");
+  auto r = impl_->As<protocol::LookupReply>(
+      impl_->Call(protocol::LookupRequest{keys, pin}, pin ? Retry::kNo : Retry::kOnce));
+  if (!r.ok()) return r.status();
+  return r->count;
 }
 
 Result<SlotBatch> Client::PrepareRetrieve(std::span<const std::string_view> keys) {
-  auto r = impl_->Call(
-      "prepare_retrieve", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }, Retry::kNo);
-  if (!r.ok()) return r.status();
-  return impl_->Slots(*r);
+  return impl_->Slots(impl_->Call(protocol::PrepareRetrieveRequest{keys}, Retry::kNo));
 }
 
 Status Client::CommitRetrieve(std::span<const std::string_view> keys) {
-  return impl_
-      ->Call(
-          "commit_retrieve", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }, Retry::kNo)
-      .status();
+  return impl_->Call(protocol::CommitRetrieveRequest{keys}, Retry::kNo).status();
 }
 
 Status Client::PostCommitRetrieve(std::span<const std::string_view> keys) {
-  return impl_
-      ->Post(
-          "commit_retrieve", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }, keys.size())
-      .status();
+  return impl_->Post(protocol::CommitRetrieveRequest{keys});
 }
 
 Status Client::Sync() {
@@ -694,23 +561,26 @@ const std::vector<uint32_t>& Client::last_expired() const {
   return impl_->last_expired;
 }
 
-Result<std::vector<std::string>> Client::Remove(std::span<const std::string_view> keys) {
-  auto r = impl_->Call(
-      "remove", 1, [&](wire::Packer& pk) { PackKeys(pk, keys); }, Retry::kNo);
+Result<std::vector<RemoveOutcome>> Client::Remove(std::span<const std::string_view> keys) {
+  auto r = impl_->Call(protocol::RemoveRequest{keys}, Retry::kNo);
   if (!r.ok()) return r.status();
-  auto results = r->Bytes("results", 16);
-  if (!results.ok()) return results.status();
-  return std::vector<std::string>(results->begin(), results->end());
+  protocol::RemoveReply reply;
+  SHMKV_RETURN_IF_ERROR(protocol::Unpack(*r, reply, impl_->scratch.decode));
+  return std::vector<RemoveOutcome>(reply.results.begin(), reply.results.end());
 }
 
 Result<uint64_t> Client::Clear() {
-  return U64Field(impl_->Call("clear", 0, kNoBody, Retry::kNo), "removed");
+  auto r = impl_->As<protocol::ClearReply>(impl_->Call(protocol::ClearRequest{}, Retry::kNo));
+  if (!r.ok()) return r.status();
+  return r->removed;
 }
 
-Result<std::map<std::string, uint64_t>> Client::Stats() {
-  auto r = impl_->Call("stats", 0, kNoBody, Retry::kOnce);
+Result<StatsMap> Client::Stats() {
+  auto r = impl_->Call(protocol::StatsRequest{}, Retry::kOnce);
   if (!r.ok()) return r.status();
-  return ParseStats(*r);
+  protocol::StatsReply reply;
+  SHMKV_RETURN_IF_ERROR(protocol::Unpack(*r, reply, impl_->scratch.decode));
+  return ToStatsMap(reply);
 }
 
 Status Client::Put(std::string_view key, std::span<const std::byte> data) {

@@ -121,10 +121,11 @@ int main(int argc, char** argv) {
   std::string log_level = "warn";
   bool direct = false;
   bool fsync = false;
-  size_t queue_depth = 4;
+  const SessionOptions session_defaults;  // the defaults are written there, once
+  size_t queue_depth = session_defaults.queue_depth;
   size_t max_clients = 64;
   size_t max_unauthenticated = 16;
-  double auth_timeout_s = 5.0;
+  double auth_timeout_s = session_defaults.auth_timeout_ms / 1000.0;
   pid_t parent_pid = 0;
   int lock_fd = -1;
   std::string io_engine = "auto";

@@ -19,17 +19,25 @@ std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* co
                                                 wire::kMinProtocolVersion, wire::kProtocolVersion));
   app.set_config("--config", "", "Read options from a TOML/INI file (keys are the long option names)");
   ServerCommandLine result;
-  ServerOptions& o = result.options;
+  ServerOptions& o = result.options;  // holds every default (server.h, disk_tier_options.h)
+  const DiskTierOptions disk_defaults;
+  auto seconds = [](std::chrono::milliseconds ms) { return static_cast<double>(ms.count()) / 1000.0; };
   std::string pool_size_text, shm_name;
   std::string& log_level = result.log_level;
   o.socket_path = DefaultSocketPath();
-  double reserve_ttl_s = 60, pin_ttl_s = 60;
-  std::string mode_text = "600";
-  std::string buffered_text = "1GiB";
+  double reserve_ttl_s = seconds(o.reserve_ttl), pin_ttl_s = seconds(o.pin_ttl);
+  std::string mode_text = fmt::format("{:o}", o.socket_mode);
+  // Shown as --help's default and parsed back by ParseSize: the largest exact unit.
+  auto size_text = [](uint64_t b) {
+    if (b != 0 && b % (1ull << 30) == 0) return fmt::format("{}GiB", b >> 30);
+    if (b != 0 && b % (1ull << 20) == 0) return fmt::format("{}MiB", b >> 20);
+    return std::to_string(b);
+  };
+  std::string buffered_text = size_text(o.max_buffered_bytes);
   bool no_prefault = false;
   std::string disk_dir, disk_size_text, file_worker;
   bool disk_write_through = false;
-  double disk_io_timeout_s = 30;
+  double disk_io_timeout_s = seconds(disk_defaults.io_timeout);
   app.add_option("--pool-size", pool_size_text, "Pool size: 512MiB, 4GiB or a byte count")->required();
   app.add_option("--shm-name", shm_name, "Segment name (prefixed with lmcache_l1_pool_; default: the pid)");
   app.add_option("--socket", o.socket_path, "Control socket path")->capture_default_str();

@@ -147,8 +147,8 @@ std::string DiskTier::DiskKey(std::string_view store_key) const {
   return std::string(store_key);
 }
 
-size_t DiskTier::CountOnDisk(std::span<const std::string_view> keys) {
-  if (!available()) return 0;
+void DiskTier::LookupLeading(std::span<const std::string_view> keys, CountDone done) {
+  if (!available()) return done(0);
   size_t n = 0;
   for (std::string_view k : keys) {
     if (!store_.IsCommitted(k)) {  // an L1 hit is not an L2 hit
@@ -159,57 +159,20 @@ size_t DiskTier::CountOnDisk(std::span<const std::string_view> keys) {
     }
     ++n;
   }
-  return n;
+  done(n);
 }
 
-Result<std::vector<SlotResult>> DiskTier::PrepareStore(SessionId session, std::span<const std::string_view> keys,
-                                                       std::span<const uint64_t> sizes, Clock::time_point now) {
-  std::vector<bool> on_disk(keys.size(), false);
-  bool any = false;
-  if (available() && keys.size() == sizes.size()) {
-    for (size_t i = 0; i < keys.size(); ++i) {
-      const std::string dk = DiskKey(keys[i]);
-      on_disk[i] = !dk.empty() && index_.Contains(dk) && !store_.Contains(keys[i]);
-      any = any || on_disk[i];
-    }
-  }
-  if (!any) {
-    auto r = store_.PrepareStore(session, keys, sizes, now);
-    Pump();
-    return r;
-  }
-  std::vector<std::string_view> rest_keys;
-  std::vector<uint64_t> rest_sizes;
-  for (size_t i = 0; i < keys.size(); ++i) {
-    if (on_disk[i]) continue;
-    rest_keys.push_back(keys[i]);
-    rest_sizes.push_back(sizes[i]);
-  }
-  auto rest = store_.PrepareStore(session, rest_keys, rest_sizes, now);
-  if (!rest.ok()) return rest.status();
-  std::vector<SlotResult> out(keys.size());
-  for (size_t i = 0, j = 0; i < keys.size(); ++i) {
-    out[i] = on_disk[i] ? SlotResult{SlotStatus::kExists, 0, 0} : (*rest)[j++];
-  }
-  Pump();
-  return out;
-}
-
-bool DiskTier::NeedsLoad(std::span<const std::string_view> keys) const {
+bool DiskTier::Holds(std::string_view key) const {
   if (!available()) return false;
-  for (std::string_view k : keys) {
-    if (store_.IsCommitted(k)) continue;
-    const std::string dk = DiskKey(k);
-    if (!dk.empty() && index_.Contains(dk)) return true;
-  }
-  return false;
+  const std::string dk = DiskKey(key);
+  return !dk.empty() && index_.Contains(dk);
 }
 
-void DiskTier::Load(std::vector<std::string> keys, std::function<void(std::vector<std::string> pinned)> done) {
+void DiskTier::Load(std::vector<std::string> keys, LoadDone done) {
   struct Batch {
     size_t outstanding = 1;  // the loop below holds one until it has started every load
     std::vector<std::string> pinned;
-    std::function<void(std::vector<std::string>)> done;
+    LoadDone done;
   };
   auto batch = std::make_shared<Batch>();
   batch->done = std::move(done);
@@ -311,8 +274,8 @@ bool DiskTier::Remove(std::string_view store_key) {
   return removed;
 }
 
-size_t DiskTier::ClearNamespace(std::string_view store_prefix) {
-  const std::string prefix(store_prefix);  // the namespace digest
+size_t DiskTier::Clear(std::string_view namespace_prefix) {
+  const std::string prefix(namespace_prefix);  // the namespace digest
   const std::string& digest = prefix;
   size_t disk_only = 0;
   for (const std::string& dk : index_.KeysOfNamespace(digest)) {
@@ -356,7 +319,7 @@ void DiskTier::SendPendingDeletes() {
   for (const std::string& dk : todo) DeleteFile(dk);
 }
 
-void DiskTier::Pump() {
+void DiskTier::AfterL1Change() {
   if (!available() || writes_paused_ || waiting_for_room_) return;
   while (writes_in_flight_ < options_.max_writes_in_flight) {
     if (!options_.write_through && static_cast<double>(store_.used_bytes()) <
@@ -424,7 +387,7 @@ void DiskTier::OnWriteDone(const std::string& key, const std::string& dk, uint64
   } else {
     OnWriteFailed(key, dk, len, r);
   }
-  Pump();
+  AfterL1Change();
   CheckDrained();
 }
 
@@ -483,7 +446,7 @@ void DiskTier::Drain(std::chrono::milliseconds limit, std::function<void()> done
     drained_ = nullptr;
     finish();
   });
-  Pump();
+  AfterL1Change();
   CheckDrained();
 }
 
@@ -502,7 +465,7 @@ void DiskTier::PauseWrites() {
   backoff_timer_.async_wait([this, token = alive_token_](const asio::error_code& ec) {
     if (ec || !*token) return;
     writes_paused_ = false;
-    Pump();
+    AfterL1Change();
   });
 }
 
@@ -552,35 +515,42 @@ void DiskTier::RestartWorker() {
                   }
                   attached_ = true;
                   Log().warn("L2 disk tier available again: file worker restarted (pid {})", pid);
-                  Pump();
+                  AfterL1Change();
                 });
   SendPendingDeletes();  // DELETE needs no ATTACH
 }
 
-std::vector<std::pair<std::string_view, uint64_t>> DiskTier::Stats() const {
-  return {
-      {"l2_available", available() ? 1 : 0},
-      {"l2_objects", index_.objects()},
-      {"l2_bytes", index_.bytes()},
-      {"l2_capacity", index_.capacity()},
-      {"l2_hits", c_.hits},
-      {"l2_loads", c_.loads},
-      {"l2_load_bytes", c_.load_bytes},
-      {"l2_load_full", c_.load_full},
-      {"l2_writes", c_.writes},
-      {"l2_write_bytes", c_.write_bytes},
-      {"l2_write_errors", c_.write_errors},
-      {"l2_read_errors", c_.read_errors},
-      {"l2_deletes", c_.deletes},
-      {"l2_writes_in_flight", writes_in_flight_},
-      {"l2_loads_in_flight", loading_.size()},
-      {"l2_skipped_too_large", c_.skipped_too_large},
-      {"l2_write_gave_up", c_.write_gave_up},
-      {"l2_ignored_too_large", c_.ignored_too_large},
-      {"l2_pending_deletes", pending_deletes_.size()},
-      {"l2_worker_deaths", c_.worker_deaths},
-      {"l2_worker_restarts", c_.worker_restarts},
-  };
+void DiskTier::AppendStats(std::vector<TierCounter>& out) const {
+  out.insert(out.end(), {
+                            {"l2_available", available() ? 1 : 0},
+                            {"l2_objects", index_.objects()},
+                            {"l2_bytes", index_.bytes()},
+                            {"l2_capacity", index_.capacity()},
+                            {"l2_hits", c_.hits},
+                            {"l2_loads", c_.loads},
+                            {"l2_load_bytes", c_.load_bytes},
+                            {"l2_load_full", c_.load_full},
+                            {"l2_writes", c_.writes},
+                            {"l2_write_bytes", c_.write_bytes},
+                            {"l2_write_errors", c_.write_errors},
+                            {"l2_read_errors", c_.read_errors},
+                            {"l2_deletes", c_.deletes},
+                            {"l2_writes_in_flight", writes_in_flight_},
+                            {"l2_loads_in_flight", loading_.size()},
+                            {"l2_skipped_too_large", c_.skipped_too_large},
+                            {"l2_write_gave_up", c_.write_gave_up},
+                            {"l2_ignored_too_large", c_.ignored_too_large},
+                            {"l2_pending_deletes", pending_deletes_.size()},
+                            {"l2_worker_deaths", c_.worker_deaths},
+                            {"l2_worker_restarts", c_.worker_restarts},
+                        });
+}
+
+TierHealth DiskTier::Health() const {
+  if (available()) return {};
+  if (gave_up_) return {false, "the file worker cannot be restarted (see the log)"};
+  return {false, worker_ && worker_->alive() ? "the file worker has not attached the pool"
+                                             : "the file worker is not running; a restart is pending"};
 }
 
 }  // namespace shmkv

@@ -42,15 +42,16 @@
 #include "server/disk_tier_options.h"
 #include "server/file_worker_link.h"
 #include "server/store.h"
+#include "server/tier.h"
 #include "shmkv/status.h"
 
 namespace shmkv {
 
-class DiskTier {
+class DiskTier final : public Tier {
  public:
   static Result<std::unique_ptr<DiskTier>> Start(asio::io_context& io, Store& store, const std::string& shm_name,
                                                  uint64_t shm_size, const DiskTierOptions& options);
-  ~DiskTier();
+  ~DiskTier() override;
   DiskTier(const DiskTier&) = delete;
   DiskTier& operator=(const DiskTier&) = delete;
 
@@ -58,32 +59,25 @@ class DiskTier {
   static constexpr std::chrono::milliseconds kRestartDelay{1000};
 
   bool available() const { return worker_ && worker_->alive() && attached_; }
-  // lookup, after the Store's run of L1 hits: how many leading keys of `keys` are on disk or
-  // committed in L1 (a prefix may alternate between the tiers); touches the disk ones.
-  size_t CountOnDisk(std::span<const std::string_view> keys);
-  // prepare_store with L2: a key on disk (and not in L1) is `exists`, the rest go to the Store.
-  Result<std::vector<SlotResult>> PrepareStore(SessionId session, std::span<const std::string_view> keys,
-                                               std::span<const uint64_t> sizes, Clock::time_point now);
-  // prepare_retrieve: true when some key is on disk only, so a Load is needed first.
-  bool NeedsLoad(std::span<const std::string_view> keys) const;
-  // Loads every disk-only key of `keys` into L1 and calls `done` once all have settled (loaded
-  // or failed), with the keys it io-pinned for the caller: release them with Store::IoUnpin
-  // after the retrieve has pinned them. Stops at the first key that cannot be loaded: later
-  // keys would not extend the prefix.
-  void Load(std::vector<std::string> keys, std::function<void(std::vector<std::string> pinned)> done);
-  // remove: drops the disk copy; true when there was one.
-  bool Remove(std::string_view store_key);
-  // clear, before Store::Clear: drops every disk copy of the namespace and cancels its I/O in
-  // flight; returns how many of them are not in L1 (the caller adds L1's count: the union).
-  size_t ClearNamespace(std::string_view store_prefix);
-  // Starts background writes when the policy says so. Cheap when there is nothing to do.
-  void Pump();
-  // Shutdown: with write-through, writes every dirty object first (at most `limit`), then calls
-  // `done`; otherwise calls `done` at once. Writes in flight always finish (the worker completes
-  // them when its input ends).
-  void Drain(std::chrono::milliseconds limit, std::function<void()> done);
 
-  std::vector<std::pair<std::string_view, uint64_t>> Stats() const;
+  // Tier. Unavailable (no worker), the tier holds nothing and loads nothing.
+  std::string_view name() const override { return "l2"; }
+  // Touches the disk keys it counts (the disk LRU) and counts them as hits.
+  void LookupLeading(std::span<const std::string_view> keys, CountDone done) override;
+  bool Holds(std::string_view key) const override;
+  // Every committed L1 key of the batch is io-pinned first, then room is reserved for the loads:
+  // making room must not evict a later key of this very batch.
+  void Load(std::vector<std::string> keys, LoadDone done) override;
+  // Starts write-behind when the policy says so (write-through: every commit; demote: L1 past
+  // its watermark).
+  void AfterL1Change() override;
+  bool Remove(std::string_view store_key) override;
+  size_t Clear(std::string_view namespace_prefix) override;
+  void AppendStats(std::vector<TierCounter>& out) const override;
+  TierHealth Health() const override;
+  // With write-through, writes every dirty object first (at most `limit`); writes in flight
+  // always finish (the worker completes them when its input ends).
+  void Drain(std::chrono::milliseconds limit, std::function<void()> done) override;
 
  private:
   struct Counters {

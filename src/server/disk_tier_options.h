@@ -9,12 +9,19 @@
 namespace shmkv {
 
 struct DiskTierOptions {
+  // The directory of the tier's files (created when missing; locked for the server's life).
   std::string dir;
-  // 0: the bytes already on disk plus 90% of the file system's free space at start.
+  // Bytes of files the tier keeps; 0: the bytes already on disk plus 90% of the file system's
+  // free space at start.
   uint64_t capacity = 0;
+  // Write every committed object at once (true), or write-behind once L1 passes
+  // writeback_watermark (false).
   bool write_through = false;
-  std::string worker_binary;  // empty: DefaultFileWorkerBinary()
-  size_t queue_depth = 4;     // the worker's I/O threads
+  // The shmkv-file-worker binary; empty: DefaultFileWorkerBinary().
+  std::string worker_binary;
+  // The worker's I/O threads (its --queue-depth).
+  size_t queue_depth = 4;
+  // WRITEs of write-behind outstanding at once.
   size_t max_writes_in_flight = 4;
   // Demote mode starts write-behind once L1's used bytes pass this fraction of the pool.
   double writeback_watermark = 0.5;

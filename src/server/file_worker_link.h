@@ -29,21 +29,22 @@
 #include <memory>
 #include <string>
 
+#include "server/disk_tier_options.h"
 #include "shmkv/status.h"
 
 namespace shmkv {
 
 struct FileWorkerOptions {
-  std::string binary;  // path of shmkv-file-worker
-  std::string root;    // --root
-  size_t queue_depth = 4;
-  std::string log_level = "warn";
+  std::string binary;                                  // path of shmkv-file-worker
+  std::string root;                                    // --root
+  size_t queue_depth = DiskTierOptions{}.queue_depth;  // --queue-depth
+  std::string log_level = "warn";                      // --log-level
   // A descriptor holding flock(LOCK_EX) on the disk directory's lock file (DiskTier's), or -1.
   // The worker gets it as fd 3 (--lock-fd 3) and keeps it until it has exited. Not owned here.
   int lock_fd = -1;
   // A command unanswered this long means a hung worker (stuck disk, stopped process): it is
   // killed and treated as dead, so waiting loads fail as missing instead of hanging clients.
-  std::chrono::milliseconds reply_timeout{30000};
+  std::chrono::milliseconds reply_timeout = DiskTierOptions{}.io_timeout;
 };
 
 class FileWorkerLink {

@@ -5,6 +5,7 @@
 
 #include "common/log.h"
 #include "server/command_line.h"
+#include "server/ready_line.h"
 #include "server/server.h"
 
 int main(int argc, char** argv) {
@@ -17,8 +18,8 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "shmkv-server: {}\n", server.status().ToString());
     return 1;
   }
-  fmt::print("shmkv-server ready: segment={} pool_size={} socket={} generation={}\n", (*server)->segment_name(),
-             (*server)->pool_size(), o.socket_path, (*server)->generation());
+  fmt::print("{}\n", shmkv::FormatReadyLine(
+                         {(*server)->segment_name(), (*server)->pool_size(), o.socket_path, (*server)->generation()}));
   std::fflush(stdout);
   (*server)->Run();
   shmkv::Log().info("stopped; segment {} and socket {} removed", (*server)->segment_name(), o.socket_path);

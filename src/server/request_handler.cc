@@ -6,16 +6,13 @@
 
 #include "common/log.h"
 #include "server/disk_index.h"
-#include "server/disk_tier.h"
 #include "shmkv/version.h"
 
 namespace shmkv {
 
 namespace {
 
-// Namespace fields are bounded so a registration cannot make the server keep or log much.
-constexpr size_t kMaxNameBytes = 256;  // model, dtype, layout, instance_id
-constexpr size_t kMaxSaltBytes = 256;  // tenant salt
+using protocol::Op;
 
 // Renders client text for an error message: printable ASCII as is, every other byte as \xNN,
 // at most 64 bytes, so a reply is always valid UTF-8 and short.
@@ -33,51 +30,18 @@ std::string Printable(std::string_view text) {
   return out;
 }
 
-void PackSlots(wire::Packer& pk, const std::vector<SlotResult>& slots) {
-  pk.pack_array(static_cast<uint32_t>(slots.size()));
-  for (const SlotResult& r : slots) {
-    pk.pack_array(3);
-    wire::PackStr(pk, SlotStatusName(r.status));
-    pk.pack_uint64(r.offset);
-    pk.pack_uint64(r.length);
-  }
-}
-
-enum class Op : uint8_t {
-  kUnknown,
-  kRegister,
-  kStats,
-  kHealth,
-  kClear,
-  kPrepareStore,
-  kCommitStore,
-  kAbortStore,
-  kLookup,
-  kPrepareRetrieve,
-  kCommitRetrieve,
-  kRemove,
-};
-
-// Direct dispatch on the name: one switch on the length, then at most two compares.
-Op ParseOp(std::string_view op) {
-  switch (op.size()) {
-    case 5: return op == "stats" ? Op::kStats : op == "clear" ? Op::kClear : Op::kUnknown;
-    case 6:
-      return op == "health" ? Op::kHealth : op == "lookup" ? Op::kLookup : op == "remove" ? Op::kRemove : Op::kUnknown;
-    case 8: return op == "register" ? Op::kRegister : Op::kUnknown;
-    case 11: return op == "abort_store" ? Op::kAbortStore : Op::kUnknown;
-    case 12: return op == "commit_store" ? Op::kCommitStore : Op::kUnknown;
-    case 13: return op == "prepare_store" ? Op::kPrepareStore : Op::kUnknown;
-    case 15: return op == "commit_retrieve" ? Op::kCommitRetrieve : Op::kUnknown;
-    case 16: return op == "prepare_retrieve" ? Op::kPrepareRetrieve : Op::kUnknown;
-    default: return Op::kUnknown;
-  }
-}
-
 }  // namespace
 
-RequestHandler::RequestHandler(ServiceContext& context, SessionId session, DeferLoad defer_load)
-    : ctx_(context), session_(session), defer_load_(std::move(defer_load)) {}
+// Indexed by protocol::Op: the dispatch is this table.
+const RequestHandler::OpHandler RequestHandler::kOps[protocol::kOpCount] = {
+    &RequestHandler::Register,       &RequestHandler::Stats,        &RequestHandler::Health,
+    &RequestHandler::Clear,          &RequestHandler::PrepareStore, &RequestHandler::CommitStore,
+    &RequestHandler::AbortStore,     &RequestHandler::Lookup,       &RequestHandler::PrepareRetrieve,
+    &RequestHandler::CommitRetrieve, &RequestHandler::Remove,
+};
+
+RequestHandler::RequestHandler(KvService& service, SessionId session, MakeResume make_resume)
+    : service_(service), session_(session), make_resume_(std::move(make_resume)) {}
 
 bool RequestHandler::Handle(std::string_view body, std::string& out) {
   deferred_ = false;
@@ -86,297 +50,199 @@ bool RequestHandler::Handle(std::string_view body, std::string& out) {
     return false;
   };
   msgpack::object obj;
-  // Every container count is bounded before the unpacker allocates for it: by the frame (each
-  // element takes at least one byte) and by the protocol's limits.
-  const msgpack::unpack_limit limits = wire::FrameLimits(body.size());
-  try {
-    size_t used = 0;
-    obj = wire::UnpackReferenced(zone_, body, limits, &used);  // points into body, alive until Handle returns
-    if (used != body.size()) {
-      return Fail(0, Status::Protocol(
-                         fmt::format("{} bytes follow the request's msgpack value in its frame", body.size() - used)));
-    }
-  } catch (const msgpack::size_overflow& e) {
-    return Fail(0, Status::Protocol(fmt::format(
-                       "request exceeds a protocol limit ({}): arrays of at most {} elements, maps of at most {} "
-                       "fields, nesting of at most {} levels",
-                       e.what(), wire::kMaxBatchKeys, wire::kMaxMapFields, wire::kMaxNesting)));
-  } catch (const std::exception& e) {
-    return Fail(0, Status::Protocol(fmt::format("request is not valid msgpack: {}", e.what())));
-  }
+  // Every container count is bounded before the unpacker allocates for it.
+  if (Status s = protocol::UnpackFrame(zone_, body, "request", &obj); !s.ok()) return Fail(0, s);
   auto req = wire::MapReader::From(obj);
   if (!req.ok()) return Fail(0, req.status());
-  // The id is required: a reply to a guessed id could be taken for another request's answer.
-  auto id_field = req->U64("id");
-  if (!id_field.ok()) return Fail(0, id_field.status());
-  const uint64_t id = *id_field;
-  auto op = req->Str("op");
-  if (!op.ok()) return Fail(id, op.status());
+  protocol::RequestHead head;
+  if (Status s = protocol::DecodeRequestHead(*req, &head); !s.ok()) return Fail(head.id, s);
+  const std::string op_name = Printable(head.op_name);
   if (protocol_ >= 2) {
-    auto chained = req->Bool("chained", false);
-    if (!chained.ok()) return Fail(id, chained.status().WithContext(Printable(*op)));
+    auto chained = protocol::DecodeChained(*req);
+    if (!chained.ok()) return Fail(head.id, chained.status().WithContext(op_name));
     if (*chained && prev_failed_) {
       // Stays failed: every later chained request is skipped as well.
-      AppendError(id, wire::kNotExecutedCode,
-                  fmt::format("{} was not executed: an earlier request of this connection failed", Printable(*op)), {},
-                  out);
+      AppendError(head.id, wire::kNotExecutedCode,
+                  fmt::format("{} was not executed: an earlier request of this connection failed", op_name), {}, out);
       return false;
     }
   }
+  if (!head.op) return Fail(head.id, Status::InvalidArgument("unknown operation").WithContext(op_name));
+  if (protocol::NeedsRegistration(*head.op) && !registered_) {
+    return Fail(head.id,
+                Status::InvalidArgument("the session is not registered (send 'register' first)").WithContext(op_name));
+  }
 
-  // Reply: {"id", "ok": true, ...fields}, packed straight into the reused reply buffer.
-  const size_t map_at = StartReply(id);
-  wire::Packer pk(reply_.sbuf());
-  int n_fields = 0;
-  Status s;
-  current_id_ = id;
+  current_id_ = head.id;
+  out_ = &out;
   expired_.clear();
+  handling_ = true;
+  Status s;
   try {
-    s = Dispatch(*op, *req, pk, &n_fields);
+    s = (this->*kOps[static_cast<size_t>(*head.op)])(*req);
   } catch (const std::exception& e) {  // msgpack or allocation failures: answer, keep serving
     s = Status::Internal(fmt::format("failed: {}", e.what()));
   }
-  if (!s.ok()) return Fail(id, s.WithContext(Printable(*op)), expired_);
-  if (deferred_) return true;  // answered by AnswerDeferredRetrieve; what Dispatch packed is dropped
-  EndReply(map_at, n_fields, out);
-  return false;
+  handling_ = false;
+  out_ = nullptr;
+  if (!s.ok()) return Fail(head.id, s.WithContext(op_name), expired_);
+  return deferred_;
 }
 
-size_t RequestHandler::StartReply(uint64_t id) {
-  // The map header is a map32 whose count EndReply patches once the fields are packed (map32 is
-  // valid msgpack for any count; it saves packing the fields into a side buffer first).
-  reply_.Reset();
-  msgpack::sbuffer& out = reply_.sbuf();
-  const size_t map_at = out.size();
-  out.write("\xdf\0\0\0\0", 5);
-  wire::Packer pk(out);
-  wire::PackStr(pk, "id");
-  pk.pack_uint64(id);
-  wire::PackStr(pk, "ok");
-  pk.pack_true();
-  return map_at;
+// ---- operations -------------------------------------------------------------------------------
+
+Status RequestHandler::Register(const wire::MapReader& request) {
+  if (registered_) return Status::InvalidArgument("this connection is registered already; open another one");
+  protocol::RegisterRequest req;
+  SHMKV_RETURN_IF_ERROR(protocol::Unpack(request, req));
+  if (req.instance_id.size() > protocol::kMaxNameBytes) {
+    return Status::InvalidArgument(
+        fmt::format("instance_id is {} bytes; at most {}", req.instance_id.size(), protocol::kMaxNameBytes));
+  }
+  // Canonical namespace: every field that changes the bytes of a chunk, plus the tenant salt.
+  // Its digest names the namespace in L1 and on disk: this spelling must never change.
+  std::string canonical;
+  std::string shown;  // for the log: the salt only by its length
+  const protocol::NamespaceFields& ns = req.ns;
+  for (auto [name, value] : {std::pair{"model", ns.model}, std::pair{"dtype", ns.dtype}, std::pair{"layout", ns.layout},
+                             std::pair{"salt", ns.salt}}) {
+    const bool salt = std::string_view(name) == "salt";
+    const size_t limit = salt ? protocol::kMaxSaltBytes : protocol::kMaxNameBytes;
+    if (value.size() > limit) {
+      return Status::InvalidArgument(fmt::format("namespace.{} is {} bytes; at most {}", name, value.size(), limit));
+    }
+    canonical += fmt::format("{}={};", name, value);
+    if (!salt) shown += fmt::format("{}={};", name, Printable(value));
+  }
+  for (auto [name, value] : {std::pair{"world_size", ns.world_size}, std::pair{"rank", ns.rank}}) {
+    canonical += fmt::format("{}={};", name, value.value_or(0));
+    shown += fmt::format("{}={};", name, value.value_or(0));
+  }
+  if (ns.world_size && ns.rank && *ns.rank >= *ns.world_size) {
+    return Status::InvalidArgument("namespace rank must be below world_size");
+  }
+  // Version negotiation: the client offers the highest version it speaks (absent: 1); the reply
+  // carries the lower of that and ours, and both sides speak it from here on.
+  if (req.protocol < wire::kMinProtocolVersion) {
+    return Status::InvalidArgument(fmt::format("client offers protocol {}; this server speaks {}..{}", req.protocol,
+                                               wire::kMinProtocolVersion, wire::kProtocolVersion));
+  }
+  protocol_ = std::min(req.protocol, wire::kProtocolVersion);
+  instance_ = std::string(req.instance_id);
+  // The key prefix is the namespace's digest: nothing per namespace is kept, so namespaces cost
+  // the server no memory, and L1 and L2 name an object the same way.
+  prefix_ = NamespaceDigest(canonical);
+  registered_ = true;
+  Log().info("session {} registered: instance '{}', namespace {}salt={} bytes (digest {})", session_,
+             Printable(instance_), shown, ns.salt.size(), HexEncode(prefix_));
+  const ServiceIdentity& id = service_.identity();
+  Answer(protocol::RegisterReply{session_, id.shm_name, id.pool_size, kSlotAlignment, kVersionString, protocol_,
+                                 id.generation});
+  return Status::Ok();
 }
 
-void RequestHandler::EndReply(size_t map_at, int n_fields, std::string& out) {
-  const auto count = static_cast<uint32_t>(2 + n_fields);
-  auto* m = reinterpret_cast<uint8_t*>(reply_.sbuf().data() + map_at + 1);  // big-endian, as msgpack wants
-  m[0] = static_cast<uint8_t>(count >> 24);
-  m[1] = static_cast<uint8_t>(count >> 16);
-  m[2] = static_cast<uint8_t>(count >> 8);
-  m[3] = static_cast<uint8_t>(count);
+Status RequestHandler::Stats(const wire::MapReader&) {
+  counters_.clear();
+  service_.Stats(counters_);
+  Answer(protocol::StatsReply{counters_, service_.identity().shm_name});
+  return Status::Ok();
+}
+
+Status RequestHandler::Health(const wire::MapReader&) {
+  Answer(protocol::HealthReply{"serving", service_.identity().generation});
+  return Status::Ok();
+}
+
+Status RequestHandler::Clear(const wire::MapReader&) {
+  Answer(protocol::ClearReply{service_.Clear(prefix_)});
+  return Status::Ok();
+}
+
+Status RequestHandler::PrepareStore(const wire::MapReader& request) {
+  protocol::PrepareStoreRequest req;
+  SHMKV_RETURN_IF_ERROR(protocol::Unpack(request, req, scratch_));
+  SHMKV_RETURN_IF_ERROR(service_.PrepareStore(session_, Namespaced(req.keys), req.sizes, Clock::now(), slots_));
+  Answer(protocol::SlotsReply{slots_});
+  return Status::Ok();
+}
+
+Status RequestHandler::CommitStore(const wire::MapReader& request) {
+  protocol::CommitStoreRequest req;
+  SHMKV_RETURN_IF_ERROR(protocol::UnpackKeys(request, req, scratch_));
+  SHMKV_RETURN_IF_ERROR(service_.CommitStore(session_, Namespaced(req.keys), Clock::now(), &expired_));
+  Answer(protocol::EmptyReply{});
+  return Status::Ok();
+}
+
+Status RequestHandler::AbortStore(const wire::MapReader& request) {
+  protocol::AbortStoreRequest req;
+  SHMKV_RETURN_IF_ERROR(protocol::UnpackKeys(request, req, scratch_));
+  Answer(protocol::AbortStoreReply{service_.AbortStore(session_, Namespaced(req.keys))});
+  return Status::Ok();
+}
+
+Status RequestHandler::Lookup(const wire::MapReader& request) {
+  protocol::LookupRequest req;
+  SHMKV_RETURN_IF_ERROR(protocol::Unpack(request, req, scratch_));
+  const auto count = service_.Lookup(session_, Namespaced(req.keys), req.pin, Clock::now(), *this);
+  if (count) Answer(protocol::LookupReply{*count});
+  return Status::Ok();
+}
+
+Status RequestHandler::PrepareRetrieve(const wire::MapReader& request) {
+  protocol::PrepareRetrieveRequest req;
+  SHMKV_RETURN_IF_ERROR(protocol::UnpackKeys(request, req, scratch_));
+  if (service_.PrepareRetrieve(session_, Namespaced(req.keys), Clock::now(), slots_, *this)) {
+    Answer(protocol::SlotsReply{slots_});
+  }
+  return Status::Ok();
+}
+
+Status RequestHandler::CommitRetrieve(const wire::MapReader& request) {
+  protocol::CommitRetrieveRequest req;
+  SHMKV_RETURN_IF_ERROR(protocol::UnpackKeys(request, req, scratch_));
+  SHMKV_RETURN_IF_ERROR(service_.CommitRetrieve(session_, Namespaced(req.keys), &expired_));
+  Answer(protocol::EmptyReply{});
+  return Status::Ok();
+}
+
+Status RequestHandler::Remove(const wire::MapReader& request) {
+  protocol::RemoveRequest req;
+  SHMKV_RETURN_IF_ERROR(protocol::UnpackKeys(request, req, scratch_));
+  service_.Remove(Namespaced(req.keys), removed_);
+  Answer(protocol::RemoveReply{removed_});
+  return Status::Ok();
+}
+
+// ---- deferred replies -------------------------------------------------------------------------
+
+template <typename Reply>
+void RequestHandler::Complete(uint64_t id, const Reply& reply, const Resume& resume) {
   prev_failed_ = false;
-  out.append(reply_.Finish());
+  if (handling_ && id == current_id_) {
+    // The tier answered before Handle returned: an ordinary reply after all.
+    deferred_ = false;
+    out_->append(protocol::EncodeReply(reply_, id, reply));
+    return;
+  }
+  resume(protocol::EncodeReply(reply_, id, reply));
 }
 
-Status RequestHandler::Dispatch(std::string_view op, const wire::MapReader& req, wire::Packer& pk, int* fields) {
-  auto field = [&](std::string_view name) {
-    wire::PackStr(pk, name);
-    ++*fields;
+Deferral::LookupDone RequestHandler::DeferLookup() {
+  deferred_ = true;
+  return [this, id = current_id_, resume = make_resume_()](uint64_t count) {
+    Complete(id, protocol::LookupReply{count}, resume);
   };
-  const auto now = Clock::now();
-  ServiceContext& srv = ctx_;
-  const Op kind = ParseOp(op);
-  if (kind == Op::kUnknown) return Status::InvalidArgument("unknown operation");
-
-  if (kind == Op::kRegister) {
-    if (registered_) return Status::InvalidArgument("this connection is registered already; open another one");
-    auto instance = req.Str("instance_id");
-    if (!instance.ok()) return instance.status();
-    if (instance->size() > kMaxNameBytes) {
-      return Status::InvalidArgument(
-          fmt::format("instance_id is {} bytes; at most {}", instance->size(), kMaxNameBytes));
-    }
-    auto ns = req.Map("namespace");
-    if (!ns.ok()) return ns.status();
-    // Canonical namespace: every field that changes the bytes of a chunk, plus the tenant salt.
-    std::string canonical;
-    std::string shown;  // for the log: the salt only by its length
-    for (std::string_view f : {"model", "dtype", "layout", "salt"}) {
-      std::string_view v;
-      if (ns->Has(f)) {
-        auto s = ns->Str(f);
-        if (!s.ok()) return s.status().WithContext("namespace");
-        v = *s;
-      }
-      const size_t limit = f == "salt" ? kMaxSaltBytes : kMaxNameBytes;
-      if (v.size() > limit) {
-        return Status::InvalidArgument(fmt::format("namespace.{} is {} bytes; at most {}", f, v.size(), limit));
-      }
-      canonical += fmt::format("{}={};", f, v);
-      if (f != "salt") shown += fmt::format("{}={};", f, Printable(v));
-    }
-    for (std::string_view f : {"world_size", "rank"}) {
-      uint64_t v = 0;
-      if (ns->Has(f)) {
-        auto u = ns->U64(f);
-        if (!u.ok()) return u.status().WithContext("namespace");
-        v = *u;
-      }
-      canonical += fmt::format("{}={};", f, v);
-      shown += fmt::format("{}={};", f, v);
-    }
-    if (ns->Has("world_size") && ns->Has("rank") && *ns->U64("rank") >= *ns->U64("world_size")) {
-      return Status::InvalidArgument("namespace rank must be below world_size");
-    }
-    // Version negotiation: the client offers the highest version it speaks (absent: 1); the
-    // reply carries the lower of that and ours, and both sides speak it from here on.
-    uint64_t offered = 1;
-    if (req.Has("protocol")) {
-      auto p = req.U64("protocol");
-      if (!p.ok()) return p.status();
-      offered = *p;
-    }
-    if (offered < wire::kMinProtocolVersion) {
-      return Status::InvalidArgument(fmt::format("client offers protocol {}; this server speaks {}..{}", offered,
-                                                 wire::kMinProtocolVersion, wire::kProtocolVersion));
-    }
-    protocol_ = static_cast<uint32_t>(std::min<uint64_t>(offered, wire::kProtocolVersion));
-    instance_ = std::string(*instance);
-    // The key prefix is the namespace's digest: nothing per namespace is kept, so namespaces
-    // cost the server no memory, and L1 and L2 name an object the same way.
-    prefix_ = NamespaceDigest(canonical);
-    registered_ = true;
-    Log().info("session {} registered: instance '{}', namespace {}salt={} bytes (digest {})", session_,
-               Printable(instance_), shown, ns->Has("salt") ? ns->Str("salt")->size() : 0, HexEncode(prefix_));
-    field("session");
-    pk.pack_uint64(session_);
-    field("shm_name");
-    wire::PackStr(pk, srv.shm_name);
-    field("pool_size");
-    pk.pack_uint64(srv.pool_size);
-    field("alignment");
-    pk.pack_uint64(kSlotAlignment);
-    field("server_version");
-    wire::PackStr(pk, kVersionString);
-    field("protocol");
-    pk.pack_uint32(protocol_);
-    field("generation");
-    pk.pack_uint64(srv.generation);
-    return Status::Ok();
-  }
-  if (kind == Op::kStats) {
-    const StoreStats s = srv.store.stats();
-    const std::pair<std::string_view, uint64_t> items[] = {
-        {"objects", s.objects},
-        {"used_bytes", s.used_bytes},
-        {"pool_size", s.pool_size},
-        {"reserved_objects", s.reserved_objects},
-        {"pinned_objects", s.pinned_objects},
-        {"sessions", s.sessions},
-        {"evictions", s.evictions},
-        {"evicted_bytes", s.evicted_bytes},
-        {"stores", s.stores},
-        {"lookups", s.lookups},
-        {"lookup_hits", s.lookup_hits},
-        {"retrieves", s.retrieves},
-        {"expired_leases", s.expired_leases},
-        {"quarantined_slots", s.quarantined_slots},
-        {"quarantined_bytes", s.quarantined_bytes},
-        {"generation", srv.generation},
-    };
-    std::vector<std::pair<std::string_view, uint64_t>> l2;
-    if (srv.disk) {
-      l2 = srv.disk->Stats();
-      l2.insert(l2.end(), {{"l2_dirty_objects", s.dirty_objects},
-                           {"l2_dirty_bytes", s.dirty_bytes},
-                           {"l2_evicted_dirty", s.evicted_dirty}});
-    }
-    field("stats");
-    pk.pack_map(static_cast<uint32_t>(std::size(items) + l2.size() + 1));
-    for (auto [k, v] : items) {
-      wire::PackStr(pk, k);
-      pk.pack_uint64(v);
-    }
-    for (auto [k, v] : l2) {
-      wire::PackStr(pk, k);
-      pk.pack_uint64(v);
-    }
-    wire::PackStr(pk, "shm_name");
-    wire::PackStr(pk, srv.shm_name);
-    return Status::Ok();
-  }
-  if (kind == Op::kHealth) {
-    field("status");
-    wire::PackStr(pk, "serving");
-    field("generation");
-    pk.pack_uint64(srv.generation);
-    return Status::Ok();
-  }
-  if (!registered_) return Status::InvalidArgument("the session is not registered (send 'register' first)");
-
-  if (kind == Op::kClear) {
-    field("removed");
-    // Disk first: it counts only what L1 does not hold, so an object in both counts once.
-    const size_t disk_only = srv.disk ? srv.disk->ClearNamespace(prefix_) : 0;
-    pk.pack_uint64(srv.store.Clear(prefix_) + disk_only);
-    return Status::Ok();
-  }
-  SHMKV_RETURN_IF_ERROR(req.BytesInto("keys", wire::kMaxKeyBytes, raw_keys_));
-  const std::vector<std::string_view>& keys = Namespaced(raw_keys_);
-
-  if (kind == Op::kPrepareStore) {
-    SHMKV_RETURN_IF_ERROR(req.U64sInto("sizes", sizes_));
-    auto slots = srv.disk ? srv.disk->PrepareStore(session_, keys, sizes_, now)
-                          : srv.store.PrepareStore(session_, keys, sizes_, now);
-    if (!slots.ok()) return slots.status();
-    field("slots");
-    PackSlots(pk, *slots);
-    return Status::Ok();
-  }
-  if (kind == Op::kCommitStore) {
-    Status st = srv.store.CommitStore(session_, keys, now, &expired_);
-    if (srv.disk) srv.disk->Pump();
-    return st;
-  }
-  if (kind == Op::kAbortStore) {
-    field("aborted");
-    pk.pack_uint64(srv.store.AbortStore(session_, keys));
-    return Status::Ok();
-  }
-  if (kind == Op::kLookup) {
-    auto pin = req.Bool("pin", false);
-    if (!pin.ok()) return pin.status();
-    field("count");
-    size_t n = srv.store.Lookup(session_, keys, *pin, now);
-    // L2 continues the prefix: keys on disk count as hits (they are loaded by prepare_retrieve).
-    if (srv.disk && n < keys.size()) n += srv.disk->CountOnDisk(std::span(keys).subspan(n));
-    pk.pack_uint64(n);
-    return Status::Ok();
-  }
-  if (kind == Op::kPrepareRetrieve) {
-    if (srv.disk && srv.disk->NeedsLoad(keys)) {
-      deferred_ = true;
-      defer_load_(current_id_, std::vector<std::string>(keys.begin(), keys.end()));
-      return Status::Ok();
-    }
-    field("slots");
-    PackSlots(pk, srv.store.PrepareRetrieve(session_, keys, now));
-    return Status::Ok();
-  }
-  if (kind == Op::kCommitRetrieve) return srv.store.CommitRetrieve(session_, keys, &expired_);
-  if (kind == Op::kRemove) {
-    auto out = srv.store.Remove(keys);
-    if (srv.disk) {
-      for (size_t i = 0; i < out.size(); ++i) {
-        if (out[i] != RemoveOutcome::kBusy && srv.disk->Remove(keys[i])) out[i] = RemoveOutcome::kRemoved;
-      }
-    }
-    field("results");
-    pk.pack_array(static_cast<uint32_t>(out.size()));
-    for (RemoveOutcome o : out) wire::PackStr(pk, RemoveOutcomeName(o));
-    return Status::Ok();
-  }
-  return Status::InvalidArgument("unknown operation");
 }
 
-void RequestHandler::AnswerDeferredRetrieve(uint64_t id, std::span<const std::string> keys, std::string& out) {
-  std::vector<std::string_view> views(keys.begin(), keys.end());
-  const size_t map_at = StartReply(id);
-  wire::Packer pk(reply_.sbuf());
-  wire::PackStr(pk, "slots");
-  PackSlots(pk, ctx_.store.PrepareRetrieve(session_, views, Clock::now()));
-  EndReply(map_at, 1, out);
+Deferral::RetrieveDone RequestHandler::DeferRetrieve() {
+  deferred_ = true;
+  return [this, id = current_id_, resume = make_resume_()](std::span<const SlotResult> slots) {
+    Complete(id, protocol::SlotsReply{slots}, resume);
+  };
 }
+
+// ---- errors and keys --------------------------------------------------------------------------
 
 void RequestHandler::AppendError(uint64_t id, const Status& status, std::string& out) {
   AppendError(id, StatusCodeName(status.code()), status.message(), {}, out);
@@ -385,28 +251,10 @@ void RequestHandler::AppendError(uint64_t id, const Status& status, std::string&
 void RequestHandler::AppendError(uint64_t id, std::string_view code, std::string_view message,
                                  std::span<const uint32_t> expired, std::string& out) {
   prev_failed_ = true;
-  reply_.Reset();
-  wire::Packer pk(reply_.sbuf());
-  pk.pack_map(3);
-  wire::PackStr(pk, "id");
-  pk.pack_uint64(id);
-  wire::PackStr(pk, "ok");
-  pk.pack_false();
-  wire::PackStr(pk, "error");
-  pk.pack_map(expired.empty() ? 2 : 3);
-  wire::PackStr(pk, "code");
-  wire::PackStr(pk, code);
-  wire::PackStr(pk, "message");
-  wire::PackStr(pk, message);
-  if (!expired.empty()) {
-    wire::PackStr(pk, "expired");
-    pk.pack_array(static_cast<uint32_t>(expired.size()));
-    for (uint32_t i : expired) pk.pack_uint32(i);
-  }
-  out.append(reply_.Finish());
+  out.append(protocol::EncodeError(reply_, id, protocol::ErrorReply{code, message, expired}));
 }
 
-const std::vector<std::string_view>& RequestHandler::Namespaced(const std::vector<std::string_view>& keys) {
+std::span<const std::string_view> RequestHandler::Namespaced(std::span<const std::string_view> keys) {
   size_t total = 0;
   for (std::string_view k : keys) total += prefix_.size() + k.size();
   key_arena_.clear();

@@ -1,11 +1,16 @@
 // RequestHandler: one session's side of the control protocol (docs/protocol.md), without a
-// socket. A request's body goes in; its reply frame is appended to an output string. The
-// server's Connection does the framing, the socket I/O and the ordering of replies around it;
-// the handler decodes the request (with every container count bounded before anything is
-// allocated), runs the operation on the Store and the disk tier, and encodes the reply. Being
-// free of sockets, it is also the seam the request-path fuzz target drives.
+// socket. A request's body goes in; its reply frame is appended to an output string. It decodes
+// the request into its typed message (src/protocol/messages.h), applies the session's state
+// (registration, namespace, protocol version, the `chained` rule) and calls the KvService through
+// a table of operations; the server's Connection does the framing, the socket I/O and the ordering
+// of replies around it. Being free of sockets, it is also the seam the request-path fuzz target
+// and the in-process tests drive.
 //
-// Thread-safety: none; a handler lives on the server's event loop, as its Store does.
+// Session states: unregistered (register, stats and health only) -> registered (every operation,
+// keys in the session's namespace). A request whose answer waits for a tier is deferred: Handle
+// returns true, and the reply reaches the connection later through the Resume it provided.
+//
+// Thread-safety: none; a handler lives on the server's event loop, as its service does.
 #pragma once
 
 #include <cstdint>
@@ -15,73 +20,92 @@
 #include <string_view>
 #include <vector>
 
+#include "protocol/messages.h"
 #include "protocol/wire.h"
-#include "server/store.h"
+#include "server/kv_service.h"
 #include "shmkv/status.h"
 
 namespace shmkv {
 
-class DiskTier;
-
-// What every session of one server shares.
-struct ServiceContext {
-  Store& store;
-  DiskTier* disk = nullptr;  // the L2 tier, or null
-  std::string shm_name;      // the segment, as registration reports it
-  uint64_t pool_size = 0;
-  uint64_t generation = 0;
-};
-
-class RequestHandler {
+class RequestHandler final : private Deferral {
  public:
-  // Starts the L2 loads of a prepare_retrieve (namespaced keys); its reply is deferred until
-  // the caller passes the result to AnswerDeferredRetrieve. Only called with a disk tier.
-  using DeferLoad = std::function<void(uint64_t id, std::vector<std::string> keys)>;
+  // Delivers a deferred reply frame to the connection, which then handles the frames that
+  // queued up behind it. A Resume must keep the connection (and so this handler) alive.
+  using Resume = std::function<void(std::string_view reply_frame)>;
+  using MakeResume = std::function<Resume()>;
 
-  // The session must be open in the Store.
-  RequestHandler(ServiceContext& context, SessionId session, DeferLoad defer_load);
+  // The session must be open in the service.
+  RequestHandler(KvService& service, SessionId session, MakeResume make_resume);
   RequestHandler(const RequestHandler&) = delete;
   RequestHandler& operator=(const RequestHandler&) = delete;
 
   // Handles one request body. Appends its reply frame to `out` and returns false, or returns
-  // true (nothing appended) when the reply was deferred through DeferLoad.
+  // true (nothing appended) when the reply was deferred: it comes through Resume.
   bool Handle(std::string_view body, std::string& out);
-  // The reply to a deferred prepare_retrieve, once its loads have settled: pins what L1 holds.
-  void AnswerDeferredRetrieve(uint64_t id, std::span<const std::string> keys, std::string& out);
   // An error reply not tied to a request's outcome (a bad frame length, full buffers).
   void AppendError(uint64_t id, const Status& status, std::string& out);
 
   bool registered() const { return registered_; }
   const std::string& instance() const { return instance_; }
+  uint32_t protocol() const { return protocol_; }
 
  private:
-  // A reply {"id", "ok": true, ...fields} is built in reply_: StartReply packs the head and
-  // returns where the map header is; EndReply patches the field count and appends the frame.
-  size_t StartReply(uint64_t id);
-  void EndReply(size_t map_at, int n_fields, std::string& out);
-  Status Dispatch(std::string_view op, const wire::MapReader& req, wire::Packer& pk, int* fields);
-  // `expired`: with code Expired, the indices of the request's keys whose lease had expired.
+  using OpHandler = Status (RequestHandler::*)(const wire::MapReader& request);
+  static const OpHandler kOps[protocol::kOpCount];
+
+  // One method per operation, in protocol::Op order.
+  Status Register(const wire::MapReader& request);
+  Status Stats(const wire::MapReader& request);
+  Status Health(const wire::MapReader& request);
+  Status Clear(const wire::MapReader& request);
+  Status PrepareStore(const wire::MapReader& request);
+  Status CommitStore(const wire::MapReader& request);
+  Status AbortStore(const wire::MapReader& request);
+  Status Lookup(const wire::MapReader& request);
+  Status PrepareRetrieve(const wire::MapReader& request);
+  Status CommitRetrieve(const wire::MapReader& request);
+  Status Remove(const wire::MapReader& request);
+
+  // Appends the success reply of the request being handled.
+  template <typename Reply>
+  void Answer(const Reply& reply) {
+    prev_failed_ = false;
+    out_->append(protocol::EncodeReply(reply_, current_id_, reply));
+  }
   void AppendError(uint64_t id, std::string_view code, std::string_view message, std::span<const uint32_t> expired,
                    std::string& out);
   // Prefixes each key with the namespace into one reused buffer: no allocation per key.
-  const std::vector<std::string_view>& Namespaced(const std::vector<std::string_view>& keys);
+  std::span<const std::string_view> Namespaced(std::span<const std::string_view> keys);
+  // The answer of a deferred request: into the current output when it comes before Handle
+  // returned, else through a Resume.
+  template <typename Reply>
+  void Complete(uint64_t id, const Reply& reply, const Resume& resume);
 
-  ServiceContext& ctx_;
+  // Deferral (called by the service).
+  LookupDone DeferLookup() override;
+  RetrieveDone DeferRetrieve() override;
+
+  KvService& service_;
   SessionId session_;
-  DeferLoad defer_load_;
+  MakeResume make_resume_;
   std::string instance_;
   std::string prefix_;  // the namespace digest; empty until registered
   bool registered_ = false;
   uint32_t protocol_ = 1;     // agreed at registration
   bool prev_failed_ = false;  // the outcome of the previous request, for `chained` (protocol 2)
-  bool deferred_ = false;     // the request being handled was deferred
-  uint64_t current_id_ = 0;   // id of the request being dispatched
+  bool deferred_ = false;     // the request being handled waits for a tier
+  bool handling_ = false;     // inside Handle: a deferred answer arriving now goes to out_
+  uint64_t current_id_ = 0;   // id of the request being handled
+  std::string* out_ = nullptr;
   // Per-request scratch, reused so a request allocates nothing in the steady state.
   msgpack::zone zone_;
   wire::FrameBuffer reply_;
-  std::vector<std::string_view> raw_keys_, full_keys_;
-  std::vector<uint64_t> sizes_;
+  protocol::DecodeScratch scratch_;
+  std::vector<std::string_view> full_keys_;
   std::string key_arena_;
+  std::vector<SlotResult> slots_;
+  std::vector<RemoveOutcome> removed_;
+  std::vector<TierCounter> counters_;
   std::vector<uint32_t> expired_;  // indices of keys whose lease expired, for an Expired error
 };
 

@@ -19,6 +19,7 @@
 #include "common/syscall.h"
 #include "protocol/wire.h"
 #include "server/disk_tier.h"
+#include "server/kv_service.h"
 #include "server/request_handler.h"
 #include "server/store.h"
 #include "shmkv/segment.h"
@@ -85,10 +86,10 @@ bool ProcessExited(const sys::UniqueFd& pidfd) {
 struct Server::Impl {
   ServerOptions options;
   SharedSegment segment;
-  Store store;
-  uint64_t generation = 0;
-  ServiceContext service{store, nullptr, {}, 0, 0};  // what every session's RequestHandler shares; set in Start
   asio::io_context io{1};
+  // Every operation's answer, over L1 and the tiers; declared after io (its tiers own timers and
+  // descriptors on it), so destroyed before it.
+  KvService service;
   stream_protocol::acceptor acceptor{io};
   asio::signal_set signals{io, SIGINT, SIGTERM};
   asio::steady_timer lease_timer{io};
@@ -98,10 +99,9 @@ struct Server::Impl {
   std::unordered_map<SessionId, std::unique_ptr<asio::posix::stream_descriptor>> orphan_watches;
   size_t buffered_bytes = 0;  // request buffers of every connection, bounded by max_buffered_bytes
   bool socket_bound = false;
-  std::unique_ptr<DiskTier> disk;  // L2; declared after io and store, so destroyed before them
 
-  Impl(ServerOptions o, SharedSegment seg, Store st)
-      : options(std::move(o)), segment(std::move(seg)), store(std::move(st)) {}
+  Impl(ServerOptions o, SharedSegment seg, Store store, ServiceIdentity identity)
+      : options(std::move(o)), segment(std::move(seg)), service(std::move(store), std::move(identity)) {}
   ~Impl() {
     if (socket_bound) ::unlink(options.socket_path.c_str());
   }
@@ -113,7 +113,7 @@ struct Server::Impl {
     auto watch = std::make_unique<asio::posix::stream_descriptor>(io, pidfd.release());
     watch->async_wait(asio::posix::stream_descriptor::wait_read, [this, session](const asio::error_code& ec) {
       if (ec == asio::error::operation_aborted) return;
-      store.ReleaseOrphans(session);
+      service.ReleaseOrphans(session);
       Log().debug("session {}: its process exited; quarantined slots freed", session);
       orphan_watches.erase(session);  // destroys the descriptor after this handler returns
     });
@@ -131,13 +131,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
         socket_(std::move(socket)),
         session_(id),
         peer_pidfd_(std::move(peer_pidfd)),
-        handler_(server.service, id, [this](uint64_t request_id, std::vector<std::string> keys) {
-          LoadThenAnswer(request_id, std::move(keys));
+        handler_(server.service, id, [this] {
+          return [self = shared_from_this()](std::string_view reply) { self->ResumeAfterDeferred(reply); };
         }) {}
   ~Connection() { server_.buffered_bytes -= in_.size(); }
 
   void Start() {
-    server_.store.OpenSession(session_);
+    server_.service.OpenSession(session_);
     ReadNow();
   }
   void Close() {
@@ -239,7 +239,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
         break;
       }
       if (in_end_ - pos - wire::kHeaderBytes < len) break;
-      handler_.Handle(std::string_view(in_.data() + pos + wire::kHeaderBytes, len), out_pending_);
+      deferred_ = handler_.Handle(std::string_view(in_.data() + pos + wire::kHeaderBytes, len), out_pending_);
       pos += wire::kHeaderBytes + len;
       if (deferred_) break;  // replies keep request order: the rest waits for this one
     }
@@ -251,21 +251,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
     Flush();
   }
 
-  // A prepare_retrieve that needs L2 loads: its reply, and the frames behind it, wait for them.
-  void LoadThenAnswer(uint64_t id, std::vector<std::string> keys) {
-    deferred_ = true;
-    auto owned = std::make_shared<std::vector<std::string>>(std::move(keys));
-    server_.disk->Load(*owned, [self = shared_from_this(), id, owned](std::vector<std::string> pinned) {
-      self->FinishDeferredRetrieve(id, *owned, pinned);
-    });
-  }
-
-  // A prepare_retrieve whose disk loads have settled: pin and answer, then serve what queued up.
-  void FinishDeferredRetrieve(uint64_t id, const std::vector<std::string>& keys,
-                              const std::vector<std::string>& pinned) {
-    if (!finished_) handler_.AnswerDeferredRetrieve(id, keys, out_pending_);
-    for (const std::string& k : pinned) server_.store.IoUnpin(k);
+  // The reply of a request that waited for a tier: send it, then serve what queued up behind it.
+  void ResumeAfterDeferred(std::string_view reply) {
     if (finished_) return;
+    out_pending_.append(reply);
     deferred_ = false;
     Process();  // frames that arrived behind the deferred one
     if (deferred_ || closing_ || finished_) return;
@@ -279,7 +268,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
     // A client that closed its connection while its process lives on may still be writing into
     // slots whose reservation expired: those stay quarantined until the process exits.
     const bool may_still_run = peer_pidfd_.valid() && !ProcessExited(peer_pidfd_);
-    if (server_.store.CloseSession(session_, may_still_run)) server_.WatchOrphans(session_, std::move(peer_pidfd_));
+    if (server_.service.CloseSession(session_, may_still_run)) {
+      server_.WatchOrphans(session_, std::move(peer_pidfd_));
+    }
     server_.connections.erase(session_);
     Log().debug("session {} ({}) closed", session_, handler_.instance());
     Close();
@@ -334,7 +325,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool writing_ = false;
   bool closing_ = false;
   bool finished_ = false;
-  bool deferred_ = false;     // a reply waits for L2 loads; frames after it are not handled yet
+  bool deferred_ = false;     // a reply waits for a tier; frames after it are not handled yet
   bool eof_pending_ = false;  // the peer closed while a reply was deferred
 };
 
@@ -393,7 +384,7 @@ void Server::Impl::ScheduleLeaseSweep() {
   lease_timer.expires_after(period);
   lease_timer.async_wait([this](const asio::error_code& ec) {
     if (ec) return;
-    if (size_t n = store.ExpireLeases(Clock::now()); n > 0) Log().warn("expired {} lease(s) past their TTL", n);
+    if (size_t n = service.ExpireLeases(Clock::now()); n > 0) Log().warn("expired {} lease(s) past their TTL", n);
     ScheduleLeaseSweep();
   });
 }
@@ -454,18 +445,16 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
   auto store = Store::Create(store_opts);
   if (!store.ok()) return store.status();
 
-  auto impl = std::make_unique<Impl>(options, std::move(segment).value(), std::move(store).value());
   std::random_device rd;
-  impl->generation = (uint64_t{rd()} << 32 | rd()) | 1;  // never 0: 0 means "unknown" to clients
+  ServiceIdentity identity{segment->name(), segment->size(),
+                           (uint64_t{rd()} << 32 | rd()) | 1};  // never 0: 0 means "unknown" to clients
+  auto impl = std::make_unique<Impl>(options, std::move(segment).value(), std::move(store).value(), identity);
   if (options.disk) {
-    auto disk = DiskTier::Start(impl->io, impl->store, impl->segment.name(), impl->segment.size(), *options.disk);
+    auto disk =
+        DiskTier::Start(impl->io, impl->service.l1(), impl->segment.name(), impl->segment.size(), *options.disk);
     if (!disk.ok()) return disk.status().WithContext("L2 disk tier");
-    impl->disk = std::move(disk).value();
+    impl->service.AddTier(std::move(disk).value());
   }
-  impl->service.disk = impl->disk.get();
-  impl->service.shm_name = impl->segment.name();
-  impl->service.pool_size = impl->segment.size();
-  impl->service.generation = impl->generation;
   SHMKV_RETURN_IF_ERROR(PrepareSocketDirectory(options.socket_path, options.socket_mode));
   SHMKV_RETURN_IF_ERROR(BindSocket(impl->acceptor, options.socket_path, options.socket_mode));
   impl->socket_bound = true;
@@ -499,9 +488,8 @@ void Server::Stop() {
       if (auto c = weak.lock()) c->Close();
     }
     s.orphan_watches.clear();
-    if (!s.disk) return s.io.stop();
-    // Write-through promises that committed objects reach the disk: let the queue drain first.
-    s.disk->Drain(std::chrono::seconds(5), [&s] { s.io.stop(); });
+    // Write-through promises that committed objects reach the disk: let the tiers drain first.
+    s.service.Drain(std::chrono::seconds(5), [&s] { s.io.stop(); });
   });
 }
 
@@ -512,7 +500,7 @@ uint64_t Server::pool_size() const {
   return impl_->segment.size();
 }
 uint64_t Server::generation() const {
-  return impl_->generation;
+  return impl_->service.identity().generation;
 }
 
 }  // namespace shmkv

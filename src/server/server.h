@@ -11,7 +11,9 @@
 #include <optional>
 #include <string>
 
+#include "protocol/wire.h"
 #include "server/disk_tier_options.h"
+#include "server/store.h"
 #include "shmkv/status.h"
 
 namespace shmkv {
@@ -25,13 +27,13 @@ struct ServerOptions {
   std::string socket_path;
   // Permission bits of the socket and the segment: 0600 (this uid) or 0660 (also this group).
   uint32_t socket_mode = 0600;
-  // Reservations neither committed nor aborted within this time are freed.
-  std::chrono::milliseconds reserve_ttl{std::chrono::seconds(60)};
-  // Pins not released within this time are dropped.
-  std::chrono::milliseconds pin_ttl{std::chrono::seconds(60)};
+  // Reservations neither committed nor aborted within this time expire (docs/reliability.md).
+  std::chrono::milliseconds reserve_ttl = StoreOptions{}.reserve_ttl;
+  // Pins not released within this time expire.
+  std::chrono::milliseconds pin_ttl = StoreOptions{}.pin_ttl;
   // Largest accepted request frame; a larger length prefix closes the connection. Before a
   // connection has registered, 64 KiB is the limit.
-  uint32_t max_frame_bytes = 64u << 20;
+  uint32_t max_frame_bytes = wire::kDefaultMaxFrame;
   // Request bytes buffered by all connections together; a connection whose next read would
   // exceed it is answered with an error (Full) and closed.
   uint64_t max_buffered_bytes = 1ull << 30;

@@ -62,12 +62,6 @@ template <typename V>
 using KeyMap = std::unordered_map<std::string, V, KeyHash, std::equal_to<>>;
 using Clock = std::chrono::steady_clock;
 
-struct SlotResult {
-  SlotStatus status = SlotStatus::kMissing;
-  uint64_t offset = 0;
-  uint64_t length = 0;
-};
-
 struct StoreOptions {
   // Pool bytes the allocator manages (the segment size).
   uint64_t pool_size = 0;

@@ -12,6 +12,7 @@
 
 #include "client/peer_check.h"
 #include "protocol/wire.h"
+#include "server/ready_line.h"
 #include "shmkv/client.h"
 #include "test_util.h"
 
@@ -50,7 +51,9 @@ class ServerFixture : public ::testing::Test {
     ssize_t n = ::read(out[0], line, sizeof line - 1);
     ::close(out[0]);
     ASSERT_GT(n, 0);
-    ASSERT_EQ(std::string(line).rfind("shmkv-server ready:", 0), 0u) << line;
+    auto ready = ParseReadyLine(line);
+    ASSERT_TRUE(ready.ok()) << ready.status().ToString();
+    ASSERT_EQ(ready->socket, socket_);
   }
   void TearDown() override {
     if (pid_ > 0) {

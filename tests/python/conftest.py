@@ -6,6 +6,18 @@ import pathlib
 import pytest
 
 _counter = itertools.count()
+BUILD_DIR = pathlib.Path(os.environ.get("SHMKV_BUILD_DIR", pathlib.Path(__file__).parents[2] / "build"))
+
+
+def start_server(binary, args, **popen_kwargs):
+    """shmkv.server.start_server from the build tree: the one way the tests start a server process."""
+    import sys
+
+    if str(BUILD_DIR / "python") not in sys.path:
+        sys.path.insert(0, str(BUILD_DIR / "python"))
+    from shmkv.server import start_server as start
+
+    return start(binary, args, **popen_kwargs)
 
 
 def process_alive(pid: int) -> bool:
@@ -19,7 +31,7 @@ def process_alive(pid: int) -> bool:
 
 @pytest.fixture(scope="session")
 def build_dir() -> pathlib.Path:
-    path = pathlib.Path(os.environ.get("SHMKV_BUILD_DIR", pathlib.Path(__file__).parents[2] / "build"))
+    path = BUILD_DIR
     if not (path / "src" / "shmkv").exists():
         pytest.fail(f"shmkv is not built in {path}; set SHMKV_BUILD_DIR")
     return path
@@ -43,6 +55,8 @@ def segment_name() -> str:
 class ServerProcess:
     """A real shmkv-server on a private socket and segment, stopped with SIGTERM at teardown."""
 
+    log_level = "warn"
+
     def __init__(self, binary: str, tmp_path: pathlib.Path, name: str, pool_size: str, *extra: str):
         self.binary, self.socket, self.name = binary, str(tmp_path / f"{name}.sock"), name
         self.pool_size, self.extra = pool_size, extra
@@ -50,16 +64,13 @@ class ServerProcess:
         self.start()
 
     def start(self):
-        import subprocess
-
-        self.proc = subprocess.Popen(
-            [self.binary, "--pool-size", self.pool_size, "--shm-name", self.name, "--socket", self.socket,
-             "--log-level", "warn", *self.extra],
-            stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        assert line.startswith("shmkv-server ready:"), f"server did not start: {line!r}"
-        self.ready_line = line
+        self.proc, self.ready = start_server(
+            self.binary, ["--pool-size", self.pool_size, "--shm-name", self.name, "--socket", self.socket,
+                          "--log-level", self.log_level, *self.extra], **self.popen_kwargs())
         return self
+
+    def popen_kwargs(self) -> dict:
+        return {}
 
     def stop(self, sig=None):
         import signal

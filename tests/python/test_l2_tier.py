@@ -26,14 +26,16 @@ class L2Server(ServerProcess):
         self.log_path = tmp_path / f"{name}.{time.monotonic_ns()}.log"
         super().__init__(binary, tmp_path, name, pool_size, *extra)
 
+    log_level = "info"
+
     def start(self):
-        self.proc = subprocess.Popen(
-            [self.binary, "--pool-size", self.pool_size, "--shm-name", self.name, "--socket", self.socket,
-             "--log-level", "info", *self.extra],
-            stdout=subprocess.PIPE, stderr=open(self.log_path, "w"), text=True)
-        line = self.proc.stdout.readline()
-        assert line.startswith("shmkv-server ready:"), f"server did not start: {line!r}\n{self.log()}"
-        return self
+        try:
+            return super().start()
+        except RuntimeError as e:
+            raise AssertionError(f"{e}\n{self.log()}") from None
+
+    def popen_kwargs(self) -> dict:
+        return {"stderr": open(self.log_path, "w")}
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -822,3 +824,23 @@ def test_a_killed_server_takes_its_file_worker_along(l2, server_bin, shmkv_modul
     c2 = client(shmkv_module, srv2)
     assert sha(c2.get(b"first")) == sha(payload(0, MiB))
     c2.close()
+
+
+def test_a_retrieve_that_starts_with_a_key_held_nowhere_answers_at_once(l2, shmkv_module, tmp_path):
+    """[missing, on disk]: the disk key does not extend the prefix, so nothing is loaded, both keys
+    report missing, and the requests behind it are answered in order."""
+    disk = tmp_path / "disk"
+    srv = l2(disk, "--disk-write-through", pool="16MiB")
+    c = client(shmkv_module, srv)
+    c.put(b"on-disk", payload(2, MiB))
+    settled(c)
+    srv = evict_all_by_restart(l2, disk, srv, c)
+    c = client(shmkv_module, srv)
+    assert c.prepare_retrieve([b"nowhere", b"on-disk"]) == [None, None]
+    assert c.last_statuses == ["missing", "missing"]
+    assert c.lookup([b"nowhere", b"on-disk"]) == 0
+    # The connection is in step, and the disk object still loads when asked for on its own.
+    (view,) = c.prepare_retrieve([b"on-disk"])
+    assert sha(view) == sha(payload(2, MiB))
+    c.commit_retrieve([b"on-disk"])
+    c.close()

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ServerProcess
+from conftest import ServerProcess, start_server
 from test_server import frame, msgpack_map, raw_call
 
 MiB = 1 << 20
@@ -211,11 +211,10 @@ def test_container_counts_are_bounded_before_allocation(server, body):
 
 
 def test_namespace_fields_are_bounded_and_the_salt_is_never_logged(shmkv_module, server_bin, tmp_path, segment_name):
-    srv = subprocess.Popen([server_bin, "--pool-size", "1MiB", "--no-prefault", "--shm-name", segment_name,
-                            "--socket", str(tmp_path / "s.sock"), "--log-level", "info"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    srv, _ = start_server(server_bin, ["--pool-size", "1MiB", "--no-prefault", "--shm-name", segment_name,
+                                       "--socket", str(tmp_path / "s.sock"), "--log-level", "info"],
+                          stderr=subprocess.PIPE)
     try:
-        assert srv.stdout.readline().startswith("shmkv-server ready:")
         sock = str(tmp_path / "s.sock")
         with pytest.raises(shmkv_module.Error, match=r"namespace.salt is 300 bytes; at most 256"):
             shmkv_module.Client(sock, model="m", salt="s" * 300)
