@@ -4,11 +4,15 @@ A 4,096-token prompt (16 chunks of 256 tokens), 8 layers, 8 KV heads, head size 
 per chunk, 128 MiB per transfer) in vLLM 0.33's default per-layer view (LBNHC: [B, H, N, 2D]
 strided views of one buffer), blocks of 16 tokens in shuffled order. Reports the best of N runs
 of gather (cache -> chunks) and scatter (chunks -> cache) as a ratio of memcpy's throughput on
-the same bytes (goal >= 0.8x), and the contiguous-NHD kernels for comparison.
+the same bytes (glibc's memcpy through ctypes; goal >= 0.8x), the same for SGLang's page_first host pool (2, tokens, L, H, D)
+with 64-token pages, and the contiguous-NHD kernel for comparison. The copies take turns within
+each round (memcpy, then each kernel), so that load from other processes on the machine falls on
+all of them alike; each figure is the best round.
 
 Usage: SHMKV_BUILD_DIR=build /usr/bin/python3 bench/strided_kv_bench.py [--runs N] [--threads T]
 """
 import argparse
+import ctypes
 import os
 import pathlib
 import random
@@ -33,6 +37,12 @@ views = [logical_view(t, block_size=N, num_kv_heads=H, head_size=D) for t in lay
 nhd = [torch.randn(2, B, N, H, D).half() for _ in range(L)]
 blocks = list(range(B))
 random.Random(1).shuffle(blocks)
+P = 64  # SGLang page_first: (2, size, L, H, D); per layer the logical view [2, pages, P, H, D]
+pages = TOKENS // P + 8
+sg = torch.randn(2, pages * P, L, H, D).half()
+sg_views = [sg[:, :, l].unflatten(1, (pages, P)) for l in range(L)]
+sg_pages = list(range(pages))
+random.Random(2).shuffle(sg_pages)
 chunks = list(range(TOKENS // CHUNK))
 nbytes = shmkv.chunk_nbytes_strided(views, chunk_tokens=CHUNK)
 out = [torch.empty(nbytes, dtype=torch.uint8) for _ in chunks]
@@ -41,23 +51,30 @@ dst = torch.empty_like(src)
 total = nbytes * len(chunks)
 
 
-def best(fn):
-    ts = []
-    for _ in range(a.runs):
+T = a.threads
+libc = ctypes.CDLL(None)
+libc.memcpy.restype = ctypes.c_void_p
+libc.memcpy.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+copies = {
+    "memcpy": lambda: libc.memcpy(dst.data_ptr(), src.data_ptr(), total),  # glibc's, the baseline
+    "torch copy_": lambda: dst.copy_(src),
+    "gather strided LBNHC": lambda: shmkv.gather_strided(views, blocks, chunks, out, chunk_tokens=CHUNK, threads=T),
+    "scatter strided LBNHC": lambda: shmkv.scatter_strided(out, views, blocks, 0, chunk_tokens=CHUNK, threads=T),
+    "gather SGLang page_first": lambda: shmkv.gather_strided(sg_views, sg_pages, chunks, out, chunk_tokens=CHUNK,
+                                                             threads=T),
+    "scatter SGLang page_first": lambda: shmkv.scatter_strided(out, sg_views, sg_pages, 0, chunk_tokens=CHUNK,
+                                                               threads=T),
+    "gather contiguous NHD": lambda: shmkv.gather(nhd, blocks, chunks, out, layout="NHD", chunk_tokens=CHUNK, threads=T),
+}
+torch.set_num_threads(1)
+times = {name: [] for name in copies}
+for _ in range(a.runs):
+    for name, fn in copies.items():
         t = time.perf_counter()
         fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
-
-
-torch.set_num_threads(1)
-memcpy = best(lambda: dst.copy_(src))
-g = best(lambda: shmkv._native.gather_strided(views, blocks, chunks, out, chunk_tokens=CHUNK, threads=a.threads))
-s = best(lambda: shmkv._native.scatter_strided(out, views, blocks, 0, chunk_tokens=CHUNK, threads=a.threads))
-gn = best(lambda: shmkv.gather(nhd, blocks, chunks, out, layout="NHD", chunk_tokens=CHUNK, threads=a.threads))
+        times[name].append(time.perf_counter() - t)
+best = {name: min(ts) for name, ts in times.items()}
 gib = total / 2**30
-print(f"bytes per transfer: {total / 2**20:.0f} MiB; threads {a.threads}; best of {a.runs}")
-print(f"memcpy                 {gib / memcpy:6.2f} GiB/s")
-print(f"gather strided LBNHC   {gib / g:6.2f} GiB/s  {memcpy / g:.2f}x memcpy")
-print(f"scatter strided LBNHC  {gib / s:6.2f} GiB/s  {memcpy / s:.2f}x memcpy")
-print(f"gather contiguous NHD  {gib / gn:6.2f} GiB/s  {memcpy / gn:.2f}x memcpy")
+print(f"bytes per transfer: {total / 2**20:.0f} MiB; threads {T}; best of {a.runs} rounds")
+for name, t in best.items():
+    print(f"{name:26s} {gib / t:6.2f} GiB/s  {best['memcpy'] / t:.2f}x memcpy")

@@ -8,13 +8,11 @@ intermediate buffer. The protocol order is the one of :class:`shmkv.KVConnector`
 (docs/engine.md): prepare -> copy -> stream sync -> commit.
 
 Thread-safety: a :class:`ChunkTransfer` may be shared by threads (SGLang calls its storage backend
-from several). Client calls are serialised by the client; ``prepare_*`` together with reading
-``last_statuses`` is serialised here by ``_prepare_lock``, because ``last_statuses`` belongs to the
-client's most recent prepare call of any thread.
+from several). Client calls are serialised by the client, and ``Client.last_statuses`` belongs to
+the calling thread's own most recent prepare call, so no lock is needed here.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -75,7 +73,6 @@ class ChunkTransfer:
         self.chunk_tokens = chunk_tokens
         self.dtype = dtype
         self.threads = threads
-        self._prepare_lock = threading.Lock()
 
     def chunk_nbytes(self, views) -> int:
         return _native.chunk_nbytes_strided(views, chunk_tokens=self.chunk_tokens)
@@ -91,9 +88,8 @@ class ChunkTransfer:
         if not keys:
             return StoreOutcome(0, 0, 0)
         nbytes = self.chunk_nbytes(views)
-        with self._prepare_lock:
-            slots = self.client.prepare_store(keys, [nbytes] * len(keys))
-            statuses = list(self.client.last_statuses)
+        slots = self.client.prepare_store(keys, [nbytes] * len(keys))
+        statuses = list(self.client.last_statuses)
         picked, buffers, existing, stop = [], [], 0, len(keys)
         for i, (slot, status) in enumerate(zip(slots, statuses)):
             if status == "ok":
@@ -139,8 +135,7 @@ class ChunkTransfer:
         keys = list(keys)
         if not keys:
             return 0
-        with self._prepare_lock:
-            views_out = self.client.prepare_retrieve(keys)
+        views_out = self.client.prepare_retrieve(keys)
         hits = 0
         while hits < len(views_out) and views_out[hits] is not None:
             hits += 1

@@ -8,12 +8,17 @@
 #include "shmkv/paged_kv.h"
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cstring>
 #include <string>
 #include <thread>
 
 #include <fmt/format.h>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "kv/paged_kv_internal.h"
 #include "kv/paged_kv_pool.h"
@@ -460,90 +465,211 @@ StridedKvCache ToStrided(const PagedKvCache& kv) {
 
 namespace {
 
-// How one block of one layer of K or V (a unit) is laid out in the cache, and the widest copy it
-// allows: the whole block in one memcpy (token-major and dense), one memcpy per token (heads
-// dense), one per row (head_size elements dense) or one per element.
-struct StridedDims {
-  BlockDims d;
-  KvStrides st;
-  uint32_t head_size = 0;
-  uint32_t element_size = 0;
-  enum class Copy : uint8_t { kBlock, kToken, kRow, kElement } copy = Copy::kElement;
+// How one unit of a strided copy is walked. A unit is one block of one layer with K and V
+// together (MLA: the latent), or one block of every layer when the layers lie inside the blocks
+// (evenly spaced layer pointers closer together than the block stride: vLLM's cross-layer
+// buffer, SGLang's page_first host pools). Copying all of a block's parts in one pass reads the
+// cache in its memory order even when the view interleaves them (vLLM's standardized [B, H, N, 2D]
+// views hold K then V of each head side by side; page_first holds the layers of a token side by
+// side), where a pass per part would stream a fraction of each region, touch a new page per run
+// and make the hardware prefetcher fetch the rest for nothing.
+//
+// The unit is a loop nest over the dimensions kv, layer, token, head, element with a byte stride
+// on the cache side and one on the chunk side ([kv][layer][block][token][head][element], dense).
+// The innermost dimensions whose strides make them contiguous on both sides are merged into the
+// run (one memcpy); the others are loops, ordered by cache stride, largest outermost, so that the
+// cache is read (or written) as sequentially as the view allows while the chunk side is split
+// into its K/V and layer parts.
+struct LoopDim {
+  uint64_t n = 1;
+  int64_t cache = 0;  // bytes
+  int64_t chunk = 0;  // bytes
 };
 
-StridedDims StridedDimsOf(const StridedKvCache& kv) {
-  StridedDims s;
-  s.d = kv_internal::DimsOf(kv.geometry);
-  s.st = kv.strides;
-  s.head_size = kv.geometry.head_size;
-  s.element_size = kv.geometry.element_size;
-  const auto row = static_cast<int64_t>(s.d.row_bytes);
-  const bool dense_row = s.st.element == static_cast<int64_t>(s.element_size) || s.head_size == 1;
-  const bool dense_heads = dense_row && (s.st.head == row || s.d.heads == 1);
-  const bool dense_block = dense_heads && (s.st.token == row * static_cast<int64_t>(s.d.heads) || s.d.block_size == 1);
-  s.copy = dense_block   ? StridedDims::Copy::kBlock
-           : dense_heads ? StridedDims::Copy::kToken
-           : dense_row   ? StridedDims::Copy::kRow
-                         : StridedDims::Copy::kElement;
-  return s;
+struct StridedPlan {
+  BlockDims d;
+  uint64_t run = 0;             // contiguous bytes per copy, on both sides
+  std::array<LoopDim, 5> dims;  // outermost first; unused ones have n = 1
+  bool all_layers = false;      // a unit holds every layer (else one layer)
+  uint64_t units_per_chunk = 0;
+  uint64_t unit_bytes = 0;  // bytes a unit moves
+  // The innermost loop steps through the cache run after run (stride == run): the cache side is
+  // read sequentially within a unit, and reading ahead by address fetches what comes next.
+  bool cache_walk_dense = false;
+};
+
+// How far ahead of a dense cache walk the gather prefetches: at a few GB/s per core a miss of
+// ~100 ns covers some 500 bytes; measured on the development machine, 1 and 4 KiB both lifted the
+// LBNHC gather (from ~0.7-0.9x of memcpy to ~0.8-1.2x; the machine is shared and noisy).
+constexpr size_t kReadAhead = 2048;
+
+int64_t Abs(int64_t v) {
+  return v < 0 ? -v : v;
 }
 
-// Copies one unit between the cache (at `cache`, strided) and the chunk (at `chunk`, dense
-// [token][head][element]), in the direction kToChunk says.
-template <size_t kRow, bool kToChunk>
-void CopyStridedRows(std::byte* cache, std::byte* chunk, const StridedDims& s) {
-  const size_t row = s.d.row_bytes;
-  for (uint32_t t = 0; t < s.d.block_size; ++t) {
-    for (uint32_t h = 0; h < s.d.heads; ++h) {
-      std::byte* c = cache + int64_t{t} * s.st.token + int64_t{h} * s.st.head;
-      std::byte* k = chunk + (size_t{t} * s.d.heads + h) * row;
-      if constexpr (kToChunk) {
-        CopyRow<kRow>(k, c, row);
-      } else {
-        CopyRow<kRow>(c, k, row);
+StridedPlan PlanOf(const StridedKvCache& kv) {
+  StridedPlan p;
+  p.d = kv_internal::DimsOf(kv.geometry);
+  const BlockDims& d = p.d;
+  const KvStrides& st = kv.strides;
+  const auto e = static_cast<int64_t>(kv.geometry.element_size);
+  const auto row = static_cast<int64_t>(d.row_bytes);
+  const auto block_bytes = static_cast<int64_t>(d.block_bytes);
+  const int64_t chunk_layer = static_cast<int64_t>(d.blocks_per_chunk) * block_bytes;
+  // Evenly spaced layers inside the block stride join the unit.
+  // (Addresses as integers: the layers may be separate allocations.)
+  auto gap = [&](uint32_t l) {
+    return static_cast<int64_t>(reinterpret_cast<uintptr_t>(kv.layers[l]) -
+                                reinterpret_cast<uintptr_t>(kv.layers[l - 1]));
+  };
+  int64_t layer_stride = 0;
+  if (d.layers > 1) {
+    layer_stride = gap(1);
+    for (uint32_t l = 2; l < d.layers && layer_stride != 0; ++l) {
+      if (gap(l) != layer_stride) layer_stride = 0;
+    }
+    p.all_layers = layer_stride != 0 && Abs(layer_stride) < Abs(st.block);
+  }
+  const uint64_t unit_layers = p.all_layers ? d.layers : 1;
+  p.units_per_chunk = (p.all_layers ? 1 : uint64_t{d.layers}) * d.blocks_per_chunk;
+  p.unit_bytes = uint64_t{d.kv_count} * unit_layers * d.block_bytes;
+  // Innermost first on the chunk side: a dimension joins the run only if every inner one did.
+  const LoopDim inner_first[] = {{kv.geometry.head_size, st.element, e},
+                                 {d.heads, st.head, row},
+                                 {d.block_size, st.token, row * static_cast<int64_t>(d.heads)},
+                                 {unit_layers, layer_stride, chunk_layer},
+                                 {d.kv_count, st.kv, chunk_layer * static_cast<int64_t>(d.layers)}};
+  auto run = static_cast<uint64_t>(e);
+  bool merging = true;
+  std::vector<LoopDim> loops;
+  for (const LoopDim& dim : inner_first) {
+    if (dim.n == 1) continue;
+    if (merging && dim.cache == static_cast<int64_t>(run) && dim.chunk == static_cast<int64_t>(run)) {
+      run *= dim.n;
+      continue;
+    }
+    merging = false;
+    loops.push_back(dim);
+  }
+  std::stable_sort(loops.begin(), loops.end(),
+                   [](const LoopDim& a, const LoopDim& b) { return Abs(a.cache) > Abs(b.cache); });
+  p.run = run;
+  p.cache_walk_dense = loops.empty() || loops.back().cache == static_cast<int64_t>(run);
+  const size_t pad = p.dims.size() - loops.size();  // at most 5 loops: pad on the outside
+  for (size_t i = 0; i < loops.size(); ++i) p.dims[pad + i] = loops[i];
+  return p;
+}
+
+// Copies one unit between the cache (at `cache`) and the chunk (at `chunk`, the unit's K part),
+// in the direction kToChunk says; kRun != 0 is the run length known at compile time.
+// Non-temporal (streaming) stores for the destination of large transfers: the bytes are not
+// read again by this core soon (a gathered chunk is read by other processes, a scattered block by
+// the engine later), and a cached store first reads the destination line (read for ownership),
+// a third of the memory traffic of a copy. glibc's memcpy does the same above a few MiB; with
+// cached stores the strided copies stayed at 0.6-0.9x of it (docs/performance.md).
+constexpr uint64_t kStreamingBytes = uint64_t{256} << 10;
+
+#if defined(__SSE2__)
+constexpr bool kHaveStreaming = true;
+// Copies n bytes (a multiple of 16, dst 16-byte aligned) with streaming stores.
+template <size_t kRun>
+inline void StreamRun(std::byte* dst, const std::byte* src, size_t n) {
+  const size_t len = kRun != 0 ? kRun : n;
+  for (size_t o = 0; o < len; o += 16) {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + o), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + o)));
+  }
+}
+inline void StreamFence() {
+  _mm_sfence();
+}
+#else
+constexpr bool kHaveStreaming = false;
+template <size_t kRun>
+inline void StreamRun(std::byte* dst, const std::byte* src, size_t n) {
+  std::memcpy(dst, src, kRun != 0 ? kRun : n);
+}
+inline void StreamFence() {}
+#endif
+
+// Copies one unit between the cache (at `cache`) and the chunk (at `chunk`, the unit's first
+// part), in the direction kToChunk says; kRun != 0 is the run length known at compile time;
+// kStream uses streaming stores (the caller checked the destination's alignment).
+template <size_t kRun, bool kToChunk, bool kStream>
+void CopyPlanned(std::byte* cache, std::byte* chunk, const StridedPlan& p) {
+  const size_t run = kRun != 0 ? kRun : p.run;
+  const auto& [a, b, c, x, y] = p.dims;
+  for (uint64_t i0 = 0; i0 < a.n; ++i0) {
+    for (uint64_t i1 = 0; i1 < b.n; ++i1) {
+      for (uint64_t i2 = 0; i2 < c.n; ++i2) {
+        std::byte* cache2 = cache + static_cast<int64_t>(i0) * a.cache + static_cast<int64_t>(i1) * b.cache +
+                            static_cast<int64_t>(i2) * c.cache;
+        std::byte* chunk2 = chunk + static_cast<int64_t>(i0) * a.chunk + static_cast<int64_t>(i1) * b.chunk +
+                            static_cast<int64_t>(i2) * c.chunk;
+        for (uint64_t i3 = 0; i3 < x.n; ++i3) {
+          std::byte* cache3 = cache2 + static_cast<int64_t>(i3) * x.cache;
+          std::byte* chunk3 = chunk2 + static_cast<int64_t>(i3) * x.chunk;
+          for (uint64_t i4 = 0; i4 < y.n; ++i4) {
+            std::byte* cp = cache3 + static_cast<int64_t>(i4) * y.cache;
+            std::byte* kp = chunk3 + static_cast<int64_t>(i4) * y.chunk;
+            std::byte* dst = kToChunk ? kp : cp;
+            const std::byte* src = kToChunk ? cp : kp;
+            // Read ahead where the source continues: a dense cache walk (gather), and always on
+            // the chunk side (scatter), where a run is followed by the next of the same part.
+            if (!kToChunk || p.cache_walk_dense) {
+              for (size_t o = 0; o < run; o += 64) __builtin_prefetch(src + kReadAhead + o, 0);
+            }
+            if constexpr (kStream) {
+              StreamRun<kRun>(dst, src, run);
+            } else {
+              std::memcpy(dst, src, run);
+            }
+          }
+        }
       }
     }
+  }
+  if constexpr (kStream) StreamFence();  // streaming stores are weakly ordered: done before the caller's commit
+}
+
+template <bool kToChunk, bool kStream>
+void CopyStridedUnitAs(std::byte* cache, std::byte* chunk, const StridedPlan& p) {
+  switch (p.run) {
+    case 1: return CopyPlanned<1, kToChunk, false>(cache, chunk, p);
+    case 2: return CopyPlanned<2, kToChunk, false>(cache, chunk, p);
+    case 4: return CopyPlanned<4, kToChunk, false>(cache, chunk, p);
+    case 8: return CopyPlanned<8, kToChunk, false>(cache, chunk, p);
+    case 16: return CopyPlanned<16, kToChunk, kStream>(cache, chunk, p);
+    case 64: return CopyPlanned<64, kToChunk, kStream>(cache, chunk, p);
+    case 128: return CopyPlanned<128, kToChunk, kStream>(cache, chunk, p);
+    case 256: return CopyPlanned<256, kToChunk, kStream>(cache, chunk, p);
+    case 512: return CopyPlanned<512, kToChunk, kStream>(cache, chunk, p);
+    case 1024: return CopyPlanned<1024, kToChunk, kStream>(cache, chunk, p);
+    default: return CopyPlanned<0, kToChunk, kStream>(cache, chunk, p);
   }
 }
 
 template <bool kToChunk>
-void CopyStridedUnit(std::byte* cache, std::byte* chunk, const StridedDims& s) {
-  auto copy = [](std::byte* c, std::byte* k, size_t n) {
-    if constexpr (kToChunk) {
-      std::memcpy(k, c, n);
-    } else {
-      std::memcpy(c, k, n);
-    }
-  };
-  switch (s.copy) {
-    case StridedDims::Copy::kBlock: return copy(cache, chunk, s.d.block_bytes);
-    case StridedDims::Copy::kToken: {
-      const size_t token_bytes = s.d.row_bytes * s.d.heads;
-      for (uint32_t t = 0; t < s.d.block_size; ++t)
-        copy(cache + int64_t{t} * s.st.token, chunk + t * token_bytes, token_bytes);
-      return;
-    }
-    case StridedDims::Copy::kRow:
-      switch (s.d.row_bytes) {
-        case 64: return CopyStridedRows<64, kToChunk>(cache, chunk, s);
-        case 128: return CopyStridedRows<128, kToChunk>(cache, chunk, s);
-        case 256: return CopyStridedRows<256, kToChunk>(cache, chunk, s);
-        case 512: return CopyStridedRows<512, kToChunk>(cache, chunk, s);
-        case 1024: return CopyStridedRows<1024, kToChunk>(cache, chunk, s);
-        default: return CopyStridedRows<0, kToChunk>(cache, chunk, s);
-      }
-    case StridedDims::Copy::kElement: {
-      const size_t e = s.element_size;
-      for (uint32_t t = 0; t < s.d.block_size; ++t) {
-        for (uint32_t h = 0; h < s.d.heads; ++h) {
-          std::byte* c = cache + int64_t{t} * s.st.token + int64_t{h} * s.st.head;
-          std::byte* k = chunk + (size_t{t} * s.d.heads + h) * s.d.row_bytes;
-          for (uint32_t x = 0; x < s.head_size; ++x) copy(c + int64_t{x} * s.st.element, k + x * e, e);
-        }
-      }
-      return;
-    }
+void CopyStridedUnit(std::byte* cache, std::byte* chunk, const StridedPlan& p, bool stream) {
+  if (stream) return CopyStridedUnitAs<kToChunk, true>(cache, chunk, p);
+  CopyStridedUnitAs<kToChunk, false>(cache, chunk, p);
+}
+
+bool Aligned16(const void* ptr) {
+  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0;
+}
+
+// Whether a transfer of `bytes` may use streaming stores into the destination: runs of whole
+// 16-byte vectors, and every destination address a multiple of 16 (the chunk side: offsets are
+// multiples of the run; the cache side: layer pointers, block stride and loop strides).
+bool UseStreaming(const StridedPlan& p, uint64_t bytes, bool to_chunk, const StridedKvCache& kv,
+                  std::span<const std::byte* const> chunk_bases) {
+  if (!kHaveStreaming || bytes < kStreamingBytes || p.run % 16 != 0) return false;
+  if (to_chunk) {
+    return std::all_of(chunk_bases.begin(), chunk_bases.end(), [](const std::byte* b) { return Aligned16(b); });
   }
+  if (kv.strides.block % 16 != 0) return false;
+  if (!std::all_of(kv.layers.begin(), kv.layers.end(), [](const std::byte* l) { return Aligned16(l); })) return false;
+  return std::all_of(p.dims.begin(), p.dims.end(), [](const LoopDim& d) { return d.n == 1 || d.cache % 16 == 0; });
 }
 
 }  // namespace
@@ -553,23 +679,26 @@ Status GatherChunksStrided(const StridedKvCache& kv, std::span<const int64_t> bl
                            const TransferOptions& options) {
   SHMKV_RETURN_IF_ERROR(kv_internal::ValidateGatherStrided("gather", kv, block_ids, chunk_indices, out));
   if (out.empty()) return Status::Ok();
-  const StridedDims s = StridedDimsOf(kv);
-  const BlockDims& d = s.d;
-  const uint64_t per_chunk = d.units_per_chunk();
+  const StridedPlan p = PlanOf(kv);
+  const BlockDims& d = p.d;
+  // Units in chunk order ([layer,] block of the chunk): each range fills its parts of the chunk
+  // sequentially and jumps around the cache.
+  const uint64_t per_chunk = p.units_per_chunk;
   const uint64_t total = per_chunk * out.size();
-  const unsigned threads = PickThreads(options, total * d.block_bytes, total);
+  const unsigned threads = PickThreads(options, total * p.unit_bytes, total);
+  std::vector<const std::byte*> bases;
+  for (const auto& o : out) bases.push_back(o.data());
+  const bool stream = UseStreaming(p, total * p.unit_bytes, /*to_chunk=*/true, kv, bases);
   auto cache_of = [&](uint64_t u) {
     const uint64_t i = u / per_chunk;
     const uint64_t r = u % per_chunk;
-    const auto kv_index = static_cast<int64_t>(r / (uint64_t{d.layers} * d.blocks_per_chunk));
-    const uint64_t layer = (r / d.blocks_per_chunk) % d.layers;
     const uint64_t block = uint64_t{chunk_indices[i]} * d.blocks_per_chunk + r % d.blocks_per_chunk;
-    return kv.layers[layer] + kv_index * s.st.kv + block_ids[block] * s.st.block;
+    return kv.layers[r / d.blocks_per_chunk] + block_ids[block] * kv.strides.block;
   };
-  ForEachUnitRange(total, d.block_bytes, threads, [&](uint64_t first, uint64_t last) {
+  ForEachUnitRange(total, p.unit_bytes, threads, [&](uint64_t first, uint64_t last) {
     for (uint64_t u = first; u < last; ++u) {
       if (u + 1 < last) PrefetchHead<false>(cache_of(u + 1));
-      CopyStridedUnit<true>(cache_of(u), out[u / per_chunk].data() + (u % per_chunk) * d.block_bytes, s);
+      CopyStridedUnit<true>(cache_of(u), out[u / per_chunk].data() + (u % per_chunk) * d.block_bytes, p, stream);
     }
   });
   return Status::Ok();
@@ -579,12 +708,12 @@ Status ScatterChunksStrided(std::span<const std::span<const std::byte>> in, cons
                             std::span<const int64_t> block_ids, uint64_t skip_first_n_tokens,
                             const TransferOptions& options) {
   SHMKV_RETURN_IF_ERROR(kv_internal::ValidateScatterStrided("scatter", in, kv, block_ids, skip_first_n_tokens));
-  const StridedDims s = StridedDimsOf(kv);
-  const BlockDims& d = s.d;
+  const StridedPlan p = PlanOf(kv);
+  const BlockDims& d = p.d;
   const uint64_t seq_blocks = uint64_t{in.size()} * d.blocks_per_chunk;
   const uint64_t skip_blocks = std::min(skip_first_n_tokens / d.block_size, seq_blocks);
   if (skip_blocks == seq_blocks) return Status::Ok();
-  const uint64_t per_chunk = d.units_per_chunk();
+  const uint64_t per_chunk = p.units_per_chunk;
   const uint64_t total = per_chunk * in.size();
   unsigned threads = PickThreads(options, (seq_blocks - skip_blocks) * d.kv_count * d.layers * d.block_bytes, total);
   if (threads > 1) {
@@ -594,25 +723,25 @@ Status ScatterChunksStrided(std::span<const std::span<const std::byte>> in, cons
     std::sort(written.begin(), written.end());
     if (std::adjacent_find(written.begin(), written.end()) != written.end()) threads = 1;
   }
+  const bool stream = UseStreaming(p, (seq_blocks - skip_blocks) * d.kv_count * d.layers * d.block_bytes,
+                                   /*to_chunk=*/false, kv, {});
   auto cache_of = [&](uint64_t u) -> std::byte* {
     const uint64_t i = u / per_chunk;
     const uint64_t r = u % per_chunk;
     const uint64_t block = i * d.blocks_per_chunk + r % d.blocks_per_chunk;
     if (block < skip_blocks) return nullptr;
-    const auto kv_index = static_cast<int64_t>(r / (uint64_t{d.layers} * d.blocks_per_chunk));
-    const uint64_t layer = (r / d.blocks_per_chunk) % d.layers;
-    return kv.layers[layer] + kv_index * s.st.kv + block_ids[block] * s.st.block;
+    return kv.layers[r / d.blocks_per_chunk] + block_ids[block] * kv.strides.block;
   };
-  ForEachUnitRange(total, d.block_bytes, threads, [&](uint64_t first, uint64_t last) {
+  ForEachUnitRange(total, p.unit_bytes, threads, [&](uint64_t first, uint64_t last) {
     for (uint64_t u = first; u < last; ++u) {
       std::byte* dst = cache_of(u);
       if (dst == nullptr) continue;
-      if (u + 1 < last) {
+      if (u + 1 < last && !stream) {  // streaming stores do not read the destination
         if (std::byte* next = cache_of(u + 1)) PrefetchHead<true>(next);
       }
       // The chunk side is only read: the cast is for the shared copy routine.
       CopyStridedUnit<false>(dst, const_cast<std::byte*>(in[u / per_chunk].data()) + (u % per_chunk) * d.block_bytes,
-                             s);
+                             p, stream);
     }
   });
   return Status::Ok();

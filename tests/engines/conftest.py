@@ -6,13 +6,14 @@ shmkv-server per test on a Unix socket in tmp_path.
 import itertools
 import os
 import pathlib
-import subprocess
 import sys
 
 import pytest
 
 BUILD = pathlib.Path(os.environ.get("SHMKV_BUILD_DIR", pathlib.Path(__file__).parents[2] / "build")).resolve()
 sys.path.insert(0, str(BUILD / "python"))
+from shmkv.server import start_server  # noqa: E402
+
 _counter = itertools.count()
 
 
@@ -20,11 +21,8 @@ class Server:
     def __init__(self, tmp_path, pool_size="256MiB"):
         name = f"lmcache_l1_pool_eng{os.getpid()}_{next(_counter)}"
         self.socket = str(tmp_path / f"{name}.sock")
-        self.proc = subprocess.Popen([str(BUILD / "src" / "shmkv-server"), "--pool-size", pool_size, "--shm-name",
-                                      name, "--socket", self.socket, "--log-level", "warn"],
-                                     stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        assert line.startswith("shmkv-server ready:"), f"server did not start: {line!r}"
+        self.proc, _ = start_server(str(BUILD / "src" / "shmkv-server"), ["--pool-size", pool_size, "--shm-name", name,
+                                                                          "--socket", self.socket, "--log-level", "warn"])
 
     def stop(self):
         if self.proc.poll() is None:
