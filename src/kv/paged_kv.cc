@@ -4,7 +4,9 @@
 // (one block of one layer of K or V) is one memcpy of block_bytes. HND blocks are [heads][tokens]
 // in the engine and [tokens][heads] in the chunk: each unit is a transpose of head_size-element
 // rows. Large transfers are split into contiguous ranges of units over the worker pool; every
-// unit writes its own bytes, so the threads never write the same byte.
+// unit writes its own bytes, so the threads never write the same byte. Strided caches (any view
+// by byte strides) are walked by a per-call plan of runs and loops; see PlanOf below and
+// docs/paged-kv.md.
 #include "shmkv/paged_kv.h"
 
 #include <algorithm>
@@ -740,8 +742,8 @@ Status ScatterChunksStrided(std::span<const std::span<const std::byte>> in, cons
         if (std::byte* next = cache_of(u + 1)) PrefetchHead<true>(next);
       }
       // The chunk side is only read: the cast is for the shared copy routine.
-      CopyStridedUnit<false>(dst, const_cast<std::byte*>(in[u / per_chunk].data()) + (u % per_chunk) * d.block_bytes,
-                             p, stream);
+      CopyStridedUnit<false>(dst, const_cast<std::byte*>(in[u / per_chunk].data()) + (u % per_chunk) * d.block_bytes, p,
+                             stream);
     }
   });
   return Status::Ok();

@@ -665,8 +665,7 @@ INSTANTIATE_TEST_SUITE_P(Layouts, StridedTest,
                                            // Runs of 128, 256 and 1024 bytes (the copy routines
                                            // specialised on the run length).
                                            StridedParam{Phys::kLBNHC, 2, 128}, StridedParam{Phys::kPacked, 2, 64},
-                                           StridedParam{Phys::kSgPageFirst, 2, 128},
-                                           StridedParam{Phys::kBHLNC, 4, 64}),
+                                           StridedParam{Phys::kSgPageFirst, 2, 128}, StridedParam{Phys::kBHLNC, 4, 64}),
                          [](const ::testing::TestParamInfo<StridedParam>& p) {
                            return std::string(PhysName(p.param.phys)) + "_e" + std::to_string(p.param.element_size) +
                                   "_d" + std::to_string(p.param.head_size);
