@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Creates the virtual environments in which the engine-adapter tests run against the real engine
-# packages (tests/python/engines/, docs/vllm.md, docs/sglang.md). Test-only: shmkv never depends
+# packages (tests/engines/, docs/vllm.md, docs/sglang.md). Test-only: shmkv never depends
 # on vLLM or SGLang at run time.
 #
-#   .venv-engines/vllm    vllm==0.33.0     (tests/python/engines/test_vllm_*.py)
-#   .venv-engines/sglang  sglang==0.5.23   (tests/python/engines/test_sglang_*.py)
+#   .venv-engines/vllm    vllm==0.33.0     (tests/engines/test_vllm_*.py)
+#   .venv-engines/sglang  sglang==0.5.23   (tests/engines/test_sglang_*.py)
 #
 # One environment per engine: the two pin different torch (and other) versions, so one resolver
 # run for both would fail or downgrade one of them. Both are made by Debian's interpreter with

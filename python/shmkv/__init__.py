@@ -4,7 +4,7 @@ Low level (one call per protocol operation): :class:`Client`.
 Engine level (one object per worker rank; token ids and paged KV caches in, chunks handled for
 you): :class:`KVConnector`. Paged-KV copies: :func:`gather`, :func:`scatter`. Chunk keys:
 :func:`chain_root`, :func:`chunk_digests` (docs/chunk-hashing.md). Strided engine views: :func:`gather_strided`,
-:func:`scatter_strided`. Engine adapters: ``shmkv.vllm`` (docs/vllm.md).
+:func:`scatter_strided`. Engine adapters: ``shmkv.vllm`` (docs/vllm.md), ``shmkv.sglang`` (docs/sglang.md).
 """
 from ._native import (  # noqa: F401
     DEFAULT_CHUNK_TOKENS,

@@ -55,6 +55,7 @@ class StoreOutcome:
     stored: int  # chunks copied and committed
     existing: int  # chunks already present (or being stored by another worker)
     skipped: int  # chunks not stored (no room, expired, or after such a chunk)
+    ok: tuple = ()  # per key: True when the chunk is stored now or was present (existing/busy)
 
 
 def _cuda_stream(views):
@@ -84,19 +85,34 @@ class ChunkTransfer:
         reserved chunks are committed only after the copies completed; an expired reservation
         commits the chunks before it (as shmkv.KVConnector.store does).
         """
+        def copy(picked, buffers):
+            stream = _cuda_stream(views)
+            _native.gather_strided(views, block_ids, [chunk_indices[i] for i in picked], buffers,
+                                   chunk_tokens=self.chunk_tokens, dtype=self.dtype, threads=self.threads,
+                                   stream=stream.cuda_stream if stream else 0)
+            if stream is not None:
+                stream.synchronize()  # the bytes are in the slots before the commit shows them
+
+        return self.store_with(keys, self.chunk_nbytes(views), copy)
+
+    def store_with(self, keys: Sequence[bytes], nbytes: int, copy) -> StoreOutcome:
+        """The protocol of :meth:`store` with the copy left to ``copy(picked, buffers)``: it fills
+        ``buffers[j]`` (a pool slot of ``nbytes``) with chunk ``keys[picked[j]]``, and has finished
+        writing when it returns."""
         keys = list(keys)
         if not keys:
-            return StoreOutcome(0, 0, 0)
-        nbytes = self.chunk_nbytes(views)
+            return StoreOutcome(0, 0, 0, ())
         slots = self.client.prepare_store(keys, [nbytes] * len(keys))
         statuses = list(self.client.last_statuses)
         picked, buffers, existing, stop = [], [], 0, len(keys)
+        present = [False] * len(keys)
         for i, (slot, status) in enumerate(zip(slots, statuses)):
             if status == "ok":
                 picked.append(i)
                 buffers.append(slot)
             elif status in ("exists", "busy"):
                 existing += 1
+                present[i] = True
             else:
                 stop = i
                 break
@@ -108,12 +124,7 @@ class ChunkTransfer:
         reserved = [keys[i] for i in picked]
         try:
             if reserved:
-                stream = _cuda_stream(views)
-                _native.gather_strided(views, block_ids, [chunk_indices[i] for i in picked], buffers,
-                                       chunk_tokens=self.chunk_tokens, dtype=self.dtype, threads=self.threads,
-                                       stream=stream.cuda_stream if stream else 0)
-                if stream is not None:
-                    stream.synchronize()  # the bytes are in the slots before the commit shows them
+                copy(picked, buffers)
         except BaseException:
             self.client.abort_store(reserved)
             raise
@@ -123,7 +134,9 @@ class ChunkTransfer:
                 self.client.commit_store(reserved)
             except _native.ExpiredError as e:
                 stored = self._commit_before_expiry(reserved, e.indices)
-        return StoreOutcome(stored, existing, len(keys) - stored - existing)
+        for i in picked[:stored]:
+            present[i] = True
+        return StoreOutcome(stored, existing, len(keys) - stored - existing, tuple(present))
 
     def load(self, keys: Sequence[bytes], views, block_ids, skip_tokens: int = 0) -> int:
         """Loads chunks ``keys[0..]`` (chunk i in blocks ``block_ids[i*bpc:(i+1)*bpc]``) into the
@@ -132,6 +145,18 @@ class ChunkTransfer:
         A chunk missing or whose pin expired ends the run: the blocks of that chunk and after may
         have been written (a run that ended after the copy) or not, and must not be used.
         """
+        def copy(chunks):
+            stream = _cuda_stream(views)
+            _native.scatter_strided(chunks, views, block_ids, skip_tokens, chunk_tokens=self.chunk_tokens,
+                                    dtype=self.dtype, threads=self.threads, stream=stream.cuda_stream if stream else 0)
+            if stream is not None:
+                stream.synchronize()  # the copies are done before the pins are released
+
+        return self.load_with(keys, copy)
+
+    def load_with(self, keys: Sequence[bytes], copy) -> int:
+        """The protocol of :meth:`load` with the copy left to ``copy(chunks)``: it reads the pinned
+        slots ``chunks`` (chunk i is ``keys[i]``, a leading run) and has finished when it returns."""
         keys = list(keys)
         if not keys:
             return 0
@@ -145,12 +170,7 @@ class ChunkTransfer:
         if hits == 0:
             return 0
         try:
-            stream = _cuda_stream(views)
-            _native.scatter_strided(views_out[:hits], views, block_ids, skip_tokens, chunk_tokens=self.chunk_tokens,
-                                    dtype=self.dtype, threads=self.threads,
-                                    stream=stream.cuda_stream if stream else 0)
-            if stream is not None:
-                stream.synchronize()  # the copies are done before the pins are released
+            copy(views_out[:hits])
         except BaseException:
             self._release(keys[:hits])
             raise
