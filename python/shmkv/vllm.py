@@ -369,6 +369,9 @@ class ShmkvConnector(KVConnectorBase_V1):
             first, last = start // c, end // c
             keys = self._prompt_keys(st)[first:last]
             meta.loads.append(LoadSpec(req_id, keys, st.block_ids[first * bpc:last * bpc], start - first * c))
+            # The loaded chunks are in shmkv: not offered for storing again (a load error lowers
+            # stored_chunks in update_connector_output, so recomputed chunks are stored).
+            st.stored_chunks = max(st.stored_chunks, last)
         if not self._cacheable(st.request):
             return
         done = min(computed + num_scheduled, len(st.request.prompt_token_ids)) // c

@@ -29,7 +29,7 @@ from vllm.utils.hashing import sha256  # noqa: E402
 from vllm.v1.core.kv_cache_planning import get_kv_cache_config_from_groups  # noqa: E402
 from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash  # noqa: E402
 from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
-from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheGroupSpec  # noqa: E402
+from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheGroupSpec, MLAAttentionSpec  # noqa: E402
 from vllm.v1.kv_cache_layout import KVCacheLayout  # noqa: E402
 from vllm.v1.outputs import KVConnectorOutput, ModelRunnerOutput  # noqa: E402
 from vllm.v1.request import Request, RequestStatus  # noqa: E402
@@ -46,26 +46,37 @@ MODEL_DIR_CONFIG = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
     "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": LAYERS, "vocab_size": 1000,
     "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "torch_dtype": "bfloat16", "head_dim": HEAD}
+# An MLA model (vLLM's DeepSeek-V2 path: model_config.use_mla is True, the KV cache spec is
+# MLAAttentionSpec with one "head" of kv_lora_rank + qk_rope_head_dim = MLA_DIM elements).
+MLA_DIM = 48
+MLA_MODEL_CONFIG = {
+    "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", "hidden_size": 64,
+    "intermediate_size": 128, "moe_intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 4,
+    "num_hidden_layers": LAYERS, "vocab_size": 1000, "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
+    "torch_dtype": "bfloat16", "kv_lora_rank": 32, "qk_rope_head_dim": 16, "qk_nope_head_dim": 32,
+    "v_head_dim": 32, "q_lora_rank": None, "n_routed_experts": 4, "num_experts_per_tok": 2,
+    "first_k_dense_replace": LAYERS}
 LAYER_NAMES = [f"model.layers.{i}.self_attn.attn" for i in range(LAYERS)]
 
 
-def _model_dir(tmp_path_factory=None, _cache={}):
-    if "dir" not in _cache:
+def _model_dir(mla=False, _cache={}):
+    if mla not in _cache:
         import json
         import tempfile
 
         d = tempfile.mkdtemp(prefix="shmkv-vllm-model-")
         with open(f"{d}/config.json", "w") as f:
-            json.dump(MODEL_DIR_CONFIG, f)
-        _cache["dir"] = d
-    return _cache["dir"]
+            json.dump(MLA_MODEL_CONFIG if mla else MODEL_DIR_CONFIG, f)
+        _cache[mla] = d
+    return _cache[mla]
 
 
-def make_config(socket, *, layout="LBNHC", batched_tokens=256, extra=None):
-    mc = ModelConfig(model=_model_dir(), skip_tokenizer_init=True, dtype="bfloat16", max_model_len=2048)
+def make_config(socket, *, layout="LBNHC", batched_tokens=256, extra=None, mla=False, prefix_caching=True):
+    mc = ModelConfig(model=_model_dir(mla), skip_tokenizer_init=True, dtype="bfloat16", max_model_len=2048)
+    assert mc.use_mla == mla
     sc = SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=batched_tokens, max_model_len=2048,
                          enable_chunked_prefill=True, is_encoder_decoder=False)
-    cc = CacheConfig(block_size=BS, cache_dtype="auto", enable_prefix_caching=True)
+    cc = CacheConfig(block_size=BS, cache_dtype="auto", enable_prefix_caching=prefix_caching)
     cc.kv_cache_layout = layout  # what the engine core resolves once (VLLM_KV_CACHE_LAYOUT etc.)
     kt = KVTransferConfig(kv_connector="ShmkvConnector", kv_connector_module_path="shmkv.vllm", kv_role="kv_both",
                           kv_load_failure_policy="recompute",
@@ -75,18 +86,25 @@ def make_config(socket, *, layout="LBNHC", batched_tokens=256, extra=None):
                       device_config=DeviceConfig("cpu"), parallel_config=ParallelConfig())
 
 
-def make_kv_cache_config(vc):
-    spec = FullAttentionSpec(block_size=BS, num_kv_heads=HEADS, head_size=HEAD, dtype=torch.bfloat16)
+def make_kv_cache_config(vc, mla=False, num_blocks=NUM_BLOCKS):
+    if mla:  # what vLLM's MLA attention layers publish
+        spec = MLAAttentionSpec(block_size=BS, num_kv_heads=1, head_size=MLA_DIM, dtype=torch.bfloat16)
+    else:
+        spec = FullAttentionSpec(block_size=BS, num_kv_heads=HEADS, head_size=HEAD, dtype=torch.bfloat16)
     groups = [KVCacheGroupSpec(list(LAYER_NAMES), spec)]
-    return get_kv_cache_config_from_groups(vc, groups, NUM_BLOCKS * LAYERS * spec.page_size_bytes)
+    return get_kv_cache_config_from_groups(vc, groups, num_blocks * LAYERS * spec.page_size_bytes)
 
 
-def kv_value(tokens, positions, layer, rank):
-    """The stand-in model's KV for tokens at positions: [len, HEADS, 2*HEAD], integers exact in bf16."""
+def kv_value(tokens, positions, layer, rank, mla=False):
+    """The stand-in model's KV for tokens at positions: [len, HEADS, 2*HEAD] (MLA: [len, 1, MLA_DIM],
+    the same on every rank), integers exact in bf16."""
     tok = torch.tensor([tokens[p] for p in positions], dtype=torch.int64)[:, None, None]
     pos = torch.tensor(positions, dtype=torch.int64)[:, None, None]
-    h = torch.arange(HEADS)[None, :, None] + rank * HEADS
-    c = torch.arange(2 * HEAD)[None, None, :]
+    if mla:
+        h, c = torch.zeros(1, 1, 1, dtype=torch.int64), torch.arange(MLA_DIM)[None, None, :]
+    else:
+        h = torch.arange(HEADS)[None, :, None] + rank * HEADS
+        c = torch.arange(2 * HEAD)[None, None, :]
     return ((tok * 31 + pos * 7 + layer * 13 + h * 3 + c) % 256).to(torch.bfloat16)
 
 
@@ -100,16 +118,16 @@ class _Ctx:
         self.no_compile_layers = {}
 
 
-def _forward(kv, batch, rank):
+def _forward(kv, batch, rank, mla):
     for req_id, tokens, block_ids, start, n in batch:
         pos = list(range(start, start + n))
         blocks = torch.tensor([block_ids[p // BS] for p in pos])
         offs = torch.tensor([p % BS for p in pos])
         for li, name in enumerate(LAYER_NAMES):
-            kv[name][blocks, :, offs] = kv_value(tokens, pos, li, rank)
+            kv[name][blocks, :, offs] = kv_value(tokens, pos, li, rank, mla)
 
 
-def _mismatches(kv, tokens, block_ids, upto, rank):
+def _mismatches(kv, tokens, block_ids, upto, rank, mla):
     """Positions < upto whose KV differs from the formula, for every layer."""
     if upto == 0:
         return []
@@ -119,17 +137,17 @@ def _mismatches(kv, tokens, block_ids, upto, rank):
     bad = set()
     for li, name in enumerate(LAYER_NAMES):
         got = kv[name][blocks, :, offs]
-        diff = (got != kv_value(tokens, pos, li, rank)).flatten(1).any(1)
+        diff = (got != kv_value(tokens, pos, li, rank, mla)).flatten(1).any(1)
         bad.update(int(i) for i in torch.nonzero(diff).flatten())
     return sorted(bad)
 
 
-def _worker_main(conn, socket, layout_name, rank, tp_size):
+def _worker_main(conn, socket, layout_name, rank, tp_size, mla, num_blocks):
     try:
         from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory
 
-        vc = make_config(socket, layout=layout_name, extra={"shmkv.tp_rank": rank, "shmkv.tp_size": tp_size})
-        kcc = make_kv_cache_config(vc)
+        vc = make_config(socket, layout=layout_name, extra={"shmkv.tp_rank": rank, "shmkv.tp_size": tp_size}, mla=mla)
+        kcc = make_kv_cache_config(vc, mla, num_blocks)
         layout = KVCacheLayout[layout_name]
         kv = allocate_kv_cache(kcc, torch.device("cpu"), layout)
         conn_ = KVConnectorFactory.create_connector(vc, KVConnectorRole.WORKER, kcc)
@@ -148,11 +166,11 @@ def _worker_main(conn, socket, layout_name, rank, tp_size):
                 conn_.start_load_kv(_Ctx(None if empty else {n: object() for n in LAYER_NAMES}))
                 # What the loads (and vLLM's own prefix cache) must have put in place before the
                 # forward: every position before each request's first scheduled token.
-                before = {r: _mismatches(kv, t, b, s, rank) for r, t, b, s, _ in batch}
+                before = {r: _mismatches(kv, t, b, s, rank, mla) for r, t, b, s, _ in batch}
                 if not empty:
                     for name in LAYER_NAMES:
                         conn_.wait_for_layer_load(name)
-                    _forward(kv, batch, rank)
+                    _forward(kv, batch, rank, mla)
                     for name in LAYER_NAMES:
                         conn_.save_kv_layer(name, kv[name], None)
                     conn_.wait_for_save()
@@ -168,10 +186,11 @@ def _worker_main(conn, socket, layout_name, rank, tp_size):
 
 
 class Worker:
-    def __init__(self, socket, layout="LBNHC", rank=0, tp_size=1):
+    def __init__(self, socket, layout="LBNHC", rank=0, tp_size=1, mla=False, num_blocks=NUM_BLOCKS):
         ctx = mp.get_context("fork")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, socket, layout, rank, tp_size), daemon=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, socket, layout, rank, tp_size, mla, num_blocks),
+                                daemon=True)
         self.proc.start()
         self.shape, self.stride = self._recv()
 
@@ -197,13 +216,15 @@ class Worker:
 # ---- one engine: a real Scheduler and its worker processes ---------------------------------------
 
 class Engine:
-    def __init__(self, socket, layout="LBNHC", tp_size=1, batched_tokens=256):
-        self.vc = make_config(socket, layout=layout, batched_tokens=batched_tokens, extra={"shmkv.tp_size": tp_size})
-        self.kcc = make_kv_cache_config(self.vc)
+    def __init__(self, socket, layout="LBNHC", tp_size=1, batched_tokens=256, mla=False, num_blocks=NUM_BLOCKS,
+                 prefix_caching=True):
+        self.vc = make_config(socket, layout=layout, batched_tokens=batched_tokens, extra={"shmkv.tp_size": tp_size},
+                              mla=mla, prefix_caching=prefix_caching)
+        self.kcc = make_kv_cache_config(self.vc, mla, num_blocks)
         self.vc.cache_config.num_gpu_blocks = self.kcc.num_blocks  # what the engine core sets after profiling
         self.sched = Scheduler(vllm_config=self.vc, kv_cache_config=self.kcc,
                                structured_output_manager=StructuredOutputManager(self.vc), block_size=BS)
-        self.workers = [Worker(socket, layout, rank, tp_size) for rank in range(tp_size)]
+        self.workers = [Worker(socket, layout, rank, tp_size, mla, num_blocks) for rank in range(tp_size)]
         self.hasher = get_request_block_hasher(BS, sha256)
         self.finished_ids: set[str] = set()
         self.last = None
@@ -287,13 +308,14 @@ def prompt(seed, n):
     return [(seed * 7919 + i * 104729) % 997 + 1 for i in range(n)]
 
 
-def stored_chunks(socket, tokens, tp_size=1, rank=0):
+def stored_chunks(socket, tokens, tp_size=1, rank=0, mla=False):
     import shmkv
 
-    root = shmkv.chain_root(_model_dir(), tp_size, "bfloat16", "NHD", "")
+    layout = "MLA" if mla else "NHD"
+    root = shmkv.chain_root(_model_dir(mla), tp_size, "bfloat16", layout, "")
     keys = shmkv.chunk_digests(root, tokens, CHUNK)
-    with shmkv.Client(socket, model=_model_dir(), world_size=tp_size, rank=rank, dtype="bfloat16",
-                      layout="NHD") as c:
+    with shmkv.Client(socket, model=_model_dir(mla), world_size=tp_size, rank=rank, dtype="bfloat16",
+                      layout=layout) as c:
         return c.lookup(keys), keys
 
 
@@ -447,3 +469,64 @@ def test_unknown_extra_keys_are_refused_by_name(server):
     vc = make_config(server.socket, extra={"shmkv.chunk_tokens": 24})
     with pytest.raises(ValueError, match="shmkv.chunk_tokens 24 must be a positive multiple of vLLM's block size 16"):
         ShmkvConnector(vc, KVConnectorRole.SCHEDULER, make_kv_cache_config(vc))
+
+
+def test_a_preempted_request_resumes_from_its_stored_chunks(engines, server):
+    # 16 blocks (one is vLLM's null block): A (129 tokens, 9 blocks) and B (80 tokens, 5 blocks) fit
+    # at first; their decodes then run out of blocks and vLLM preempts B, freeing its blocks. Without
+    # vLLM's own prefix cache nothing of B survives locally: on resume the scheduler finds B's two
+    # stored prompt chunks in shmkv and loads them into B's new blocks.
+    e = engines(num_blocks=16, prefix_caching=False)
+    a_tokens, b_tokens = prompt(10, 4 * CHUNK + 1), prompt(11, 2 * CHUNK + 16)
+    e.add("A", a_tokens, max_tokens=24)
+    e.add("B", b_tokens, max_tokens=40)
+    e.step()
+    assert stored_chunks(server.socket, b_tokens)[0] == 2
+    preempted = resumed = None
+    for _ in range(80):
+        out = e.schedule()
+        if "B" in out.preempted_req_ids:
+            preempted = e.sched.requests["B"].num_preemptions
+        # vLLM 0.33 sends a resumed request as a new one to its v2 model runner (the full block
+        # list in NewRequestData), and in resumed_req_ids with its full block list otherwise.
+        as_new = [r for r in out.scheduled_new_reqs if r.req_id == "B"]
+        cached = out.scheduled_cached_reqs
+        if preempted and (as_new or "B" in cached.resumed_req_ids):
+            new_blocks = list(as_new[0].block_ids[0] if as_new else
+                              cached.new_block_ids[cached.req_ids.index("B")][0])
+            resumed = (out, new_blocks, e.sched.requests["B"].num_computed_tokens - out.num_scheduled_tokens["B"])
+            before, errors, *_ = e.run(out)[0]
+            break
+        e.run(out)
+    assert preempted == 1, "B was not preempted"
+    assert resumed is not None, "B did not resume"
+    out, new_blocks, start = resumed
+    loads = [ld for ld in out.kv_connector_metadata.loads if ld.req_id == "B"]
+    assert len(loads) == 1 and len(loads[0].keys) == 2 and start == 2 * CHUNK
+    assert loads[0].block_ids == new_blocks[:2 * CHUNK // BS]  # into B's new blocks
+    assert errors == set() and before["B"] == []  # the loaded prefix is B's KV, position for position
+    assert e.last[0][4]["loaded_chunks"] == 2
+    e.drain(limit=120)
+
+
+def test_mla_through_vllms_mla_spec_is_stored_once_and_loaded_by_every_rank(engines, server):
+    tokens = prompt(12, 3 * CHUNK + 7)
+    a = engines(tp_size=2, mla=True)
+    assert a.workers[0].shape == [NUM_BLOCKS, 1, BS, MLA_DIM]  # vLLM's [B, H, N, C] view of an MLA page
+    a.add("a", tokens)
+    a.drain()
+    stats = [r[4] for r in a.last]
+    assert stats[0]["stored_chunks"] == 3 and stats[1]["stored_chunks"] == 0  # rank 0 writes the one copy
+    assert stored_chunks(server.socket, tokens, tp_size=2, rank=0, mla=True)[0] == 3
+    assert stored_chunks(server.socket, tokens, tp_size=2, rank=1, mla=True)[0] == 0
+    b = engines(tp_size=2, mla=True, layout="BHLNC")
+    b.add("filler", prompt(13, 2 * BS))
+    b.step()
+    b.add("b", tokens)
+    out = b.schedule()
+    assert [r for r in out.scheduled_new_reqs if r.req_id == "b"][0].num_computed_tokens == 3 * CHUNK
+    results = b.run(out)
+    assert [r[0]["b"] for r in results] == [[], []]  # both ranks hold rank 0's latent, element for element
+    assert [r[1] for r in results] == [set(), set()]
+    assert [r[4]["loaded_chunks"] for r in results] == [3, 3]
+    b.drain()
