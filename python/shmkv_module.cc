@@ -486,6 +486,180 @@ uint64_t ChunkNbytes(const py::sequence& kv_caches, const std::string& layout, u
   return GetKvCache(kv_caches, layout, chunk_tokens, "", /*writable=*/false).cache.geometry.chunk_bytes();
 }
 
+// ---- strided paged-KV transfer ----------------------------------------------------------------
+
+// One layer of a strided cache: the logical view [kv, blocks, tokens, heads, head_size] (kv = 2
+// for K and V, 1 for an MLA latent), with byte strides and the memory the view lies in.
+struct StridedRef {
+  std::byte* data = nullptr;
+  std::vector<int64_t> shape, strides;  // strides in bytes
+  size_t itemsize = 0;
+  std::string dtype;
+  bool cuda = false;
+  const std::byte* extent = nullptr;
+  size_t extent_bytes = 0;
+  std::optional<py::buffer_info> view;
+};
+
+StridedRef GetStrided(const py::handle& obj, bool writable, const std::string& what) {
+  StridedRef a;
+  if (py::hasattr(obj, "data_ptr") && py::hasattr(obj, "element_size")) {  // a torch.Tensor
+    std::string device = py::str(obj.attr("device").attr("type"));
+    if (device != "cpu" && device != "cuda")
+      throw py::value_error(what + " is on device '" + device + "'; shmkv handles cpu and cuda");
+    a.cuda = device == "cuda";
+    a.dtype = py::str(obj.attr("dtype"));
+    if (a.dtype.rfind("torch.", 0) == 0) a.dtype.erase(0, 6);
+    a.itemsize = obj.attr("element_size")().cast<size_t>();
+    for (const py::handle& d : obj.attr("shape")) a.shape.push_back(d.cast<int64_t>());
+    for (const py::handle& d : obj.attr("stride")())
+      a.strides.push_back(d.cast<int64_t>() * static_cast<int64_t>(a.itemsize));
+    a.data = reinterpret_cast<std::byte*>(obj.attr("data_ptr")().cast<uintptr_t>());
+    // The storage the view lies in: untyped_storage() since torch 2.0, storage() before.
+    py::object storage = py::hasattr(obj, "untyped_storage") ? obj.attr("untyped_storage")() : obj.attr("storage")();
+    a.extent = reinterpret_cast<const std::byte*>(storage.attr("data_ptr")().cast<uintptr_t>());
+    a.extent_bytes = storage.attr("nbytes")().cast<size_t>();
+    return a;
+  }
+  if (!PyObject_CheckBuffer(obj.ptr()))
+    throw py::type_error(what + " is neither a buffer (numpy array) nor a torch tensor");
+  py::buffer buf = py::reinterpret_borrow<py::buffer>(obj);
+  py::buffer_info info;
+  try {
+    info = buf.request(writable);
+  } catch (std::exception&) {
+    throw py::value_error(what + (writable ? " is read-only; it must be writable" : " cannot be read as a buffer"));
+  }
+  a.data = static_cast<std::byte*>(info.ptr);
+  a.shape.assign(info.shape.begin(), info.shape.end());
+  a.strides.assign(info.strides.begin(), info.strides.end());
+  a.itemsize = static_cast<size_t>(info.itemsize);
+  a.dtype = FormatDtype(info.format, a.itemsize);
+  // A buffer export guarantees every element of the view is addressable: its extent is the
+  // range the view itself spans.
+  int64_t lo = 0, hi = static_cast<int64_t>(a.itemsize);
+  for (size_t i = 0; i < a.shape.size(); ++i) {
+    if (a.shape[i] == 0) continue;
+    const int64_t span = (a.shape[i] - 1) * a.strides[i];
+    (span < 0 ? lo : hi) += span;
+  }
+  a.extent = a.data + lo;
+  a.extent_bytes = static_cast<size_t>(hi - lo);
+  a.view.emplace(std::move(info));
+  return a;
+}
+
+struct StridedCacheRef {
+  std::vector<StridedRef> layers;
+  StridedKvCache cache;
+  bool cuda = false;
+};
+
+StridedCacheRef GetStridedCache(const py::sequence& kv_caches, uint32_t chunk_tokens, const std::string& expect_dtype,
+                                bool writable) {
+  StridedCacheRef r;
+  if (kv_caches.size() == 0) throw py::value_error("kv_caches is empty: one view per layer is needed");
+  for (size_t i = 0; i < kv_caches.size(); ++i) {
+    r.layers.push_back(GetStrided(kv_caches[i], writable, "kv_caches[" + std::to_string(i) + "]"));
+  }
+  const StridedRef& first = r.layers[0];
+  if (first.shape.size() != 5 || (first.shape[0] != 1 && first.shape[0] != 2)) {
+    throw py::value_error("kv_caches[0] has shape " + ShapeText(first.shape) +
+                          "; a strided cache layer is the view [kv, num_blocks, block_size, num_kv_heads, head_size] "
+                          "with kv = 2 (K and V) or 1 (MLA)");
+  }
+  if (first.shape[0] == 1 && first.shape[3] != 1) {
+    throw py::value_error("kv_caches[0] has shape " + ShapeText(first.shape) +
+                          "; an MLA view (kv = 1) has exactly one head");
+  }
+  if (!expect_dtype.empty() && first.dtype != expect_dtype) {
+    throw py::value_error("kv_caches dtype " + first.dtype + " does not match the expected dtype " + expect_dtype);
+  }
+  for (size_t i = 1; i < r.layers.size(); ++i) {
+    const StridedRef& l = r.layers[i];
+    std::string what = "kv_caches[" + std::to_string(i) + "]";
+    if (l.shape != first.shape)
+      throw py::value_error(what + " has shape " + ShapeText(l.shape) + " but kv_caches[0] has " +
+                            ShapeText(first.shape));
+    if (l.strides != first.strides)
+      throw py::value_error(what + " has byte strides " + ShapeText(l.strides) + " but kv_caches[0] has " +
+                            ShapeText(first.strides));
+    if (l.dtype != first.dtype)
+      throw py::value_error(what + " has dtype " + l.dtype + " but kv_caches[0] has " + first.dtype);
+    if (l.cuda != first.cuda) throw py::value_error(what + " is on another device than kv_caches[0]");
+  }
+  KvGeometry& g = r.cache.geometry;
+  const auto& s = first.shape;
+  g.layout = s[0] == 1 ? KvLayout::kMLA : KvLayout::kNHD;
+  g.num_layers = static_cast<uint32_t>(r.layers.size());
+  g.element_size = static_cast<uint32_t>(first.itemsize);
+  g.chunk_tokens = chunk_tokens;
+  g.num_blocks = static_cast<uint64_t>(s[1]);
+  g.block_size = static_cast<uint32_t>(s[2]);
+  g.num_kv_heads = static_cast<uint32_t>(s[3]);
+  g.head_size = static_cast<uint32_t>(s[4]);
+  Status v = g.Validate();
+  if (!v.ok()) throw py::value_error(v.message());
+  const auto& st = first.strides;
+  r.cache.strides = {st[0], st[1], st[2], st[3], st[4]};
+  for (StridedRef& l : r.layers) {
+    r.cache.layers.push_back(l.data);
+    r.cache.extents.emplace_back(l.extent, l.extent_bytes);
+  }
+  r.cuda = first.cuda;
+  return r;
+}
+
+void GatherStrided(const py::sequence& kv_caches, const py::handle& block_ids, const py::handle& chunk_indices,
+                   const py::sequence& out, uint32_t chunk_tokens, const std::string& dtype, unsigned threads,
+                   uintptr_t stream) {
+  StridedCacheRef kv = GetStridedCache(kv_caches, chunk_tokens, dtype, /*writable=*/false);
+  std::vector<int64_t> blocks = IntList(block_ids, "block_ids");
+  std::vector<int64_t> idx64 = IntList(chunk_indices, "chunk_indices");
+  std::vector<uint32_t> idx;
+  for (size_t i = 0; i < idx64.size(); ++i) {
+    if (idx64[i] < 0 || idx64[i] > 0xFFFFFFFFll) {
+      throw py::value_error("chunk_indices[" + std::to_string(i) + "] = " + std::to_string(idx64[i]) +
+                            " is negative or too large");
+    }
+    idx.push_back(static_cast<uint32_t>(idx64[i]));
+  }
+  std::vector<ArrayRef> chunks = GetChunks(out, /*writable=*/true, "out");
+  std::vector<std::span<std::byte>> spans;
+  for (const ArrayRef& c : chunks) spans.emplace_back(c.data, c.nbytes);
+  Status s;
+  {
+    py::gil_scoped_release nogil;
+    s = kv.cuda ? GatherChunksStridedCuda(kv.cache, blocks, idx, spans, reinterpret_cast<void*>(stream))
+                : GatherChunksStrided(kv.cache, blocks, idx, spans, TransferOptions{threads});
+  }
+  if (s.code() == StatusCode::kInvalidArgument) throw py::value_error(s.message());
+  Check(s);
+}
+
+void ScatterStrided(const py::sequence& in, const py::sequence& kv_caches, const py::handle& block_ids,
+                    uint64_t skip_first_n_tokens, uint32_t chunk_tokens, const std::string& dtype, unsigned threads,
+                    uintptr_t stream) {
+  StridedCacheRef kv = GetStridedCache(kv_caches, chunk_tokens, dtype, /*writable=*/true);
+  std::vector<int64_t> blocks = IntList(block_ids, "block_ids");
+  std::vector<ArrayRef> chunks = GetChunks(in, /*writable=*/false, "chunks");
+  std::vector<std::span<const std::byte>> spans;
+  for (const ArrayRef& c : chunks) spans.emplace_back(c.data, c.nbytes);
+  Status s;
+  {
+    py::gil_scoped_release nogil;
+    s = kv.cuda
+            ? ScatterChunksStridedCuda(spans, kv.cache, blocks, skip_first_n_tokens, reinterpret_cast<void*>(stream))
+            : ScatterChunksStrided(spans, kv.cache, blocks, skip_first_n_tokens, TransferOptions{threads});
+  }
+  if (s.code() == StatusCode::kInvalidArgument) throw py::value_error(s.message());
+  Check(s);
+}
+
+uint64_t ChunkNbytesStrided(const py::sequence& kv_caches, uint32_t chunk_tokens) {
+  return GetStridedCache(kv_caches, chunk_tokens, "", /*writable=*/false).cache.geometry.chunk_bytes();
+}
+
 }  // namespace
 }  // namespace shmkv
 
@@ -589,4 +763,15 @@ thread's most recent prepare_* call; other threads' calls do not change what a t
   m.def("chunk_nbytes", &ChunkNbytes, py::arg("kv_caches"), py::kw_only(), py::arg("layout") = "NHD",
         py::arg("chunk_tokens") = kDefaultChunkTokens, "Bytes of one chunk object of this cache's geometry.");
   m.def("cuda_kernels_compiled", &PagedKvCudaCompiled);
+  m.def("gather_strided", &GatherStrided, py::arg("kv_caches"), py::arg("block_ids"), py::arg("chunk_indices"),
+        py::arg("out"), py::kw_only(), py::arg("chunk_tokens") = kDefaultChunkTokens, py::arg("dtype") = "",
+        py::arg("threads") = 0u, py::arg("stream") = uintptr_t{0},
+        "gather over strided layer views [kv, num_blocks, block_size, num_kv_heads, head_size] (kv 2, or 1 for MLA), "
+        "any strides (docs/paged-kv.md)");
+  m.def("scatter_strided", &ScatterStrided, py::arg("chunks"), py::arg("kv_caches"), py::arg("block_ids"),
+        py::arg("skip_first_n_tokens") = 0, py::kw_only(), py::arg("chunk_tokens") = kDefaultChunkTokens,
+        py::arg("dtype") = "", py::arg("threads") = 0u, py::arg("stream") = uintptr_t{0},
+        "scatter into strided layer views (see gather_strided)");
+  m.def("chunk_nbytes_strided", &ChunkNbytesStrided, py::arg("kv_caches"), py::kw_only(),
+        py::arg("chunk_tokens") = kDefaultChunkTokens, "Bytes of one chunk object of these strided views.");
 }

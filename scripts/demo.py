@@ -13,6 +13,13 @@ Started by scripts/demo.sh (which installs and builds first). It
 4. shows a progress bar, prints a summary, writes a PNG chart, stops the server and checks that
    no segment is left behind.
 
+With `--engine vllm` each worker plays its requests through the vLLM adapter instead
+(shmkv.vllm.ShmkvConnector, docs/vllm.md): the scheduler-side calls (get_num_new_matched_tokens,
+update_state_after_alloc, build_connector_meta), the metadata pickled as across vLLM's process
+boundary, the worker-side calls (bind, start_load_kv, the per-layer hooks, wait_for_save,
+get_finished, get_block_ids_with_load_errors, clear) and request_finished, with small stand-ins
+for vLLM's config, Request and SchedulerOutput (vLLM itself is not needed).
+
 Any wrong byte makes the demo fail (exit 1). Run `scripts/demo.sh --help` for the knobs.
 """
 from __future__ import annotations
@@ -21,6 +28,7 @@ import argparse
 import multiprocessing as mp
 import os
 import pathlib
+import pickle
 import queue
 import random
 import signal
@@ -28,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -54,6 +63,8 @@ def parse_args(argv):
     p.add_argument("--disk-dir", default=None,
                    help="give the server an L2 disk tier in this directory: evicted chunks come back from disk")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--engine", choices=["shmkv", "vllm"], default="shmkv",
+                   help="the workers' API: shmkv.KVConnector, or the vLLM adapter's call sequence")
     p.add_argument("--quick", action="store_true", help="a small, fast run (used by the test suite)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
     a = p.parse_args(argv)
@@ -136,12 +147,16 @@ def worker_main(rank, args, socket_path, tasks, results):
     conn = shmkv.KVConnector(socket_path, model="demo-llama", dtype=args.dtype, layout="NHD",
                              chunk_tokens=args.chunk_tokens, instance_id=f"demo-worker-{rank}")
     nbytes = shmkv.chunk_nbytes(engine.kv, layout="NHD", chunk_tokens=args.chunk_tokens)
+    adapter = VllmAdapter(args, socket_path, rank, engine) if args.engine == "vllm" else None
     try:
         while True:
             task = tasks.get()
             if task is None:
                 break
             conv, turn, tokens = task
+            if adapter is not None:
+                results.put(adapter.play(conv, turn, tokens, conn.chunk_keys(tokens), nbytes))
+                continue
             t0 = time.perf_counter()
             hit = conn.lookup(tokens)
             t1 = time.perf_counter()
@@ -169,6 +184,85 @@ def worker_main(rank, args, socket_path, tasks, results):
         raise
     finally:
         conn.close()
+        if adapter is not None:
+            adapter.close()
+
+
+class VllmAdapter:
+    """One engine's requests through shmkv.vllm.ShmkvConnector, in the order vLLM calls it: a
+    SCHEDULER instance and a WORKER instance (in vLLM, separate processes), one prefill step per
+    request. Stand-ins: vLLM's config (the fields the connector reads), Request, KVCacheBlocks,
+    SchedulerOutput, ForwardContext and KVConnectorOutput, as SimpleNamespaces."""
+
+    def __init__(self, args, socket_path, rank, engine):
+        from shmkv.vllm import KVConnectorRole, ShmkvConnector  # noqa: PLC0415
+
+        self.args, self.engine, self.rank = args, engine, rank
+        extra = {"shmkv.socket": socket_path, "shmkv.chunk_tokens": args.chunk_tokens,
+                 "shmkv.instance_id": f"demo-vllm-worker-{rank}"}
+        config = SimpleNamespace(
+            kv_transfer_config=SimpleNamespace(kv_connector_extra_config=extra),
+            cache_config=SimpleNamespace(block_size=args.block_size, cache_dtype="auto"),
+            model_config=SimpleNamespace(model="demo-llama", dtype=args.dtype, use_mla=False,
+                                         get_num_kv_heads=lambda parallel: args.kv_heads,
+                                         get_head_size=lambda: args.head_size),
+            parallel_config=SimpleNamespace(tensor_parallel_size=1, pipeline_parallel_size=1))
+        self.sched = ShmkvConnector(config, KVConnectorRole.SCHEDULER)
+        self.worker = ShmkvConnector(config, KVConnectorRole.WORKER)
+        self.layers = [f"model.layers.{i}.self_attn.attn" for i in range(args.layers)]
+        self.worker.register_kv_caches(dict(zip(self.layers, engine.kv)))
+
+    def play(self, conv, turn, tokens, keys, nbytes):
+        c = self.args.chunk_tokens
+        req_id = f"{conv}-{turn}"
+        req = SimpleNamespace(request_id=req_id, prompt_token_ids=list(tokens), num_tokens=len(tokens),
+                              mm_features=None, prompt_embeds=None, cache_salt=None, lora_request=None)
+        before = dict(self.worker.stats)
+        t0 = time.perf_counter()
+        ext, _ = self.sched.get_num_new_matched_tokens(req, 0)  # scheduler: lookup
+        t1 = time.perf_counter()
+        blocks = self.engine.allocate(len(tokens))
+        self.engine.scrub(blocks)
+        t2 = time.perf_counter()
+        self.sched.update_state_after_alloc(req, SimpleNamespace(get_block_ids=lambda: (list(blocks),)), ext)
+        out = SimpleNamespace(
+            scheduled_new_reqs=[SimpleNamespace(req_id=req_id, block_ids=(list(blocks),), num_computed_tokens=ext)],
+            scheduled_cached_reqs=SimpleNamespace(req_ids=[], resumed_req_ids=set(), new_block_ids=[],
+                                                  num_computed_tokens=[]),
+            num_scheduled_tokens={req_id: len(tokens) - ext}, finished_req_ids=set())
+        meta = pickle.loads(pickle.dumps(self.sched.build_connector_meta(out)))  # to the worker process
+        w = self.worker
+        w.bind_connector_metadata(meta)
+        w.start_load_kv(SimpleNamespace(attn_metadata={name: None for name in self.layers}))
+        t3 = time.perf_counter()
+        loaded = (w.stats["loaded_chunks"] - before["loaded_chunks"]) * c
+        bad = self.engine.verify(keys, blocks, loaded // c)
+        self.engine.compute(keys, blocks, loaded // c)  # the forward, from the first chunk not loaded
+        t4 = time.perf_counter()
+        for name, t in zip(self.layers, self.engine.kv):
+            w.wait_for_layer_load(name)
+            w.save_kv_layer(name, t, None)
+        w.wait_for_save()
+        t5 = time.perf_counter()
+        w.get_finished(set())
+        errors = w.get_block_ids_with_load_errors()
+        w.clear_connector_metadata()
+        self.sched.update_connector_output(SimpleNamespace(invalid_block_ids=errors))
+        self.sched.request_finished(req, list(blocks))
+        stored = w.stats["stored_chunks"] - before["stored_chunks"]
+        return {
+            "conv": conv, "turn": turn, "worker": self.rank, "prompt_tokens": len(tokens), "hit_tokens": ext,
+            "loaded_tokens": loaded, "stored_chunks": stored,
+            "existing_chunks": w.stats["existing_chunks"] - before["existing_chunks"],
+            "skipped_chunks": w.stats["skipped_chunks"] - before["skipped_chunks"],
+            "bytes_written": stored * nbytes, "bytes_read": (loaded // c) * nbytes,
+            "lookup_ms": (t1 - t0) * 1e3, "retrieve_ms": (t3 - t2) * 1e3, "store_ms": (t5 - t4) * 1e3,
+            "bad_chunks": bad, "done_at": time.time(),
+        }
+
+    def close(self):
+        self.worker.shutdown()
+        self.sched.shutdown()
 
 
 # ---- the scheduler (main process) -------------------------------------------------------------
@@ -281,6 +375,8 @@ def main(argv=None):
     print(f"shmkv demo: {ready}")
     chunk_mib = 2 * args.layers * args.chunk_tokens * args.kv_heads * args.head_size * \
         {"bfloat16": 2, "float16": 2, "float32": 4}[args.dtype] / 2**20
+    if args.engine == "vllm":
+        print("  workers use the vLLM adapter's call sequence (shmkv.vllm.ShmkvConnector)")
     print(f"  {args.workers} workers, {args.conversations} conversations x {args.turns} turns, "
           f"{args.system_prompts} shared system prompts of {args.system_tokens} tokens; "
           f"chunks of {args.chunk_tokens} tokens = {chunk_mib:g} MiB")

@@ -2,7 +2,8 @@
 # The shmkv demo, from a fresh clone: installs the Debian packages, builds what the demo needs,
 # then runs scripts/demo.py (a server on embedded defaults, simulated engine workers, multi-turn
 # chats sharing system prompts; progress bar, summary, PNG chart in demo-output/).
-# Arguments go to the demo: `scripts/demo.sh --help`, `--quick`, `--workers 4 --conversations 64`.
+# Arguments go to the demo: `scripts/demo.sh --help`, `--quick`, `--workers 4 --conversations 64`,
+# `--engine vllm` (the workers go through the vLLM adapter's call sequence, docs/vllm.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

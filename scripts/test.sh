@@ -10,7 +10,10 @@
 #   6. scripts/tsan.sh: clang ThreadSanitizer build, the multi-threaded C++ suites, and the
 #      server's end-to-end and chaos tests against the TSan-built server,
 #   7. scripts/fuzz.sh: every libFuzzer target (clang, ASan+UBSan) for 60 s (--fuzz-seconds N),
-#   8. where nvcc exists, a CUDA build of the paged-KV kernels.
+#   8. where nvcc exists, a CUDA build of the paged-KV kernels,
+#   9. the engine-adapter tests (tests/engines/) against the real vLLM and SGLang packages, in the
+#      virtual environments of scripts/engines-venv.sh: run when they exist, created first with
+#      --engines (about 8 min and 9.4 GiB for vLLM).
 # Exits non-zero on the first failure. Build trees: build/, build-clang/, build-asan/, build-tsan/,
 # build-fuzz/.
 # SHMKV_WERROR is OFF by default for users' builds; every configure here turns it on.
@@ -29,6 +32,8 @@ Usage: scripts/test.sh [options]
                       fuzzing out; hours: scripts/fuzz.sh --seconds 3600)
   --chaos-cycles N    kill cycles of tests/python/test_chaos.py, in the release run and the
                       TSan run (sets SHMKV_CHAOS_CYCLES; default 500, 200 under TSan)
+  --engines           create the engine test environments first (scripts/engines-venv.sh) so
+                      that step 9 runs; without it step 9 runs only where they already exist
   -h, --help          this help
 Environment: SHMKV_TEST_SCALE (ASan run's operation count divisor, default 4).
 USAGE
@@ -37,6 +42,7 @@ USAGE
 run_tsan=1
 run_asan=1
 fuzz_seconds=60
+make_engines=0
 while (($#)); do
   case "$1" in
     --skip-tsan) run_tsan=0 ;;
@@ -49,6 +55,7 @@ while (($#)); do
       [[ $# -ge 2 && "$2" =~ ^[0-9]+$ && "$2" -gt 0 ]] || { echo "test.sh: --chaos-cycles needs a positive number" >&2; exit 2; }
       export SHMKV_CHAOS_CYCLES=$2
       shift ;;
+    --engines) make_engines=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "test.sh: unknown option '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -118,5 +125,22 @@ if [[ -n "$nvcc_bin" ]]; then
 else
   echo "skipped: no nvcc on this machine"
 fi
+
+step "engine adapters against the real engines (tests/engines/)"
+engines_dir=${SHMKV_ENGINES_VENV:-.venv-engines}
+if ((make_engines)); then
+  scripts/engines-venv.sh --dir "$engines_dir"
+fi
+for engine in vllm sglang; do
+  py="$engines_dir/$engine/bin/python"
+  mapfile -t engine_tests < <(compgen -G "tests/engines/test_${engine}_*.py" || true)
+  if ((${#engine_tests[@]} == 0)); then
+    echo "skipped $engine: no tests/engines/test_${engine}_*.py"
+  elif [[ -x "$py" ]]; then
+    SHMKV_BUILD_DIR=build "$py" -m pytest -q -p no:cacheprovider "${engine_tests[@]}"
+  else
+    echo "skipped $engine: no $py (scripts/test.sh --engines creates it)"
+  fi
+done
 
 step "all checks passed"

@@ -67,16 +67,17 @@ struct TransferOptions {
 // Copies chunk chunk_indices[i] of the sequence into out[i], for every i. Each out[i] must be
 // exactly chunk_bytes() long; block_ids must cover the largest chunk index named; every block id
 // must be in [0, num_blocks). chunk_indices.size() must equal out.size().
-SHMKV_EXPORT Status GatherChunks(const PagedKvCache& kv, std::span<const int64_t> block_ids, std::span<const uint32_t> chunk_indices,
-                    std::span<const std::span<std::byte>> out, const TransferOptions& options = {});
+SHMKV_EXPORT Status GatherChunks(const PagedKvCache& kv, std::span<const int64_t> block_ids,
+                                 std::span<const uint32_t> chunk_indices, std::span<const std::span<std::byte>> out,
+                                 const TransferOptions& options = {});
 
 // Copies in[i], chunk i of the sequence (i = 0 .. in.size() - 1), back into the paged cache.
 // Tokens before skip_first_n_tokens are not written: skip_first_n_tokens must be a multiple of
 // block_size, and the blocks it covers stay untouched. Each in[i] must be exactly chunk_bytes()
 // long; block_ids must hold at least in.size() * blocks_per_chunk() ids, each in range.
 SHMKV_EXPORT Status ScatterChunks(std::span<const std::span<const std::byte>> in, const PagedKvCache& kv,
-                     std::span<const int64_t> block_ids, uint64_t skip_first_n_tokens,
-                     const TransferOptions& options = {});
+                                  std::span<const int64_t> block_ids, uint64_t skip_first_n_tokens,
+                                  const TransferOptions& options = {});
 
 // The same two operations for a cache in CUDA device memory, as kernels on `stream` (a
 // cudaStream_t; nullptr is the default stream). The chunk buffers are host memory the device can
@@ -86,11 +87,65 @@ SHMKV_EXPORT Status ScatterChunks(std::span<const std::span<const std::byte>> in
 // happens on the host before any launch. Builds without SHMKV_CUDA, and machines without a CUDA
 // device, return kUnavailable.
 SHMKV_EXPORT Status GatherChunksCuda(const PagedKvCache& kv, std::span<const int64_t> block_ids,
-                        std::span<const uint32_t> chunk_indices, std::span<const std::span<std::byte>> out,
-                        void* stream);
+                                     std::span<const uint32_t> chunk_indices, std::span<const std::span<std::byte>> out,
+                                     void* stream);
 SHMKV_EXPORT Status ScatterChunksCuda(std::span<const std::span<const std::byte>> in, const PagedKvCache& kv,
-                         std::span<const int64_t> block_ids, uint64_t skip_first_n_tokens, void* stream);
+                                      std::span<const int64_t> block_ids, uint64_t skip_first_n_tokens, void* stream);
 // Whether this build carries the CUDA kernels (SHMKV_CUDA) — not whether a device is present.
 SHMKV_EXPORT bool PagedKvCudaCompiled();
+
+// ---- strided caches ------------------------------------------------------------------------
+//
+// The engine cache as any strided view, not only the three contiguous layouts above: vLLM's
+// (2, blocks, block_size, heads, head) with NHD or HND strides, (blocks, 2, ...), the packed
+// (blocks, heads, block_size, 2*head), the standardized [L,B,H,N,C] views of one buffer per group,
+// cross-layer buffers, MLA (blocks, block_size, dim), and SGLang's host pools (a page is a block).
+// Every layer is the logical view [kv][block][token][head][element] over bytes, addressed by the
+// byte strides below; nothing is assumed contiguous. The chunk object is the same as for the
+// contiguous layouts ([2, L, chunk_tokens, H*D], MLA [L, chunk_tokens, D]), so a strided engine
+// and a contiguous one of the same geometry produce identical objects.
+
+// Byte strides of one layer's logical view; the same for every layer. `kv` is unused for MLA
+// (one K/V-less latent), `head` when num_kv_heads is 1. Strides may be any value (0 and negative
+// included) as long as every touched byte lies inside the layer's extent.
+struct KvStrides {
+  int64_t kv = 0;
+  int64_t block = 0;
+  int64_t token = 0;
+  int64_t head = 0;
+  int64_t element = 0;
+};
+
+struct StridedKvCache {
+  // layout: kMLA for the latent (kv count 1), kNHD or kHND (the same here) for K and V.
+  KvGeometry geometry;
+  KvStrides strides;
+  // Element (kv 0, block 0, token 0, head 0, element 0) of each layer; exactly num_layers.
+  std::vector<std::byte*> layers;
+  // The memory each layer's view lies in (e.g. its tensor's whole storage); exactly num_layers.
+  // Validation refuses a geometry and strides that would touch a byte outside it.
+  std::vector<std::span<const std::byte>> extents;
+};
+
+// The contiguous-layout cache as a strided one (same pointers; extents = layer_bytes()).
+SHMKV_EXPORT StridedKvCache ToStrided(const PagedKvCache& kv);
+
+// GatherChunks / ScatterChunks over a strided cache; same contracts (validation before any write,
+// chunk objects, skip, threads). Destinations that overlap (e.g. a 0 stride on a written
+// dimension) are the caller's error and are not detected.
+SHMKV_EXPORT Status GatherChunksStrided(const StridedKvCache& kv, std::span<const int64_t> block_ids,
+                                        std::span<const uint32_t> chunk_indices,
+                                        std::span<const std::span<std::byte>> out, const TransferOptions& options = {});
+SHMKV_EXPORT Status ScatterChunksStrided(std::span<const std::span<const std::byte>> in, const StridedKvCache& kv,
+                                         std::span<const int64_t> block_ids, uint64_t skip_first_n_tokens,
+                                         const TransferOptions& options = {});
+// The same on a CUDA device (cache in device memory, chunks in registered host memory), as for
+// GatherChunksCuda; kUnavailable without SHMKV_CUDA or a device.
+SHMKV_EXPORT Status GatherChunksStridedCuda(const StridedKvCache& kv, std::span<const int64_t> block_ids,
+                                            std::span<const uint32_t> chunk_indices,
+                                            std::span<const std::span<std::byte>> out, void* stream);
+SHMKV_EXPORT Status ScatterChunksStridedCuda(std::span<const std::span<const std::byte>> in, const StridedKvCache& kv,
+                                             std::span<const int64_t> block_ids, uint64_t skip_first_n_tokens,
+                                             void* stream);
 
 }  // namespace shmkv

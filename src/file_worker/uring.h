@@ -47,9 +47,13 @@ class Ring {
   ~Ring();
 
 #if SHMKV_HAVE_IO_URING
-  io_uring* get() { return &ring_; }
+  io_uring* get() {
+    return &ring_;
+  }
 #endif
-  unsigned entries() const { return entries_; }
+  unsigned entries() const {
+    return entries_;
+  }
 
  private:
   Ring() = default;

@@ -45,6 +45,39 @@ __global__ void CopyUnits(const Run* runs, uint32_t heads, uint32_t block_size, 
   }
 }
 
+// The strided variant: one thread block per unit; the cache side is addressed by the token, head
+// and element strides (bytes), the chunk side is dense [token][head][element]. V is the access
+// width: a whole vector of a row when the row's elements are dense (col_stride = sizeof(V)), one
+// element otherwise (col_stride = the element stride).
+struct StridedArgs {
+  uint32_t heads;
+  uint32_t block_size;
+  uint64_t row_vecs;  // accesses per row
+  long long token;
+  long long head;
+  long long col;  // bytes between consecutive accesses of one row in the cache
+};
+
+template <typename V, bool kToChunk>
+__global__ void CopyStridedUnits(const Run* runs, StridedArgs a) {
+  const Run r = runs[blockIdx.x];
+  const uint64_t total = uint64_t{a.heads} * a.block_size * a.row_vecs;
+  for (uint64_t i = threadIdx.x; i < total; i += blockDim.x) {
+    const uint64_t row = i / a.row_vecs;  // t * heads + h
+    const uint64_t col = i % a.row_vecs;
+    const long long t = static_cast<long long>(row / a.heads);
+    const long long h = static_cast<long long>(row % a.heads);
+    V* chunk = reinterpret_cast<V*>(r.chunk) + row * a.row_vecs + col;
+    V* cache = reinterpret_cast<V*>(static_cast<long long>(r.cache) + t * a.token + h * a.head +
+                                    static_cast<long long>(col) * a.col);
+    if constexpr (kToChunk) {
+      *chunk = *cache;
+    } else {
+      *cache = *chunk;
+    }
+  }
+}
+
 std::string CudaError(cudaError_t e) {
   return std::string(cudaGetErrorName(e)) + " (" + cudaGetErrorString(e) + ")";
 }
@@ -192,6 +225,135 @@ Status ScatterChunksCuda(std::span<const std::span<const std::byte>> in, const P
   std::vector<unsigned long long> bases = layers;
   bases.insert(bases.end(), chunks.begin(), chunks.end());
   return Submit<false>(op, runs, d, Alignment(d.row_bytes, bases), static_cast<cudaStream_t>(stream));
+}
+
+namespace {
+
+// Copies the run table to the device and launches the strided kernel with access width `width`
+// (1, 2, 4, 8 or 16 bytes); everything is ordered on `stream`.
+template <bool kToChunk>
+Status SubmitStrided(std::string_view op, const std::vector<Run>& runs, StridedArgs a, uint64_t width,
+                     cudaStream_t stream) {
+  if (runs.empty()) return Status::Ok();
+  if (runs.size() > 0x7fffffffu) return Status::InvalidArgument(std::string(op) + ": too many blocks for one launch");
+  Run* table = nullptr;
+  const size_t bytes = runs.size() * sizeof(Run);
+  cudaError_t e = cudaMallocAsync(reinterpret_cast<void**>(&table), bytes, stream);
+  if (e != cudaSuccess) return Status::Internal(std::string(op) + ": cudaMallocAsync: " + CudaError(e));
+  e = cudaMemcpyAsync(table, runs.data(), bytes, cudaMemcpyHostToDevice, stream);
+  if (e == cudaSuccess) {
+    const auto grid = static_cast<unsigned>(runs.size());
+    switch (width) {
+      case 16: CopyStridedUnits<uint4, kToChunk><<<grid, 256, 0, stream>>>(table, a); break;
+      case 8: CopyStridedUnits<uint2, kToChunk><<<grid, 256, 0, stream>>>(table, a); break;
+      case 4: CopyStridedUnits<unsigned, kToChunk><<<grid, 256, 0, stream>>>(table, a); break;
+      case 2: CopyStridedUnits<unsigned short, kToChunk><<<grid, 256, 0, stream>>>(table, a); break;
+      default: CopyStridedUnits<unsigned char, kToChunk><<<grid, 256, 0, stream>>>(table, a); break;
+    }
+    e = cudaGetLastError();
+  }
+  (void)cudaFreeAsync(table, stream);
+  if (e == cudaErrorNoKernelImageForDevice) {
+    return Status::Unavailable(std::string(op) +
+                               ": this build has no kernel for the device's architecture: " + CudaError(e));
+  }
+  if (e != cudaSuccess) return Status::Internal(std::string(op) + ": launch failed: " + CudaError(e));
+  return Status::Ok();
+}
+
+// The access width and kernel arguments for a strided cache whose layer and chunk base addresses
+// are `bases`: rows with dense elements are copied in the widest vector that divides the row,
+// every stride and every base; other rows one element at a time.
+StridedArgs StridedLaunch(const StridedKvCache& kv, const kv_internal::BlockDims& d,
+                          std::vector<unsigned long long> bases, uint64_t* width) {
+  const KvStrides& st = kv.strides;
+  const uint32_t e = kv.geometry.element_size;
+  const bool dense_row = st.element == static_cast<int64_t>(e) || kv.geometry.head_size == 1;
+  uint64_t w = e;
+  if (dense_row) {
+    // Every cache address is a base plus multiples of the strides; the chunk side is dense.
+    bases.push_back(static_cast<unsigned long long>(st.token));
+    bases.push_back(static_cast<unsigned long long>(st.head));
+    bases.push_back(static_cast<unsigned long long>(st.kv));
+    bases.push_back(static_cast<unsigned long long>(st.block));
+    w = Alignment(d.row_bytes, bases);
+  }
+  *width = w;  // a non-dense row: StridedRuns checked that every address is element-aligned
+  StridedArgs a{};
+  a.heads = d.heads;
+  a.block_size = d.block_size;
+  a.row_vecs = dense_row ? d.row_bytes / w : kv.geometry.head_size;
+  a.token = st.token;
+  a.head = st.head;
+  a.col = dense_row ? static_cast<long long>(w) : st.element;
+  return a;
+}
+
+template <bool kToChunk, typename Buf>
+Status StridedRuns(std::string_view op, const StridedKvCache& kv, std::span<const Buf> bufs,
+                   std::span<const int64_t> block_ids, std::span<const uint32_t> chunk_indices, uint64_t skip_blocks,
+                   void* stream) {
+  const kv_internal::BlockDims d = kv_internal::DimsOf(kv.geometry);
+  std::vector<unsigned long long> layers(d.layers), chunks(bufs.size());
+  for (uint32_t l = 0; l < d.layers; ++l) {
+    SHMKV_RETURN_IF_ERROR(DeviceAddress(op, "layer " + std::to_string(l), kv.layers[l], &layers[l]));
+  }
+  for (size_t i = 0; i < bufs.size(); ++i) {
+    SHMKV_RETURN_IF_ERROR(DeviceAddress(op, std::string(kToChunk ? "out[" : "in[") + std::to_string(i) + "]",
+                                        bufs[i].data(), &chunks[i]));
+  }
+  std::vector<Run> runs;
+  runs.reserve(bufs.size() * d.units_per_chunk());
+  for (size_t i = 0; i < bufs.size(); ++i) {
+    const uint64_t chunk = chunk_indices.empty() ? i : chunk_indices[i];
+    for (uint32_t kvi = 0; kvi < d.kv_count; ++kvi) {
+      for (uint32_t l = 0; l < d.layers; ++l) {
+        for (uint32_t j = 0; j < d.blocks_per_chunk; ++j) {
+          const uint64_t seq_block = chunk * d.blocks_per_chunk + j;
+          if (seq_block < skip_blocks) continue;
+          const uint64_t unit = (uint64_t{kvi} * d.layers + l) * d.blocks_per_chunk + j;
+          const long long cache = static_cast<long long>(layers[l]) + static_cast<long long>(kvi) * kv.strides.kv +
+                                  block_ids[seq_block] * kv.strides.block;
+          runs.push_back({static_cast<unsigned long long>(cache), chunks[i] + unit * d.block_bytes});
+        }
+      }
+    }
+  }
+  std::vector<unsigned long long> bases = layers;
+  bases.insert(bases.end(), chunks.begin(), chunks.end());
+  const KvStrides& st = kv.strides;
+  for (long long v : {st.kv, st.block, st.token, st.head, st.element})
+    bases.push_back(static_cast<unsigned long long>(v));
+  if (Alignment(kv.geometry.element_size, bases) < kv.geometry.element_size) {
+    return Status::InvalidArgument(std::string(op) + ": the cache's strides or addresses are not multiples of the " +
+                                   std::to_string(kv.geometry.element_size) + "-byte element size");
+  }
+  bases.resize(layers.size() + chunks.size());
+  uint64_t width = 1;
+  const StridedArgs a = StridedLaunch(kv, d, std::move(bases), &width);
+  return SubmitStrided<kToChunk>(op, runs, a, width, static_cast<cudaStream_t>(stream));
+}
+
+}  // namespace
+
+Status GatherChunksStridedCuda(const StridedKvCache& kv, std::span<const int64_t> block_ids,
+                               std::span<const uint32_t> chunk_indices, std::span<const std::span<std::byte>> out,
+                               void* stream) {
+  constexpr std::string_view op = "gather (cuda)";
+  SHMKV_RETURN_IF_ERROR(kv_internal::ValidateGatherStrided(op, kv, block_ids, chunk_indices, out));
+  SHMKV_RETURN_IF_ERROR(RequireDevice(op));
+  if (out.empty()) return Status::Ok();
+  return StridedRuns<true>(op, kv, out, block_ids, chunk_indices, 0, stream);
+}
+
+Status ScatterChunksStridedCuda(std::span<const std::span<const std::byte>> in, const StridedKvCache& kv,
+                                std::span<const int64_t> block_ids, uint64_t skip_first_n_tokens, void* stream) {
+  constexpr std::string_view op = "scatter (cuda)";
+  SHMKV_RETURN_IF_ERROR(kv_internal::ValidateScatterStrided(op, in, kv, block_ids, skip_first_n_tokens));
+  SHMKV_RETURN_IF_ERROR(RequireDevice(op));
+  const uint64_t skip_blocks = skip_first_n_tokens / kv.geometry.block_size;
+  if (skip_blocks >= uint64_t{in.size()} * kv.geometry.blocks_per_chunk()) return Status::Ok();
+  return StridedRuns<false>(op, kv, in, block_ids, {}, skip_blocks, stream);
 }
 
 bool PagedKvCudaCompiled() {

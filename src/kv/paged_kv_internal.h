@@ -42,4 +42,12 @@ Status ValidateGather(std::string_view op, const PagedKvCache& kv, std::span<con
 Status ValidateScatter(std::string_view op, std::span<const std::span<const std::byte>> in, const PagedKvCache& kv,
                        std::span<const int64_t> block_ids, uint64_t skip_first_n_tokens);
 
+// The strided counterparts: the cache's strides and extents are checked as well (every byte the
+// view can touch for blocks [0, num_blocks) lies inside the layer's extent).
+Status ValidateGatherStrided(std::string_view op, const StridedKvCache& kv, std::span<const int64_t> block_ids,
+                             std::span<const uint32_t> chunk_indices, std::span<const std::span<std::byte>> out);
+Status ValidateScatterStrided(std::string_view op, std::span<const std::span<const std::byte>> in,
+                              const StridedKvCache& kv, std::span<const int64_t> block_ids,
+                              uint64_t skip_first_n_tokens);
+
 }  // namespace shmkv::kv_internal

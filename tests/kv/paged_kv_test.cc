@@ -473,6 +473,312 @@ TEST_F(BadInputFixture, AnInvalidGeometryIsRejected) {
   ExpectRejected(Scatter(with([](KvGeometry& x) { x.num_blocks = uint64_t{1} << 62; })), "overflows 64 bits");
 }
 
+// ---- strided caches --------------------------------------------------------------------------
+//
+// Every engine layout the adapters meet, as one physical buffer holding all layers, addressed by
+// an element formula written from the layout's shape (not from strides). The strided kernels get
+// strides derived separately (StridesOf) and must agree with the formula element for element.
+
+enum class Phys {
+  kNHD,          // per layer (2, B, N, H, D)
+  kHND,          // per layer (2, B, H, N, D): the logical (2, B, N, H, D) with HND strides
+  kBlocksFirst,  // per layer (B, 2, N, H, D)
+  kPacked,       // per layer (B, H, N, 2D): K and V side by side in the last dimension
+  kLBHNC,        // one buffer (L, B, H, N, 2D), and the five other standardized orders
+  kLBNHC,
+  kLHBNC,
+  kBLHNC,
+  kBLNHC,
+  kBHLNC,
+  kCrossLayer,         // one buffer (B, L, 2, N, H, D): all layers of a block together
+  kInterleaved,        // per layer (B, N, H, D, 2): K and V alternate element by element
+  kMLA,                // per layer (B, N, D)
+  kSgPageFirst,        // SGLang host pool (2, size, L, H, D); a block is a page of `size` tokens
+  kSgLayerFirst,       // (2, L, size, H, D)
+  kSgPageFirstDirect,  // (2, page_num, L, page_size, H, D)
+};
+
+const char* PhysName(Phys p) {
+  static const char* names[] = {
+      "NHD",   "HND",   "BlocksFirst", "Packed",      "LBHNC", "LBNHC",       "LHBNC",        "BLHNC",
+      "BLNHC", "BHLNC", "CrossLayer",  "Interleaved", "MLA",   "SgPageFirst", "SgLayerFirst", "SgPageFirstDirect"};
+  return names[static_cast<int>(p)];
+}
+
+// Element index of (kv, layer, block, token, head, d) in the buffer holding every layer.
+uint64_t PhysElement(Phys p, const KvGeometry& g, uint64_t kv, uint64_t l, uint64_t b, uint64_t t, uint64_t h,
+                     uint64_t d) {
+  const uint64_t L = g.num_layers, B = g.num_blocks, N = g.block_size, H = g.num_kv_heads, D = g.head_size;
+  const uint64_t C = 2 * D, c = kv * D + d;
+  const uint64_t per_layer = (p == Phys::kMLA ? 1 : 2) * B * N * H * D;
+  switch (p) {
+    case Phys::kNHD: return l * per_layer + ((((kv * B + b) * N + t) * H + h) * D + d);
+    case Phys::kHND: return l * per_layer + ((((kv * B + b) * H + h) * N + t) * D + d);
+    case Phys::kBlocksFirst: return l * per_layer + ((((b * 2 + kv) * N + t) * H + h) * D + d);
+    case Phys::kPacked: return l * per_layer + (((b * H + h) * N + t) * C + c);
+    case Phys::kLBHNC: return (((l * B + b) * H + h) * N + t) * C + c;
+    case Phys::kLBNHC: return (((l * B + b) * N + t) * H + h) * C + c;
+    case Phys::kLHBNC: return (((l * H + h) * B + b) * N + t) * C + c;
+    case Phys::kBLHNC: return (((b * L + l) * H + h) * N + t) * C + c;
+    case Phys::kBLNHC: return (((b * L + l) * N + t) * H + h) * C + c;
+    case Phys::kBHLNC: return (((b * H + h) * L + l) * N + t) * C + c;
+    case Phys::kCrossLayer: return ((((b * L + l) * 2 + kv) * N + t) * H + h) * D + d;
+    case Phys::kInterleaved: return l * per_layer + ((((b * N + t) * H + h) * D + d) * 2 + kv);
+    case Phys::kMLA: return l * per_layer + (b * N + t) * D + d;
+    case Phys::kSgPageFirst: return (((kv * B * N + b * N + t) * L + l) * H + h) * D + d;
+    case Phys::kSgLayerFirst: return (((kv * L + l) * B * N + b * N + t) * H + h) * D + d;
+    case Phys::kSgPageFirstDirect: return (((((kv * B + b) * L + l) * N + t) * H + h) * D + d);
+  }
+  return 0;
+}
+
+// The element strides (kv, block, token, head, element) and each layer's first element, derived
+// as an adapter would derive them from the tensor's shape and strides.
+struct ElementStrides {
+  int64_t kv, block, token, head, element, layer;
+};
+ElementStrides StridesOf(Phys p, const KvGeometry& g) {
+  const int64_t L = g.num_layers, B = static_cast<int64_t>(g.num_blocks), N = g.block_size, H = g.num_kv_heads,
+                D = g.head_size, C = 2 * D;
+  switch (p) {
+    case Phys::kNHD: return {B * N * H * D, N * H * D, H * D, D, 1, 2 * B * N * H * D};
+    case Phys::kHND: return {B * H * N * D, H * N * D, D, N * D, 1, 2 * B * N * H * D};
+    case Phys::kBlocksFirst: return {N * H * D, 2 * N * H * D, H * D, D, 1, 2 * B * N * H * D};
+    case Phys::kPacked: return {D, H * N * C, C, N * C, 1, 2 * B * N * H * D};
+    case Phys::kLBHNC: return {D, H * N * C, C, N * C, 1, B * H * N * C};
+    case Phys::kLBNHC: return {D, N * H * C, H * C, C, 1, B * N * H * C};
+    case Phys::kLHBNC: return {D, N * C, C, B * N * C, 1, H * B * N * C};
+    case Phys::kBLHNC: return {D, L * H * N * C, C, N * C, 1, H * N * C};
+    case Phys::kBLNHC: return {D, L * N * H * C, H * C, C, 1, N * H * C};
+    case Phys::kBHLNC: return {D, H * L * N * C, C, L * N * C, 1, N * C};
+    case Phys::kCrossLayer: return {N * H * D, L * 2 * N * H * D, H * D, D, 1, 2 * N * H * D};
+    case Phys::kInterleaved: return {1, N * H * D * 2, H * D * 2, D * 2, 2, 2 * B * N * H * D};
+    case Phys::kMLA: return {0, N * D, D, 0, 1, B * N * D};
+    case Phys::kSgPageFirst: return {B * N * L * H * D, N * L * H * D, L * H * D, D, 1, H * D};
+    case Phys::kSgLayerFirst: return {L * B * N * H * D, N * H * D, H * D, D, 1, B * N * H * D};
+    case Phys::kSgPageFirstDirect: return {B * L * N * H * D, L * N * H * D, H * D, D, 1, N * H * D};
+  }
+  return {};
+}
+
+// One buffer with every layer of a cache in layout p, and its strided view.
+struct PhysCache {
+  Phys phys;
+  KvGeometry g;
+  Bytes buf;
+  StridedKvCache view;
+  PhysCache(Phys p, const KvGeometry& geometry, uint64_t seed) : phys(p), g(geometry) {
+    const uint64_t elements =
+        (p == Phys::kMLA ? 1 : 2) * g.num_layers * g.num_blocks * g.block_size * g.num_kv_heads * g.head_size;
+    buf.resize(elements * g.element_size);
+    FillRandom(buf, seed);
+    const ElementStrides s = StridesOf(p, g);
+    const int64_t e = g.element_size;
+    view.geometry = g;
+    view.strides = {s.kv * e, s.block * e, s.token * e, s.head * e, s.element * e};
+    for (uint32_t l = 0; l < g.num_layers; ++l) {
+      view.layers.push_back(buf.data() + l * s.layer * e);
+      view.extents.emplace_back(buf.data(), buf.size());
+    }
+  }
+  template <typename Fn>  // fn(seq_token, buffer byte offset, chunk byte offset) for chunk c
+  void ForEach(const std::vector<int64_t>& block_ids, uint64_t c, Fn&& fn) const {
+    const uint64_t kvs = phys == Phys::kMLA ? 1 : 2, E = g.element_size;
+    for (uint64_t kv = 0; kv < kvs; ++kv)
+      for (uint64_t l = 0; l < g.num_layers; ++l)
+        for (uint64_t tok = 0; tok < g.chunk_tokens; ++tok) {
+          const uint64_t seq = c * g.chunk_tokens + tok;
+          const auto b = static_cast<uint64_t>(block_ids[seq / g.block_size]);
+          for (uint64_t h = 0; h < g.num_kv_heads; ++h)
+            for (uint64_t d = 0; d < g.head_size; ++d)
+              fn(seq, PhysElement(phys, g, kv, l, b, seq % g.block_size, h, d) * E,
+                 ChunkElement(g, kv, l, tok, h, d) * E);
+        }
+  }
+  Bytes RefGather(const std::vector<int64_t>& block_ids, uint64_t c) const {
+    Bytes out(g.chunk_bytes());
+    ForEach(block_ids, c, [&](uint64_t, uint64_t pe, uint64_t ke) { std::memcpy(&out[ke], &buf[pe], g.element_size); });
+    return out;
+  }
+  void RefScatter(const std::vector<int64_t>& block_ids, uint64_t c, const Bytes& in, uint64_t skip) {
+    ForEach(block_ids, c, [&](uint64_t seq, uint64_t pe, uint64_t ke) {
+      if (seq >= skip) std::memcpy(&buf[pe], &in[ke], g.element_size);
+    });
+  }
+};
+
+struct StridedParam {
+  Phys phys;
+  uint32_t element_size;
+  uint32_t head_size;
+};
+void PrintTo(const StridedParam& p, std::ostream* os) {
+  *os << PhysName(p.phys) << " e" << p.element_size << " d" << p.head_size;
+}
+
+class StridedTest : public ::testing::TestWithParam<StridedParam> {};
+
+TEST_P(StridedTest, GatherAndScatterMatchTheLayoutFormulaElementForElement) {
+  const StridedParam p = GetParam();
+  KvGeometry g = SmallGeometry(p.phys == Phys::kMLA ? KvLayout::kMLA : KvLayout::kNHD, p.element_size);
+  g.head_size = p.head_size;
+  ASSERT_TRUE(g.Validate().ok());
+  const uint64_t chunks = 3;
+  const auto block_ids = BlockTable(g, chunks * g.blocks_per_chunk() + 1, 41);
+  for (unsigned threads : {1u, 3u}) {
+    SCOPED_TRACE("threads " + std::to_string(threads));
+    PhysCache src(p.phys, g, 42);
+    const uint64_t src_sum = Fnv1a(src.buf);
+    std::vector<Bytes> out(chunks, Bytes(g.chunk_bytes()));
+    std::vector<uint32_t> indices = {2, 0, 1};
+    const Status gs = GatherChunksStrided(src.view, block_ids, indices, Spans(out), {.threads = threads});
+    ASSERT_TRUE(gs.ok()) << gs.ToString();
+    for (size_t i = 0; i < indices.size(); ++i) EXPECT_EQ(out[i], src.RefGather(block_ids, indices[i])) << "out " << i;
+    EXPECT_EQ(Fnv1a(src.buf), src_sum) << "gather wrote into the cache it reads";
+
+    // Scatter chunks 0..2 (in sequence order) into another cache, skipping 2 blocks: every other
+    // byte of the buffer keeps its value.
+    std::vector<Bytes> in = {out[1], out[2], out[0]};
+    PhysCache dst(p.phys, g, 43), want(p.phys, g, 43);
+    const uint64_t skip = 2 * g.block_size;
+    for (uint64_t c = 0; c < chunks; ++c) want.RefScatter(block_ids, c, in[c], skip);
+    const Status ss = ScatterChunksStrided(ConstSpans(in), dst.view, block_ids, skip, {.threads = threads});
+    ASSERT_TRUE(ss.ok()) << ss.ToString();
+    EXPECT_TRUE(dst.buf == want.buf) << "scatter differs from the formula";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, StridedTest,
+                         ::testing::Values(StridedParam{Phys::kNHD, 2, 5}, StridedParam{Phys::kNHD, 2, 64},
+                                           StridedParam{Phys::kHND, 2, 5}, StridedParam{Phys::kHND, 2, 64},
+                                           StridedParam{Phys::kHND, 4, 128}, StridedParam{Phys::kBlocksFirst, 2, 5},
+                                           StridedParam{Phys::kPacked, 2, 5}, StridedParam{Phys::kPacked, 1, 64},
+                                           StridedParam{Phys::kLBHNC, 2, 5}, StridedParam{Phys::kLBNHC, 2, 5},
+                                           StridedParam{Phys::kLBNHC, 2, 64}, StridedParam{Phys::kLHBNC, 2, 5},
+                                           StridedParam{Phys::kBLHNC, 2, 5}, StridedParam{Phys::kBLNHC, 4, 5},
+                                           StridedParam{Phys::kBHLNC, 1, 5}, StridedParam{Phys::kCrossLayer, 2, 5},
+                                           StridedParam{Phys::kInterleaved, 2, 5},
+                                           StridedParam{Phys::kInterleaved, 1, 3}, StridedParam{Phys::kMLA, 2, 5},
+                                           StridedParam{Phys::kMLA, 2, 576}, StridedParam{Phys::kSgPageFirst, 2, 5},
+                                           StridedParam{Phys::kSgLayerFirst, 2, 5},
+                                           StridedParam{Phys::kSgPageFirstDirect, 2, 5},
+                                           // Runs of 128, 256 and 1024 bytes (the copy routines
+                                           // specialised on the run length).
+                                           StridedParam{Phys::kLBNHC, 2, 128}, StridedParam{Phys::kPacked, 2, 64},
+                                           StridedParam{Phys::kSgPageFirst, 2, 128}, StridedParam{Phys::kBHLNC, 4, 64}),
+                         [](const ::testing::TestParamInfo<StridedParam>& p) {
+                           return std::string(PhysName(p.param.phys)) + "_e" + std::to_string(p.param.element_size) +
+                                  "_d" + std::to_string(p.param.head_size);
+                         });
+
+// With one layer and one block per chunk, K and V of a (blocks, 2, ...) block lie next to each
+// other in the cache and in the chunk: the copy merges them into one run. The same geometry in the
+// interleaved view (K and V alternate element by element) has no run longer than an element.
+TEST(StridedTest, OneLayerOneBlockChunksMatchTheFormula) {
+  for (Phys phys : {Phys::kBlocksFirst, Phys::kLBNHC, Phys::kInterleaved, Phys::kSgPageFirst}) {
+    SCOPED_TRACE(PhysName(phys));
+    KvGeometry g = SmallGeometry(KvLayout::kNHD, 2);
+    g.num_layers = 1;
+    g.chunk_tokens = g.block_size;
+    ASSERT_TRUE(g.Validate().ok());
+    const auto block_ids = BlockTable(g, 4, 48);
+    PhysCache src(phys, g, 49);
+    std::vector<Bytes> out(4, Bytes(g.chunk_bytes()));
+    std::vector<uint32_t> indices = {3, 1, 0, 2};
+    ASSERT_TRUE(GatherChunksStrided(src.view, block_ids, indices, Spans(out)).ok());
+    for (size_t i = 0; i < indices.size(); ++i) EXPECT_EQ(out[i], src.RefGather(block_ids, indices[i])) << "out " << i;
+    PhysCache dst(phys, g, 50), want(phys, g, 50);
+    for (uint64_t c = 0; c < 4; ++c) want.RefScatter(block_ids, c, out[c], g.block_size);
+    ASSERT_TRUE(ScatterChunksStrided(ConstSpans(out), dst.view, block_ids, g.block_size).ok());
+    EXPECT_TRUE(dst.buf == want.buf) << "scatter differs from the formula";
+  }
+}
+
+// Transfers of 256 KiB and more with runs of whole 16-byte vectors use streaming stores when the
+// destination is 16-byte aligned, and cached stores when it is not: both give the formula's
+// bytes. (Which stores ran is not observable here; the two alignments cover both paths.)
+TEST(StridedTest, LargeTransfersMatchTheFormulaWithAlignedAndUnalignedChunks) {
+  for (Phys phys : {Phys::kLBNHC, Phys::kSgPageFirst, Phys::kHND}) {
+    SCOPED_TRACE(PhysName(phys));
+    KvGeometry g;
+    g.layout = KvLayout::kNHD;
+    g.num_layers = 2;
+    g.num_blocks = 40;
+    g.block_size = 16;
+    g.num_kv_heads = 4;
+    g.head_size = 64;
+    g.element_size = 2;
+    g.chunk_tokens = 64;
+    ASSERT_TRUE(g.Validate().ok());
+    const uint64_t chunks = 3;  // 3 x 128 KiB
+    const auto block_ids = BlockTable(g, chunks * g.blocks_per_chunk(), 51);
+    PhysCache src(phys, g, 52);
+    std::vector<uint32_t> indices = {1, 2, 0};
+    for (size_t offset : {size_t{0}, size_t{8}}) {
+      SCOPED_TRACE("chunk buffers at offset " + std::to_string(offset));
+      std::vector<Bytes> store(chunks, Bytes(g.chunk_bytes() + 16));
+      std::vector<std::span<std::byte>> out;
+      for (Bytes& b : store) {
+        // Vectors' data is at least 16-byte aligned: offset 8 is not.
+        ASSERT_EQ(reinterpret_cast<uintptr_t>(b.data()) % 16, 0u);
+        out.emplace_back(b.data() + offset, g.chunk_bytes());
+      }
+      ASSERT_TRUE(GatherChunksStrided(src.view, block_ids, indices, out, {.threads = 1}).ok());
+      for (size_t i = 0; i < chunks; ++i) {
+        EXPECT_TRUE(Bytes(out[i].begin(), out[i].end()) == src.RefGather(block_ids, indices[i])) << "out " << i;
+      }
+    }
+    std::vector<Bytes> in;
+    for (uint64_t c = 0; c < chunks; ++c) in.push_back(src.RefGather(block_ids, c));
+    PhysCache dst(phys, g, 53), want(phys, g, 53);
+    for (uint64_t c = 0; c < chunks; ++c) want.RefScatter(block_ids, c, in[c], 0);
+    ASSERT_TRUE(ScatterChunksStrided(ConstSpans(in), dst.view, block_ids, 0, {.threads = 2}).ok());
+    EXPECT_TRUE(dst.buf == want.buf) << "scatter differs from the formula";
+  }
+}
+
+TEST(StridedTest, TheContiguousLayoutsAsStridedGiveTheSameBytes) {
+  for (KvLayout layout : {KvLayout::kNHD, KvLayout::kHND, KvLayout::kMLA}) {
+    SCOPED_TRACE(std::string(KvLayoutName(layout)));
+    const KvGeometry g = SmallGeometry(layout, 2);
+    const auto block_ids = BlockTable(g, 2 * g.blocks_per_chunk(), 44);
+    Cache cache(g, 45);
+    std::vector<Bytes> want(2, Bytes(g.chunk_bytes())), got(2, Bytes(g.chunk_bytes()));
+    std::vector<uint32_t> indices = {1, 0};
+    ASSERT_TRUE(GatherChunks(cache.view, block_ids, indices, Spans(want)).ok());
+    ASSERT_TRUE(GatherChunksStrided(ToStrided(cache.view), block_ids, indices, Spans(got)).ok());
+    EXPECT_EQ(got, want);
+  }
+}
+
+TEST(StridedTest, AViewReachingOutsideItsExtentIsRejectedBeforeAnyWrite) {
+  const KvGeometry g = SmallGeometry(KvLayout::kNHD, 2);
+  PhysCache cache(Phys::kLBNHC, g, 46);
+  const uint64_t sum = Fnv1a(cache.buf);
+  const auto block_ids = BlockTable(g, g.blocks_per_chunk(), 47);
+  std::vector<Bytes> in(1, Bytes(g.chunk_bytes()));
+  StridedKvCache kv = cache.view;
+  kv.extents[2] = std::span<const std::byte>(cache.buf.data(), cache.buf.size() - 1);  // one byte short
+  Status s = ScatterChunksStrided(ConstSpans(in), kv, block_ids, 0);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("layer 2: the view"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("outside its extent"), std::string::npos) << s.message();
+  kv = cache.view;
+  kv.strides.block *= 2;  // as if the buffer had twice the blocks: the last layer runs past its end
+  s = ScatterChunksStrided(ConstSpans(in), kv, block_ids, 0);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("layer 2: the view (strides kv 10, block 480"), std::string::npos) << s.message();
+  kv = cache.view;
+  kv.extents.pop_back();
+  s = ScatterChunksStrided(ConstSpans(in), kv, block_ids, 0);
+  EXPECT_NE(s.message().find("3 layer pointers and 2 extents"), std::string::npos) << s.message();
+  std::vector<Bytes> out(1, Bytes(g.chunk_bytes() - 2));
+  std::vector<uint32_t> indices = {0};
+  s = GatherChunksStrided(cache.view, block_ids, indices, Spans(out));
+  EXPECT_NE(s.message().find("out[0] is 2158 bytes"), std::string::npos) << s.message();
+  EXPECT_EQ(Fnv1a(cache.buf), sum) << "a rejected call wrote into the cache";
+}
+
 // ---- geometry and layout names ---------------------------------------------------------------
 
 TEST(KvGeometryTest, TheDemoGeometryHasEightMiBChunks) {

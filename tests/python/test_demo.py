@@ -42,3 +42,19 @@ def test_demo_quick_with_an_l2_disk_tier_gets_evicted_chunks_back_from_disk(buil
     assert l2 and int(l2.group(1)) > 0 and int(l2.group(2)) > 0, text
     assert re.search(r"data check\s+0 wrong chunks of [1-9]\d* retrieved", text), text
     assert any(disk.rglob("*")), "the tier wrote no files"
+
+
+def test_demo_quick_through_the_vllm_adapters_call_sequence(build_dir, tmp_path):
+    pytest.importorskip("torch")
+    out = subprocess.run(["/usr/bin/python3", str(ROOT / "scripts" / "demo.py"), "--quick", "--no-progress",
+                          "--engine", "vllm", "--build-dir", str(build_dir), "--output-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    assert "vLLM adapter's call sequence (shmkv.vllm.ShmkvConnector)" in text
+    assert re.search(r"requests\s+18 in", text)
+    hit = float(re.search(r"prefix hit rate\s+([\d.]+)%", text).group(1))
+    assert hit > 20.0, text
+    reused = int(re.search(r"tokens reused\s+([\d,]+)", text).group(1).replace(",", ""))
+    assert reused > 0, text
+    assert re.search(r"data check\s+0 wrong chunks of [1-9]\d* retrieved", text), text
