@@ -35,8 +35,8 @@ SHMKV_EXPORT ChunkDigest ChainRoot(const Namespace& ns);
 // The digests of the chunks of `tokens`: one per full chunk, plus one for a trailing partial
 // chunk when include_partial is set. chunk_tokens must be positive.
 SHMKV_EXPORT Result<std::vector<ChunkDigest>> ChunkDigests(const ChunkDigest& root, std::span<const uint32_t> tokens,
-                                              uint32_t chunk_tokens = kDefaultChunkTokens,
-                                              bool include_partial = false);
+                                                           uint32_t chunk_tokens = kDefaultChunkTokens,
+                                                           bool include_partial = false);
 
 // Lower-case hex, 64 characters.
 SHMKV_EXPORT std::string DigestHex(const ChunkDigest& digest);

@@ -67,16 +67,17 @@ struct TransferOptions {
 // Copies chunk chunk_indices[i] of the sequence into out[i], for every i. Each out[i] must be
 // exactly chunk_bytes() long; block_ids must cover the largest chunk index named; every block id
 // must be in [0, num_blocks). chunk_indices.size() must equal out.size().
-SHMKV_EXPORT Status GatherChunks(const PagedKvCache& kv, std::span<const int64_t> block_ids, std::span<const uint32_t> chunk_indices,
-                    std::span<const std::span<std::byte>> out, const TransferOptions& options = {});
+SHMKV_EXPORT Status GatherChunks(const PagedKvCache& kv, std::span<const int64_t> block_ids,
+                                 std::span<const uint32_t> chunk_indices, std::span<const std::span<std::byte>> out,
+                                 const TransferOptions& options = {});
 
 // Copies in[i], chunk i of the sequence (i = 0 .. in.size() - 1), back into the paged cache.
 // Tokens before skip_first_n_tokens are not written: skip_first_n_tokens must be a multiple of
 // block_size, and the blocks it covers stay untouched. Each in[i] must be exactly chunk_bytes()
 // long; block_ids must hold at least in.size() * blocks_per_chunk() ids, each in range.
 SHMKV_EXPORT Status ScatterChunks(std::span<const std::span<const std::byte>> in, const PagedKvCache& kv,
-                     std::span<const int64_t> block_ids, uint64_t skip_first_n_tokens,
-                     const TransferOptions& options = {});
+                                  std::span<const int64_t> block_ids, uint64_t skip_first_n_tokens,
+                                  const TransferOptions& options = {});
 
 // The same two operations for a cache in CUDA device memory, as kernels on `stream` (a
 // cudaStream_t; nullptr is the default stream). The chunk buffers are host memory the device can
@@ -86,10 +87,10 @@ SHMKV_EXPORT Status ScatterChunks(std::span<const std::span<const std::byte>> in
 // happens on the host before any launch. Builds without SHMKV_CUDA, and machines without a CUDA
 // device, return kUnavailable.
 SHMKV_EXPORT Status GatherChunksCuda(const PagedKvCache& kv, std::span<const int64_t> block_ids,
-                        std::span<const uint32_t> chunk_indices, std::span<const std::span<std::byte>> out,
-                        void* stream);
+                                     std::span<const uint32_t> chunk_indices, std::span<const std::span<std::byte>> out,
+                                     void* stream);
 SHMKV_EXPORT Status ScatterChunksCuda(std::span<const std::span<const std::byte>> in, const PagedKvCache& kv,
-                         std::span<const int64_t> block_ids, uint64_t skip_first_n_tokens, void* stream);
+                                      std::span<const int64_t> block_ids, uint64_t skip_first_n_tokens, void* stream);
 // Whether this build carries the CUDA kernels (SHMKV_CUDA) — not whether a device is present.
 SHMKV_EXPORT bool PagedKvCudaCompiled();
 

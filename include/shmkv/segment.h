@@ -49,8 +49,9 @@ struct SHMKV_EXPORT SegmentNameRules {
 //   "lmcache_l1_pool_foo"  -> unchanged (never prefixed twice), also with one leading '/'
 // Errors (kInvalidArgument, each saying why): nothing left after the prefix, a '/' after the one
 // leading '/' is stripped, a '\', a NUL byte, or longer than the platform allows.
-SHMKV_EXPORT Result<std::string> NormalizeSegmentName(std::optional<std::string_view> requested, int pid,
-                                         const SegmentNameRules& rules = SegmentNameRules::ForThisPlatform());
+SHMKV_EXPORT Result<std::string> NormalizeSegmentName(
+    std::optional<std::string_view> requested, int pid,
+    const SegmentNameRules& rules = SegmentNameRules::ForThisPlatform());
 
 struct SegmentCreateOptions {
   // Requested name, normalised with NormalizeSegmentName (nullopt: derived from this pid).
@@ -141,6 +142,7 @@ SHMKV_EXPORT Result<std::vector<SegmentInfo>> ListSegments();
 // without the prefix are never touched, and neither is a segment of another user, also when the
 // caller is root (a root server's start-up must not delete other users' pools): those are not
 // even probed, and are appended to *foreign when given (their `live` is not known).
-SHMKV_EXPORT Result<std::vector<SegmentInfo>> RemoveStaleSegments(bool dry_run, std::vector<SegmentInfo>* foreign = nullptr);
+SHMKV_EXPORT Result<std::vector<SegmentInfo>> RemoveStaleSegments(bool dry_run,
+                                                                  std::vector<SegmentInfo>* foreign = nullptr);
 
 }  // namespace shmkv

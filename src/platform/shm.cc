@@ -62,7 +62,13 @@ std::string LockFilePath(std::string_view name) {
 }  // namespace
 
 std::string ShmOpenName(std::string_view name) {
-  return "/" + std::string(name);
+  // Appended, not "/" + name: GCC 12 at -O3 reports a false -Wrestrict inside libstdc++ for
+  // inserting into or assigning a literal to a std::string (GCC bug 105329).
+  std::string path;
+  path.reserve(name.size() + 1);
+  path += '/';
+  path += name;
+  return path;
 }
 
 Result<sys::UniqueFd> CreateExclusive(std::string_view name, mode_t mode) {
@@ -160,7 +166,8 @@ Status ReserveSize(int fd, std::string_view name, uint64_t size) {
   Status s = Status::FromErrno(fmt::format("reserving {} for segment '{}'", FormatSize(size), name), err);
   if (err == ENOSPC) {
     return Status(StatusCode::kFull,
-                  s.message() + fmt::format(" ({} is too small; enlarge it, e.g. docker run --shm-size)", kShmDir), err);
+                  s.message() + fmt::format(" ({} is too small; enlarge it, e.g. docker run --shm-size)", kShmDir),
+                  err);
   }
   return s;
 }
@@ -176,7 +183,7 @@ void AdviseHugePages(std::byte* data, uint64_t size) {
   (void)size;
 #endif
 }
-#else   // portable
+#else  // portable
 Result<sys::UniqueFd> TryLockLiveness([[maybe_unused]] int segment_fd, std::string_view name) {
   const std::string path = LockFilePath(name);
   auto fd = sys::Call([&] { return ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600); });
@@ -236,7 +243,7 @@ void AdviseHugePages(std::byte* /*data*/, uint64_t /*size*/) {}
 void Prefault(std::byte* data, uint64_t size) {
 #if SHMKV_LINUX_PLATFORM && defined(MADV_POPULATE_WRITE)
   if (::madvise(data, size, MADV_POPULATE_WRITE) == 0) return;
-  // EINVAL: a kernel older than 5.14; fall through to touching pages.
+    // EINVAL: a kernel older than 5.14; fall through to touching pages.
 #endif
   static const auto page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   volatile auto* bytes = reinterpret_cast<volatile unsigned char*>(data);

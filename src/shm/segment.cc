@@ -57,7 +57,8 @@ class UnlinkGuard {
 Status ExistsError(const std::string& name) {
   const std::optional<struct stat> st = platform::StatSegment(name);
   const std::string owner =
-      st ? fmt::format("owner {}, mode {:04o}", platform::DescribeUid(st->st_uid), st->st_mode & 07777) : "owner unknown";
+      st ? fmt::format("owner {}, mode {:04o}", platform::DescribeUid(st->st_uid), st->st_mode & 07777)
+         : "owner unknown";
   if (st && st->st_uid != ::geteuid()) {
     return Status(StatusCode::kAlreadyExists,
                   fmt::format("segment '{}' already exists and belongs to another user ({}); shmkv never removes "

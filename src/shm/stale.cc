@@ -86,7 +86,8 @@ Result<std::vector<SegmentInfo>> Scan(ScanMode mode, std::vector<SegmentInfo>* f
     if (!probed->has_value()) continue;
     Probed& p = **probed;
     if (p.foreign) {
-      Log().debug("not removing segment '{}': owned by {}, not by this user", name, platform::DescribeUid(p.info.owner));
+      Log().debug("not removing segment '{}': owned by {}, not by this user", name,
+                  platform::DescribeUid(p.info.owner));
       if (foreign != nullptr) foreign->push_back(std::move(p.info));
       continue;
     }
