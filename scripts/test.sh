@@ -5,6 +5,9 @@
 #   3. builds (RelWithDebInfo, GCC, -Werror) and runs all tests: GoogleTest and pytest through
 #      CTest (the pytest suites include the chaos test, tests/python/test_chaos.py),
 #   4. builds everything once more with clang (-Werror, Release): a second compiler's warnings,
+#   4b. the portable platform (SHMKV_PORTABLE_PLATFORM=ON: the implementations macOS uses, on
+#      Linux; GCC Release -Werror, the build type users build) and the segment, stale-cleanup,
+#      server, client, gc and file-worker tests against it (docs/platform.md),
 #   5. builds again with AddressSanitizer + UndefinedBehaviorSanitizer (Debug, so the
 #      allocator's internal checks are on) and runs the C++ tests there,
 #   6. scripts/tsan.sh: clang ThreadSanitizer build, the multi-threaded C++ suites, and the
@@ -14,8 +17,8 @@
 #   9. the engine-adapter tests (tests/engines/) against the real vLLM and SGLang packages, in the
 #      virtual environments of scripts/engines-venv.sh: run when they exist, created first with
 #      --engines (about 8 min and 9.4 GiB for vLLM).
-# Exits non-zero on the first failure. Build trees: build/, build-clang/, build-asan/, build-tsan/,
-# build-fuzz/.
+# Exits non-zero on the first failure. Build trees: build/, build-clang/, build-portable/,
+# build-asan/, build-tsan/, build-fuzz/.
 # SHMKV_WERROR is OFF by default for users' builds; every configure here turns it on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,6 +83,20 @@ ctest --test-dir build --output-on-failure -j "$jobs" --timeout 600
 step "clang build (-Werror, Release: every C++ file of the project, a second compiler's warnings)"
 CC=clang CXX=clang++ cmake -S . -B build-clang -G Ninja -DCMAKE_BUILD_TYPE=Release -DSHMKV_WERROR=ON >/dev/null
 cmake --build build-clang -j "$jobs"
+
+step "portable platform build (SHMKV_PORTABLE_PLATFORM=ON, GCC Release) and its tests"
+# Only what the tests below need. The portable file worker has no io_uring: its uring cases are
+# left out (its --io-engine auto falls back to threads, which the threads cases cover).
+cmake -S . -B build-portable -G Ninja -DCMAKE_BUILD_TYPE=Release -DSHMKV_PORTABLE_PLATFORM=ON -DSHMKV_WERROR=ON \
+  -DSHMKV_BUILD_BENCH=OFF >/dev/null
+cmake --build build-portable -j "$jobs" --target segment_test stale_test client_server_test segment_holder \
+  shmkv-server shmkv shmkv-file-worker shmkv_python
+for t in segment_test stale_test client_server_test; do
+  echo "build-portable/tests/$t"
+  build-portable/tests/$t --gtest_brief=1
+done
+SHMKV_BUILD_DIR=build-portable /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/python/test_server.py \
+  tests/python/test_gc_cli.py tests/python/test_binaries.py tests/python/test_file_worker.py -k 'not uring'
 
 if ((run_asan)); then
   step "ASan+UBSan build and tests"

@@ -21,6 +21,9 @@
 #include "platform/platform.h"
 #if SHMKV_HAVE_IO_URING
 #include <liburing.h>
+#else
+// Stands in for liburing's ring in a build without io_uring: Ring::Create never initialises one.
+struct io_uring {};
 #endif
 
 #include <condition_variable>
@@ -46,22 +49,14 @@ class Ring {
   Ring& operator=(const Ring&) = delete;
   ~Ring();
 
-#if SHMKV_HAVE_IO_URING
-  io_uring* get() {
-    return &ring_;
-  }
-#endif
-  unsigned entries() const {
-    return entries_;
-  }
+  io_uring* get() { return &ring_; }
+  unsigned entries() const { return entries_; }
 
  private:
   Ring() = default;
   void Reset();
 
-#if SHMKV_HAVE_IO_URING
   io_uring ring_{};
-#endif
   bool live_ = false;
   unsigned entries_ = 0;
 };

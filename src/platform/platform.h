@@ -17,8 +17,6 @@
 // from any thread, unless a function says otherwise.
 #pragma once
 
-#include <string_view>
-
 #if defined(__linux__) && !defined(SHMKV_PORTABLE_PLATFORM)
 #define SHMKV_LINUX_PLATFORM 1
 #else
@@ -33,9 +31,6 @@ namespace shmkv::platform {
 
 // True when the Linux implementations are built; false for the portable ones.
 inline constexpr bool kLinux = SHMKV_LINUX_PLATFORM != 0;
-
-// "linux" or "portable": for logs, `--version` output and test names.
-inline constexpr std::string_view kName = kLinux ? "linux" : "portable";
 
 // True when the file worker can use io_uring (whether the kernel allows it is decided at run time).
 inline constexpr bool kHaveIoUring = SHMKV_HAVE_IO_URING != 0;

@@ -13,6 +13,7 @@
 #if defined(__APPLE__)
 #include <mach-o/dyld.h>
 #include <sys/event.h>
+#include <sys/param.h>
 #include <sys/ucred.h>
 #endif
 #if SHMKV_LINUX_PLATFORM

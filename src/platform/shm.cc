@@ -62,7 +62,13 @@ std::string LockFilePath(std::string_view name) {
 }  // namespace
 
 std::string ShmOpenName(std::string_view name) {
-  return "/" + std::string(name);
+  // Appended, not "/" + name: GCC 12 at -O3 reports a false -Wrestrict inside libstdc++ for
+  // inserting into or assigning a literal to a std::string (GCC bug 105329).
+  std::string path;
+  path.reserve(name.size() + 1);
+  path += '/';
+  path += name;
+  return path;
 }
 
 Result<sys::UniqueFd> CreateExclusive(std::string_view name, mode_t mode) {

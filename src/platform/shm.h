@@ -33,6 +33,15 @@
 
 namespace shmkv::platform {
 
+// macOS limits shared-memory names to 31 bytes with the leading '/' (PSHMNAMLEN); Linux only to
+// a file name in /dev/shm. A kernel limit: selected by the operating system, so a portable build
+// on Linux keeps Linux's (SegmentNameRules::ForThisPlatform).
+#if defined(__APPLE__)
+inline constexpr bool kShortShmNames = true;
+#else
+inline constexpr bool kShortShmNames = false;
+#endif
+
 // shm_open wants one leading '/'.
 std::string ShmOpenName(std::string_view name);
 

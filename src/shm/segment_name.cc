@@ -1,15 +1,12 @@
 #include <fmt/format.h>
 
+#include "platform/shm.h"
 #include "shmkv/segment.h"
 
 namespace shmkv {
 
 SegmentNameRules SegmentNameRules::ForThisPlatform() {
-#if defined(__APPLE__)
-  return MacOS();
-#else
-  return Linux();
-#endif
+  return platform::kShortShmNames ? MacOS() : Linux();
 }
 
 Result<std::string> NormalizeSegmentName(std::optional<std::string_view> requested, int pid,
