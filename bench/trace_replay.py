@@ -31,7 +31,7 @@ changes four times).
 
 Examples (binaries from SHMKV_BUILD_DIR, else ./build; --server overrides):
 
-  /usr/bin/python3 bench/trace_replay.py --trace ../shared/data/mooncake_conversation_trace.jsonl \\
+  /usr/bin/python3 bench/trace_replay.py --trace PATH/TO/mooncake_conversation_trace.jsonl \\
       --capacity-tokens 1M,3M,10M
   /usr/bin/python3 bench/trace_replay.py --workload hot-prompt --capacity-blocks 500,2000,8000 --json
 """
