@@ -837,7 +837,10 @@ TEST(MalformedRequest, AnIdMissingOrNotAUintIsAProtocolErrorAnsweredWithIdZero) 
          pk.pack_uint64(7);
        }},
   };
-  for (const auto& [what, id] : ids) {
+  for (const auto& entry : ids) {
+    // Plain references, not a structured binding: clang 14 cannot capture bindings in a lambda.
+    const std::string& what = entry.first;
+    const std::function<void(wire::Packer&)>& id = entry.second;
     const std::string body = Msgpack([&](wire::Packer& pk) {
       pk.pack_map(id ? 2 : 1);
       wire::PackStr(pk, "op");
