@@ -3,6 +3,8 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
 
 #include <fmt/format.h>
 
@@ -12,6 +14,21 @@
 #include "shmkv/version.h"
 
 namespace shmkv {
+
+namespace {
+
+// The first line of `path`, without its line end.
+Result<std::string> ReadPasswordFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return Status::NotFound(fmt::format("cannot read '{}'", path));
+  std::string line;
+  std::getline(in, line);
+  while (!line.empty() && (line.back() == '\r' || line.back() == '\n')) line.pop_back();
+  if (line.empty()) return Status::InvalidArgument(fmt::format("'{}' holds no password on its first line", path));
+  return line;
+}
+
+}  // namespace
 
 std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* const* argv, int* exit_code) {
   CLI::App app{"shmkv-server: owns the L1 shared-memory pool and serves KV-cache workers"};
@@ -39,6 +56,11 @@ std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* co
   bool disk_write_through = false;
   double disk_io_timeout_s = seconds(disk_defaults.io_timeout);
   std::string eviction_text(EvictionModeName(o.eviction.mode));
+  const RedisTierOptions redis_defaults;
+  std::string redis_url, redis_password_file, redis_inflight_text = size_text(redis_defaults.max_inflight_bytes);
+  std::string redis_write_text(RedisWriteModeName(redis_defaults.write));
+  int64_t redis_ttl_s = redis_defaults.ttl.count();
+  int64_t redis_timeout_ms = redis_defaults.cluster.timeout.count();
   app.add_option("--pool-size", pool_size_text, "Pool size: 512MiB, 4GiB or a byte count")->required();
   app.add_option("--shm-name", shm_name, "Segment name (prefixed with lmcache_l1_pool_; default: the pid)");
   app.add_option("--socket", o.socket_path, "Control socket path")->capture_default_str();
@@ -63,6 +85,24 @@ std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* co
       ->capture_default_str();
   app.add_option("--eviction-policy", eviction_text,
                  "L1 eviction: adaptive (window TinyLFU tuned online) or lru (docs/eviction.md)")
+      ->capture_default_str();
+  app.add_option("--redis", redis_url,
+                 "Enable the L3 Redis tier: redis://[user[:password]@]host:port[,host:port...] (seed nodes of a "
+                 "Redis Cluster, or one non-cluster Redis; docs/l3-redis.md)");
+  app.add_option("--redis-password-file", redis_password_file,
+                 "File holding the Redis password (first line), instead of the URL where ps shows it; the "
+                 "environment variable SHMKV_REDIS_PASSWORD also works");
+  app.add_option("--redis-write", redis_write_text,
+                 "When committed chunks go to Redis: behind (batched in the background), through (at every "
+                 "commit; shutdown waits for them) or off (read only)")
+      ->capture_default_str();
+  app.add_option("--redis-ttl", redis_ttl_s, "Seconds before a chunk stored in Redis expires; 0: never")
+      ->capture_default_str();
+  app.add_option("--redis-timeout", redis_timeout_ms, "Milliseconds bounding every Redis connect, read and write")
+      ->capture_default_str();
+  app.add_option("--redis-max-inflight-bytes", redis_inflight_text,
+                 "Bytes of chunks queued for Redis at once (at most a quarter of the pool); commits past it are "
+                 "not written to Redis (l3_write_dropped)")
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
   try {
@@ -119,6 +159,42 @@ std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* co
       d.capacity = *ds;
     }
     o.disk = d;
+  }
+  const bool redis_tuned =
+      !redis_password_file.empty() || redis_write_text != RedisWriteModeName(redis_defaults.write) ||
+      redis_ttl_s != redis_defaults.ttl.count() || redis_timeout_ms != redis_defaults.cluster.timeout.count() ||
+      redis_inflight_text != size_text(redis_defaults.max_inflight_bytes);
+  if (redis_url.empty() && redis_tuned) return fail("the --redis-* options need --redis");
+  if (!redis_url.empty()) {
+    RedisTierOptions r;
+    auto cluster = redis::ParseUrl(redis_url);
+    if (!cluster.ok()) return fail("--redis: " + cluster.status().message());
+    r.cluster = *std::move(cluster);
+    if (!redis_password_file.empty()) {
+      auto password = ReadPasswordFile(redis_password_file);
+      if (!password.ok()) return fail("--redis-password-file: " + password.status().message());
+      r.cluster.password = *std::move(password);
+    } else if (const char* env = std::getenv("SHMKV_REDIS_PASSWORD"); env != nullptr && *env != '\0') {
+      r.cluster.password = env;
+    }
+    if (redis_write_text == "behind") {
+      r.write = RedisWriteMode::kBehind;
+    } else if (redis_write_text == "through") {
+      r.write = RedisWriteMode::kThrough;
+    } else if (redis_write_text == "off") {
+      r.write = RedisWriteMode::kOff;
+    } else {
+      return fail("--redis-write must be behind, through or off, not '" + redis_write_text + "'");
+    }
+    if (redis_ttl_s < 0) return fail("--redis-ttl must be 0 (never) or a positive number of seconds");
+    r.ttl = std::chrono::seconds(redis_ttl_s);
+    if (redis_timeout_ms <= 0) return fail("--redis-timeout must be a positive number of milliseconds");
+    r.cluster.timeout = std::chrono::milliseconds(redis_timeout_ms);
+    auto inflight = ParseSize(redis_inflight_text);
+    if (!inflight.ok()) return fail("--redis-max-inflight-bytes: " + inflight.status().message());
+    if (*inflight == 0) return fail("--redis-max-inflight-bytes must be positive");
+    r.max_inflight_bytes = *inflight;
+    o.redis = std::move(r);
   }
 
   return result;

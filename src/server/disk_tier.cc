@@ -147,12 +147,11 @@ std::string DiskTier::DiskKey(std::string_view store_key) const {
   return std::string(store_key);
 }
 
-void DiskTier::LookupLeading(std::span<const std::string_view> keys, CountDone done) {
-  if (!available()) return done(0);
+void DiskTier::LookupLeading(std::span<const std::string_view> keys, const Covered& covered, CountDone done) {
   size_t n = 0;
   for (std::string_view k : keys) {
-    if (!store_.IsCommitted(k)) {  // an L1 hit is not an L2 hit
-      const std::string dk = DiskKey(k);
+    if (!covered(k)) {  // a hit of L1 or another tier is not an L2 hit
+      const std::string dk = available() ? DiskKey(k) : std::string();
       if (dk.empty() || !index_.Contains(dk)) break;
       index_.Touch(dk);
       c_.hits++;
@@ -162,13 +161,20 @@ void DiskTier::LookupLeading(std::span<const std::string_view> keys, CountDone d
   done(n);
 }
 
+void DiskTier::CountedHit(std::string_view key) {
+  const std::string dk = DiskKey(key);
+  if (dk.empty() || !index_.Contains(dk)) return;
+  index_.Touch(dk);
+  c_.hits++;
+}
+
 bool DiskTier::Holds(std::string_view key) const {
   if (!available()) return false;
   const std::string dk = DiskKey(key);
   return !dk.empty() && index_.Contains(dk);
 }
 
-void DiskTier::Load(std::vector<std::string> keys, LoadDone done) {
+void DiskTier::Load(std::vector<std::string> keys, const Covered& covered, LoadDone done) {
   struct Batch {
     size_t outstanding = 1;  // the loop below holds one until it has started every load
     std::vector<std::string> pinned;
@@ -192,8 +198,11 @@ void DiskTier::Load(std::vector<std::string> keys, LoadDone done) {
       continue;
     }
     const std::string dk = available() ? DiskKey(key) : std::string();
-    // Reserved in L1 by a client's prepare_store, or in neither tier: the prefix ends here.
-    if (dk.empty() || !index_.Contains(dk) || store_.Contains(key)) break;
+    if (dk.empty() || !index_.Contains(dk)) {
+      if (covered(key)) continue;  // another tier's: it loads it
+      break;                       // in no tier: the prefix ends here
+    }
+    if (store_.Contains(key)) break;  // reserved in L1 by a client's prepare_store
     to_load.push_back(&key);
   }
   for (const std::string* key_ptr : to_load) {

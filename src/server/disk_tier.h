@@ -63,11 +63,12 @@ class DiskTier final : public Tier {
   // Tier. Unavailable (no worker), the tier holds nothing and loads nothing.
   std::string_view name() const override { return "l2"; }
   // Touches the disk keys it counts (the disk LRU) and counts them as hits.
-  void LookupLeading(std::span<const std::string_view> keys, CountDone done) override;
+  void LookupLeading(std::span<const std::string_view> keys, const Covered& covered, CountDone done) override;
   bool Holds(std::string_view key) const override;
+  void CountedHit(std::string_view key) override;
   // Every committed L1 key of the batch is io-pinned first, then room is reserved for the loads:
   // making room must not evict a later key of this very batch.
-  void Load(std::vector<std::string> keys, LoadDone done) override;
+  void Load(std::vector<std::string> keys, const Covered& covered, LoadDone done) override;
   // Starts write-behind when the policy says so (write-through: every commit; demote: L1 past
   // its watermark).
   void AfterL1Change() override;

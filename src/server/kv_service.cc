@@ -134,8 +134,33 @@ Status KvService::PrepareStore(SessionId session, std::span<const std::string_vi
 Status KvService::CommitStore(SessionId session, std::span<const std::string_view> keys, Clock::time_point now,
                               std::vector<uint32_t>* expired) {
   Status s = store_.CommitStore(session, keys, now, expired);
+  if (s.ok()) {  // all or nothing
+    for (const auto& tier : tiers_) tier->Committed(keys);
+  }
   AfterL1Change();
   return s;
+}
+
+void KvService::AttributeHits(size_t counted_by, std::span<const std::string_view> run) {
+  for (std::string_view key : run) {
+    if (store_.IsCommitted(key) || tiers_[counted_by]->Holds(key)) continue;  // L1's, or the tier's own
+    for (size_t t = 0; t < tiers_.size(); ++t) {
+      if (t != counted_by && tiers_[t]->Holds(key)) {
+        tiers_[t]->CountedHit(key);
+        break;
+      }
+    }
+  }
+}
+
+Tier::Covered KvService::CoveredFor(size_t self) const {
+  return [this, self](std::string_view key) {
+    if (store_.IsCommitted(key)) return true;
+    for (size_t t = 0; t < tiers_.size(); ++t) {
+      if (t != self && tiers_[t]->Holds(key)) return true;
+    }
+    return false;
+  };
 }
 
 uint64_t KvService::AbortStore(SessionId session, std::span<const std::string_view> keys) {
@@ -163,7 +188,9 @@ bool KvService::StepLookup(const std::shared_ptr<PendingLookup>& p) {
     Tier& tier = *tiers_[p->tier++];
     p->answered = false;
     p->in_call = true;
-    tier.LookupLeading(p->keys.subspan(p->count), [this, p](size_t n) {
+    const size_t self = p->tier - 1;
+    tier.LookupLeading(p->keys.subspan(p->count), CoveredFor(self), [this, p, self](size_t n) {
+      AttributeHits(self, p->keys.subspan(p->count, n));
       p->count += n;
       p->answered = true;
       if (p->in_call) return;  // answered at once: the loop goes on
@@ -200,7 +227,7 @@ void KvService::StepRetrieve(const std::shared_ptr<PendingRetrieve>& p) {
     const bool holds_some = std::any_of(p->keys.begin(), p->keys.end(),
                                         [&](const std::string& k) { return !store_.IsCommitted(k) && tier.Holds(k); });
     if (!holds_some) continue;
-    tier.Load(p->keys, [this, p](std::vector<std::string> pinned) {
+    tier.Load(p->keys, CoveredFor(p->tier - 1), [this, p](std::vector<std::string> pinned) {
       std::move(pinned.begin(), pinned.end(), std::back_inserter(p->io_pinned));
       StepRetrieve(p);
     });

@@ -3,13 +3,14 @@
 // RequestHandlers decode requests and call it, and nothing else reaches a tier.
 //
 // Policy, in one place:
-//  - lookup: L1's leading run, continued by each tier in order (a tier counts keys it holds or L1
-//    holds, since a prefix may alternate between them);
+//  - lookup: L1's leading run, continued by each tier in order (a tier counts keys it holds, L1
+//    holds or another tier holds, since a prefix may alternate between them);
 //  - prepare_store: a key that L1 lacks and a tier holds is `exists` (chunks are content-addressed,
 //    so it is never written twice); the rest is reserved in L1;
 //  - prepare_retrieve: when a tier holds keys L1 lacks, the tiers load them into L1 first (the
 //    reply waits; other sessions are served meanwhile), then L1 pins the leading run;
-//  - commit/abort/commit_retrieve: L1, then each tier is told L1 changed (write-behind);
+//  - commit/abort/commit_retrieve: L1, then each tier is told what was committed and that L1
+//    changed (write-behind);
 //  - remove and clear: L1 and every tier.
 //
 // Keys are namespaced (the session's 16-byte namespace digest + the client's key).
@@ -112,6 +113,11 @@ class KvService {
   bool StepLookup(const std::shared_ptr<PendingLookup>& p);
   void StepRetrieve(const std::shared_ptr<PendingRetrieve>& p);
   void AfterL1Change();
+  // For tier `self`: committed in L1, or held by another tier.
+  Tier::Covered CoveredFor(size_t self) const;
+  // Keys of `run` (counted by tier `counted_by` as covered) that another tier holds are that
+  // tier's hits: per-tier hit counters add up to the lookups' tier hits without double counting.
+  void AttributeHits(size_t counted_by, std::span<const std::string_view> run);
   void DrainFrom(size_t tier, std::chrono::milliseconds limit, std::function<void()> done);
 
   // Declared before the tiers, which hold a reference to it: destroyed after them.

@@ -21,6 +21,7 @@
 #include "protocol/wire.h"
 #include "server/disk_tier.h"
 #include "server/kv_service.h"
+#include "server/redis_tier.h"
 #include "server/request_handler.h"
 #include "server/store.h"
 #include "shmkv/segment.h"
@@ -422,6 +423,12 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
         DiskTier::Start(impl->io, impl->service.l1(), impl->segment.name(), impl->segment.size(), *options.disk);
     if (!disk.ok()) return disk.status().WithContext("L2 disk tier");
     impl->service.AddTier(std::move(disk).value());
+  }
+  if (options.redis) {
+    auto redis =
+        RedisTier::Start(impl->io, impl->service.l1(), impl->segment.data(), impl->segment.size(), *options.redis);
+    if (!redis.ok()) return redis.status().WithContext("L3 Redis tier");
+    impl->service.AddTier(std::move(redis).value());
   }
   SHMKV_RETURN_IF_ERROR(PrepareSocketDirectory(options.socket_path, options.socket_mode));
   SHMKV_RETURN_IF_ERROR(BindSocket(impl->acceptor, options.socket_path, options.socket_mode));

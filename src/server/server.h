@@ -14,6 +14,7 @@
 #include "protocol/wire.h"
 #include "server/disk_tier_options.h"
 #include "server/eviction_policy.h"
+#include "server/redis_tier_options.h"
 #include "server/store.h"
 #include "shmkv/status.h"
 
@@ -46,6 +47,8 @@ struct ServerOptions {
   std::optional<DiskTierOptions> disk;
   // L1 eviction and admission (docs/eviction.md).
   EvictionOptions eviction;
+  // The L3 Redis tier (docs/l3-redis.md), below L2; unset: no L3.
+  std::optional<RedisTierOptions> redis;
 };
 
 class Server {

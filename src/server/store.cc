@@ -532,6 +532,12 @@ bool Store::IoPin(std::string_view key) {
   return true;
 }
 
+std::optional<IoSlot> Store::IoPinSlot(std::string_view key) {
+  if (!IoPin(key)) return std::nullopt;
+  const Object& o = index_.find(key)->second;
+  return IoSlot{std::string(key), o.offset, o.length};
+}
+
 void Store::IoUnpin(std::string_view key) {
   auto it = index_.find(key);
   if (it == index_.end() || it->second.io_pins == 0) return;

@@ -35,6 +35,7 @@
 #include <chrono>
 #include <cstdint>
 #include <list>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -178,6 +179,9 @@ class Store {
   void FinishLoad(std::string_view key, bool ok);
   // An extra pin owned by no session (keeps a loaded object until its retrieve has pinned it).
   bool IoPin(std::string_view key);
+  // IoPin that also says where the object lies (for a tier that reads the pool itself); nullopt
+  // when `key` is not committed.
+  std::optional<IoSlot> IoPinSlot(std::string_view key);
   void IoUnpin(std::string_view key);
 
   StoreStats stats() const;

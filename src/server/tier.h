@@ -46,19 +46,31 @@ class Tier {
   // Short name, e.g. "l2"; used in logs and health reasons.
   virtual std::string_view name() const = 0;
 
-  // lookup, after L1's run of hits: how many leading keys of `keys` are held by this tier or
-  // committed in L1 (a prefix may alternate between them). Counts them as this tier's hits.
-  virtual void LookupLeading(std::span<const std::string_view> keys, CountDone done) = 0;
+  // Whether a key is committed in L1 or held by another tier (as Holds says, without I/O): a
+  // prefix may alternate between the tiers. Valid only during the call it is passed to.
+  using Covered = std::function<bool(std::string_view key)>;
+
+  // lookup, after the runs of L1 and the tiers above: how many leading keys of `keys` are held
+  // by this tier or `covered`. Counts the keys it holds (and nobody covers) as its hits.
+  virtual void LookupLeading(std::span<const std::string_view> keys, const Covered& covered, CountDone done) = 0;
+
+  // A key this tier holds was counted in a run that another tier's LookupLeading extended (it
+  // was `covered` there): the tier counts it as its own hit, once.
+  virtual void CountedHit(std::string_view key) = 0;
 
   // Whether a Load of `key` may succeed, known without I/O. prepare_store answers `exists` for a
   // key that L1 lacks and a tier holds; prepare_retrieve waits for loads only when some key is
   // held by a tier.
   virtual bool Holds(std::string_view key) const = 0;
 
-  // Loads into L1 the keys of `keys` that L1 lacks and this tier holds; stops at the first key
-  // it cannot load (later keys would not extend the prefix). A failed load frees its slot, so a
-  // reader never sees a partial object.
-  virtual void Load(std::vector<std::string> keys, LoadDone done) = 0;
+  // Loads into L1 the keys of `keys` that L1 lacks and this tier holds, io-pinning those L1
+  // holds; skips keys another tier holds (`covered`; that tier loads them) and stops at the first
+  // key nobody holds (later keys would not extend the prefix). A failed load frees its slot, so
+  // a reader never sees a partial object.
+  virtual void Load(std::vector<std::string> keys, const Covered& covered, LoadDone done) = 0;
+
+  // After a commit: the keys that became committed in L1 (for a tier that copies every commit).
+  virtual void Committed(std::span<const std::string_view> keys) { (void)keys; }
 
   // After L1 changed (a commit, or a reservation that may have evicted): starts the background
   // writes the tier's policy asks for (write-behind, write-through). Cheap when there is nothing

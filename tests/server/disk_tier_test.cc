@@ -164,10 +164,15 @@ class DiskTierTest : public ::testing::Test {
 
   std::string FileOf(const std::string& key) const { return options_.dir + "/" + DiskPath(key); }
 
+  Tier::Covered CoveredByL1() {
+    return [this](std::string_view k) { return store_->IsCommitted(k); };
+  }
+
   std::optional<size_t> LookupLeading(const std::vector<std::string>& keys) {
     const std::vector<std::string_view> views(keys.begin(), keys.end());
     auto count = std::make_shared<std::optional<size_t>>();
-    tier().LookupLeading(views, [count](size_t n) {
+    // Alone below L1: covered means committed in L1, as the service passes it.
+    tier().LookupLeading(views, CoveredByL1(), [count](size_t n) {
       EXPECT_FALSE(count->has_value()) << "completed twice";
       *count = n;
     });
@@ -177,7 +182,7 @@ class DiskTierTest : public ::testing::Test {
 
   std::optional<std::vector<std::string>> Load(std::vector<std::string> keys) {
     auto pinned = std::make_shared<std::optional<std::vector<std::string>>>();
-    tier().Load(std::move(keys), [pinned](std::vector<std::string> io_pinned) {
+    tier().Load(std::move(keys), CoveredByL1(), [pinned](std::vector<std::string> io_pinned) {
       EXPECT_FALSE(pinned->has_value()) << "completed twice";
       *pinned = std::move(io_pinned);
     });

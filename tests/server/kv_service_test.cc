@@ -28,6 +28,7 @@ class FakeTier final : public Tier {
   bool fail_loads = false;
   bool up = true;
   int after_l1_changes = 0;
+  int counted_hits = 0;
   std::vector<std::string>* drained_log = nullptr;
 
   void RunPending() {
@@ -41,20 +42,23 @@ class FakeTier final : public Tier {
 
   std::string_view name() const override { return name_; }
 
-  void LookupLeading(std::span<const std::string_view> keys, CountDone done) override {
-    // Per the contract the views die with the call: keep copies for the later answer.
+  void LookupLeading(std::span<const std::string_view> keys, const Covered& covered, CountDone done) override {
+    // Per the contract the views and `covered` die with the call: keep what the answer needs.
     std::vector<std::string> copy(keys.begin(), keys.end());
-    auto answer = [this, copy = std::move(copy), done = std::move(done)] {
+    std::vector<bool> by_others;
+    for (std::string_view k : keys) by_others.push_back(covered(k));
+    auto answer = [this, copy = std::move(copy), by_others = std::move(by_others), done = std::move(done)] {
       size_t n = 0;
-      while (n < copy.size() && (held.contains(copy[n]) || l1_.IsCommitted(copy[n]))) ++n;
+      while (n < copy.size() && (held.contains(copy[n]) || by_others[n])) ++n;
       done(n);
     };
     Later(std::move(answer));
   }
 
   bool Holds(std::string_view key) const override { return up && held.contains(key); }
+  void CountedHit(std::string_view) override { ++counted_hits; }
 
-  void Load(std::vector<std::string> keys, LoadDone done) override {
+  void Load(std::vector<std::string> keys, const Covered& covered, LoadDone done) override {
     auto pinned = std::make_shared<std::vector<std::string>>();
     std::vector<std::string> loading;
     for (const std::string& key : keys) {
@@ -63,6 +67,7 @@ class FakeTier final : public Tier {
         continue;
       }
       auto it = held.find(key);
+      if (it == held.end() && covered(key)) continue;  // another tier's
       if (it == held.end() || l1_.Contains(key)) break;
       if (!l1_.ReserveForLoad(key, it->second).ok()) break;
       loading.push_back(key);
@@ -223,6 +228,40 @@ TEST_F(KvServiceTest, ALookupThatATierAnswersLaterKeepsItsKeysAndGoesOnToTheNext
   EXPECT_FALSE(d.count.has_value());
   slow.RunPending();
   EXPECT_EQ(d.count, 3u);
+}
+
+TEST_F(KvServiceTest, ARunAlternatingBetweenL1AndTwoTiersIsCountedWholeAndLoadedFromEachTier) {
+  FakeTier& upper = AddFake("upper");
+  FakeTier& lower = AddFake("lower");
+  Put({"l1-a", "l1-b"});
+  upper.held = {{"up-a", kObject}, {"up-b", kObject}};
+  lower.held = {{"low-a", kObject}, {"low-b", kObject}, {"low-c", kObject}};
+  // L1, upper, lower, L1, upper, lower, nowhere, lower: the run is the first six.
+  const std::string_view keys[] = {"l1-a", "up-a", "low-a", "l1-b", "up-b", "low-b", "none", "low-c"};
+  RecordingDeferral d;
+  EXPECT_EQ(service_.Lookup(kReader, keys, false, kT0, d), std::nullopt);
+  upper.RunPending();
+  lower.RunPending();
+  EXPECT_EQ(d.count, 6u);
+  // The upper tier's pass went through the lower tier's keys (covered): they are the lower's hits.
+  EXPECT_EQ(lower.counted_hits, 2);
+  EXPECT_EQ(upper.counted_hits, 0);
+
+  std::vector<SlotResult> slots;
+  EXPECT_FALSE(service_.PrepareRetrieve(kReader, keys, kT0, slots, d));
+  for (int round = 0; round < 3 && !d.slots; ++round) {
+    upper.RunPending();
+    lower.RunPending();
+  }
+  ASSERT_TRUE(d.slots.has_value());
+  EXPECT_EQ(Statuses(*d.slots),
+            (std::vector{SlotStatus::kOk, SlotStatus::kOk, SlotStatus::kOk, SlotStatus::kOk, SlotStatus::kOk,
+                         SlotStatus::kOk, SlotStatus::kMissing, SlotStatus::kMissing}));
+  // "low-c" comes after the gap: not loaded.
+  EXPECT_FALSE(service_.l1().Contains("low-c"));
+  ASSERT_TRUE(service_.CommitRetrieve(kReader, std::span(keys).first(6), nullptr).ok());
+  EXPECT_EQ(service_.l1().stats().pinned_objects, 0u);
+  ExpectClean();
 }
 
 TEST_F(KvServiceTest, PrepareStoreOfAKeyATierHoldsIsExistsAndReservesTheRest) {
