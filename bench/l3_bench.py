@@ -63,7 +63,7 @@ from redis_cluster import RedisCluster  # noqa: E402 - the tests' harness, on th
 
 MODEL = "l3bench"
 GOAL = 0.8
-PREFIX = 16  # bytes at the start of each chunk that make it distinct: b"l3b", size tag, index
+PREFIX = 16  # bytes at the start of each chunk that make it distinct: CRC of run and size, b"l3b", index
 
 
 class BenchError(Exception):
@@ -95,7 +95,8 @@ def pct(xs, q):
 
 # ---------------------------------------------------------------------------------------------
 # Chunks: a random base per size, the first PREFIX bytes replaced by the chunk's tag and index, so
-# that every chunk differs and its CRC-32 is cheap to know (the CRC of the tail is computed once).
+# that every chunk differs while the clients only copy a shared buffer (no per-chunk generation in
+# the timed region); the expected CRC-32s are computed before the clock starts.
 
 _BASE: dict[int, bytes] = {}  # size -> base bytes; made before the clients fork, shared with them
 
