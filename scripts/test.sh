@@ -111,7 +111,7 @@ if ((run_asan)); then
   # release one; the server is the process under test).
   SHMKV_BUILD_DIR=build SHMKV_SERVER_BIN=build-asan/src/shmkv-server \
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/python/test_server.py
+    /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/python/test_server.py tests/python/test_l3_redis.py
 else
   step "ASan+UBSan build and tests: skipped (--skip-asan)"
 fi

@@ -38,9 +38,10 @@ if [[ ! -e "$release_dir/src/shmkv" ]] || ! compgen -G "$release_dir/python/shmk
   cmake -S . -B "$release_dir" -G Ninja -DSHMKV_WERROR=ON >/dev/null
   cmake --build "$release_dir" -j "$jobs" --target shmkv shmkv_python
 fi
-echo "tsan: tests/python/test_server.py and test_chaos.py against $tsan_dir/src/shmkv-server"
+echo "tsan: tests/python/test_server.py, test_chaos.py and test_l3_redis.py against $tsan_dir/src/shmkv-server"
 SHMKV_BUILD_DIR="$release_dir" SHMKV_SERVER_BIN="$tsan_dir/src/shmkv-server" \
   SHMKV_CHAOS_CYCLES="${SHMKV_CHAOS_CYCLES:-200}" \
-  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/python/test_server.py tests/python/test_chaos.py
+  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/python/test_server.py tests/python/test_chaos.py \
+  tests/python/test_l3_redis.py
 
 echo "tsan: no race reported ($((SECONDS - start)) s)"
