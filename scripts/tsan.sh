@@ -25,7 +25,7 @@ start=$SECONDS
 CC=clang CXX=clang++ cmake -S . -B "$tsan_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHMKV_TSAN=ON \
   -DSHMKV_WERROR=ON -DSHMKV_BUILD_BENCH=OFF -DSHMKV_BUILD_PYTHON=OFF >/dev/null
 suites=(client_server_test paged_kv_test chunk_hash_test file_worker/file_worker_test store_test disk_tier_test)
-cmake --build "$tsan_dir" -j "$jobs" --target shmkv-server "${suites[@]##*/}"
+cmake --build "$tsan_dir" -j "$jobs" --target shmkv-server shmkv-file-worker "${suites[@]##*/}"
 echo "tsan: built in $((SECONDS - start)) s"
 
 export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 ${TSAN_OPTIONS:-}"

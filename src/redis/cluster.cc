@@ -310,6 +310,10 @@ void Cluster::RefreshMap() {
         map[static_cast<size_t>(s)] = static_cast<int16_t>(idx);
       }
     }
+    if (found.empty()) {  // cluster mode, but no slot assigned yet (a cluster being created)
+      last_error_ = fmt::format("{}: the cluster serves no slot yet", e.ToString());
+      continue;
+    }
     cluster_map = std::move(map);
     owners = std::move(found);
   }
@@ -400,6 +404,7 @@ void Cluster::Execute(std::span<Command> commands, std::vector<Outcome>& out) {
         if (owner >= 0) target = nodes_[static_cast<size_t>(owner)]->endpoint;
       }
       if (!target) {
+        map_stale_ = true;  // a slot nobody serves: ask again (rate-limited) next time
         out[i].status =
             Status::Unavailable(last_error_.empty() ? std::string("no Redis node serves the key's slot") : last_error_);
         continue;
