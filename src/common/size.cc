@@ -51,14 +51,19 @@ Result<uint64_t> ParseSize(std::string_view text) {
       {{"K", 10}, {"M", 20}, {"G", 30}, {"T", 40}}};
   if (suffix.empty() || IEquals(suffix, "B")) unit = 1;
   for (auto [letter, shift] : kUnits) {
-    for (std::string_view tail : {"", "B", "iB"}) {
+    // "1GB" means 10^9 bytes to some readers and 2^30 to others: refused, not guessed.
+    if (suffix.size() == 2 && IEquals(suffix.substr(0, 1), letter) && IEquals(suffix.substr(1), "B")) {
+      return bad(fmt::format("'{}' is ambiguous (decimal or binary?): write {}{}iB for binary units or the byte count",
+                             suffix, text.substr(0, pos), letter));
+    }
+    for (std::string_view tail : {"", "i", "iB"}) {
       if (suffix.size() == letter.size() + tail.size() && IEquals(suffix.substr(0, 1), letter) &&
           IEquals(suffix.substr(1), tail)) {
         unit = uint64_t{1} << shift;
       }
     }
   }
-  if (unit == 0) return bad("unknown unit (use B, KiB, MiB, GiB or TiB)");
+  if (unit == 0) return bad("unknown unit (use B, KiB, MiB, GiB or TiB; K, M, G, T are binary too)");
   constexpr uint64_t kMax = std::numeric_limits<uint64_t>::max();
   if (whole > kMax / unit) return bad("too large");
   uint64_t bytes = whole * unit;

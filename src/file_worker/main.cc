@@ -128,7 +128,9 @@ int main(int argc, char** argv) {
   pid_t parent_pid = 0;
   int lock_fd = -1;
   std::string io_engine = "auto";
-  app.add_option("--root", root, "directory every path is confined to (created when missing)")->required();
+  // Checked after parsing, not with ->required(): CLI11 checks required options before unknown
+  // ones, and a misspelt --root-dir must be named as such.
+  app.add_option("--root", root, "directory every path is confined to (created when missing; required)");
   app.add_option("--listen", listen,
                  "TCP mode on HOST:PORT (HOST an IP literal or localhost; default 127.0.0.1; port 0 = any free "
                  "port, printed as 'LISTENING host:port'). Needs a token (--token-file or $SHMKV_FILE_WORKER_TOKEN)");
@@ -177,6 +179,10 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     // --help and --version exit 0; every usage error exits 2, as the documentation says.
     return app.exit(e) == 0 ? 0 : 2;
+  }
+  if (root.empty()) {
+    fmt::print(stderr, "--root is required\nRun with --help for more information.\n");
+    return 2;
   }
 
   // First: a parent that dies from here on takes the worker along (SIGKILL, so nothing queued in

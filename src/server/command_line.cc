@@ -35,6 +35,7 @@ std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* co
   app.set_version_flag("--version", fmt::format("shmkv-server {} (protocol {}..{})", kVersionString,
                                                 wire::kMinProtocolVersion, wire::kProtocolVersion));
   app.set_config("--config", "", "Read options from a TOML/INI file (keys are the long option names)");
+  app.allow_config_extras(CLI::config_extras_mode::error);  // a misspelt key is an error, not ignored
   ServerCommandLine result;
   ServerOptions& o = result.options;  // holds every default (server.h, disk_tier_options.h)
   const DiskTierOptions disk_defaults;
@@ -61,7 +62,9 @@ std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* co
   std::string redis_write_text(RedisWriteModeName(redis_defaults.write));
   int64_t redis_ttl_s = redis_defaults.ttl.count();
   int64_t redis_timeout_ms = redis_defaults.cluster.timeout.count();
-  app.add_option("--pool-size", pool_size_text, "Pool size: 512MiB, 4GiB or a byte count")->required();
+  // Checked after parsing, not with ->required(): CLI11 checks required options before unknown
+  // ones, so a misspelt --pool-sise would be reported as "--pool-size is required".
+  app.add_option("--pool-size", pool_size_text, "Pool size: 512MiB, 4GiB or a byte count (required)");
   app.add_option("--shm-name", shm_name, "Segment name (prefixed with lmcache_l1_pool_; default: the pid)");
   app.add_option("--socket", o.socket_path, "Control socket path")->capture_default_str();
   app.add_option("--socket-mode", mode_text, "Socket and segment permissions: 600 or 660")->capture_default_str();
@@ -113,11 +116,14 @@ std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* co
     return std::nullopt;
   }
 
+  // A wrong value is a usage error too: exit 2, as for an unknown option (1 is for a server that
+  // started and failed).
   auto fail = [exit_code](const std::string& what) -> std::optional<ServerCommandLine> {
-    fmt::print(stderr, "shmkv-server: {}\n", what);
-    *exit_code = 1;
+    fmt::print(stderr, "shmkv-server: {}\nRun with --help for more information.\n", what);
+    *exit_code = 2;
     return std::nullopt;
   };
+  if (pool_size_text.empty()) return fail("--pool-size is required (e.g. --pool-size 4GiB)");
   if (auto s = SetLogLevel(log_level); !s.ok()) return fail(s.message());
   auto size = ParseSize(pool_size_text);
   if (!size.ok()) return fail("--pool-size: " + size.status().message());

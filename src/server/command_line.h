@@ -18,8 +18,8 @@ struct ServerCommandLine {
 
 // Parses argv (argv[0] is the program). On success returns the options. Otherwise prints what
 // a user needs (the help text, the version, or the error naming the option) to stdout/stderr
-// and sets *exit_code: 0 for --help/--version, 2 for a usage error (unknown option, missing
-// value, unreadable config file), 1 for a value that is present but wrong.
+// and sets *exit_code: 0 for --help/--version, 2 for every usage error (unknown option or config
+// key, missing option or value, unreadable config file, a value that is present but wrong).
 std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* const* argv, int* exit_code);
 
 }  // namespace shmkv

@@ -25,6 +25,7 @@
 #include "server/request_handler.h"
 #include "server/store.h"
 #include "shmkv/segment.h"
+#include "shmkv/size.h"
 
 namespace shmkv {
 
@@ -39,7 +40,19 @@ std::string DefaultSocketPath() {
 
 Status PrepareSocketDirectory(const std::string& socket_path, uint32_t socket_mode) {
   // An explicit --socket is the operator's choice; the default must not be squattable.
-  if (socket_path != DefaultSocketPath()) return Status::Ok();
+  if (socket_path != DefaultSocketPath()) {
+    // Said before the pool is created and prefaulted (seconds for gigabytes), not after.
+    const size_t slash = socket_path.rfind('/');
+    const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : socket_path.substr(0, slash);
+    struct stat st {};
+    if (::stat(dir.c_str(), &st) != 0) {
+      return Status::FromErrno(fmt::format("the directory '{}' of --socket '{}'", dir, socket_path), errno);
+    }
+    if (!S_ISDIR(st.st_mode)) {
+      return Status::InvalidArgument(fmt::format("'{}' (of --socket '{}') is not a directory", dir, socket_path));
+    }
+    return Status::Ok();
+  }
   const std::string dir = socket_path.substr(0, socket_path.rfind('/'));
   const bool xdg = std::getenv("XDG_RUNTIME_DIR") != nullptr;
   // Group members (--socket-mode 660) need search permission; writing stays the owner's alone.
@@ -397,6 +410,13 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
     auto removed = RemoveStaleSegments(false);
     if (!removed.ok()) Log().warn("stale segment cleanup failed: {}", removed.status().ToString());
   }
+  // Everything cheap is checked before the pool is created: prefaulting gigabytes takes seconds.
+  SHMKV_RETURN_IF_ERROR(PrepareSocketDirectory(options.socket_path, options.socket_mode));
+  if (options.prefault) {
+    Log().info("creating the {} pool and faulting it in (--no-prefault skips this; about a second per few GiB)",
+               FormatSize(options.pool_size));
+  }
+  const auto created_at = std::chrono::steady_clock::now();
   SegmentCreateOptions seg_opts;
   seg_opts.name = options.shm_name;
   seg_opts.size = options.pool_size;
@@ -404,6 +424,10 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
   seg_opts.mode = options.socket_mode;
   auto segment = SharedSegment::Create(seg_opts);
   if (!segment.ok()) return segment.status();
+  if (options.prefault) {
+    Log().info("pool ready in {:.1f} s",
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - created_at).count());
+  }
   StoreOptions store_opts;
   store_opts.pool_size = segment->size();
   store_opts.alignment = kSlotAlignment;
@@ -430,7 +454,6 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
     if (!redis.ok()) return redis.status().WithContext("L3 Redis tier");
     impl->service.AddTier(std::move(redis).value());
   }
-  SHMKV_RETURN_IF_ERROR(PrepareSocketDirectory(options.socket_path, options.socket_mode));
   SHMKV_RETURN_IF_ERROR(BindSocket(impl->acceptor, options.socket_path, options.socket_mode));
   impl->socket_bound = true;
   return std::unique_ptr<Server>(new Server(std::move(impl)));

@@ -76,7 +76,7 @@ std::string CudaHostPinner::unavailable_reason() {
 Status CudaHostPinner::Register(void* ptr, size_t size) {
   if (!available()) {
     std::call_once(log_once_, [this] {
-      Log().info("CUDA pinning skipped: {}; pool stays pageable host memory", unavailable_reason_);
+      Log().debug("CUDA pinning skipped: {}; pool stays pageable host memory", unavailable_reason_);
     });
     return Status::Unavailable(unavailable_reason_);
   }

@@ -40,7 +40,7 @@ TEST(ServerCommandLine, ReadsEveryOptionFromAConfigFile) {
 TEST(ServerCommandLine, RefusesAPoolOfZeroBytes) {
   int code = -1;
   EXPECT_FALSE(Parse({"--pool-size", "0"}, &code).has_value());
-  EXPECT_EQ(code, 1);
+  EXPECT_EQ(code, 2);
 }
 
 TEST(ServerCommandLine, ExitCodesFollowTheDocumentation) {
@@ -50,9 +50,75 @@ TEST(ServerCommandLine, ExitCodesFollowTheDocumentation) {
   EXPECT_FALSE(Parse({"--pool-size", "1MiB", "--pool-sise", "2"}, &code).has_value());
   EXPECT_EQ(code, 2);  // a misspelt option is a usage error
   EXPECT_FALSE(Parse({"--pool-size", "1MiB", "--socket-mode", "777"}, &code).has_value());
-  EXPECT_EQ(code, 1);  // a bad value names the option
+  EXPECT_EQ(code, 2);  // a bad value is a usage error too, and names the option
   EXPECT_FALSE(Parse({"--pool-size", "1MiB", "--max-buffered", "1KiB"}, &code).has_value());
-  EXPECT_EQ(code, 1);
+  EXPECT_EQ(code, 2);
+  EXPECT_FALSE(Parse({"--pool-size", "1MiB", "--redis", "redis://h:1", "--redis-write", "sometimes"}, &code));
+  EXPECT_EQ(code, 2);
+}
+
+TEST(ServerCommandLine, AMisspeltOptionIsNamedNotReportedAsAMissingPoolSize) {
+  testing::internal::CaptureStderr();
+  testing::internal::CaptureStdout();
+  int code = -1;
+  EXPECT_FALSE(Parse({"--pool-sise", "1GiB"}, &code).has_value());
+  const std::string out = testing::internal::GetCapturedStdout() + testing::internal::GetCapturedStderr();
+  EXPECT_EQ(code, 2);
+  EXPECT_NE(out.find("--pool-sise"), std::string::npos) << out;
+  EXPECT_EQ(out.find("--pool-size is required"), std::string::npos) << out;
+  EXPECT_FALSE(Parse({}, &code).has_value());
+  EXPECT_EQ(code, 2);
+}
+
+TEST(ServerCommandLine, AMisspeltKeyInTheConfigFileIsAnError) {
+  const std::string path = ::testing::TempDir() + "/shmkv-config-typo-" + std::to_string(::getpid()) + ".toml";
+  std::ofstream(path) << "pool-size = \"64MiB\"\nreserve-tll = 5\n";
+  testing::internal::CaptureStderr();
+  testing::internal::CaptureStdout();
+  int code = -1;
+  EXPECT_FALSE(Parse({"--config", path}, &code).has_value());
+  const std::string out = testing::internal::GetCapturedStdout() + testing::internal::GetCapturedStderr();
+  std::remove(path.c_str());
+  EXPECT_EQ(code, 2);
+  EXPECT_NE(out.find("reserve-tll"), std::string::npos) << out;
+}
+
+TEST(ServerCommandLine, DecimalLookingSizesAreRefusedWithTheBinarySpelling) {
+  testing::internal::CaptureStderr();
+  int code = -1;
+  EXPECT_FALSE(Parse({"--pool-size", "1GB"}, &code).has_value());
+  const std::string err = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(code, 2);
+  EXPECT_NE(err.find("1GiB"), std::string::npos) << err;
+}
+
+TEST(ServerCommandLine, RedisOptions) {
+  int code = -1;
+  auto parsed =
+      Parse({"--pool-size", "64MiB", "--redis", "redis://u@127.0.0.1:7000,127.0.0.1:7001", "--redis-write", "through",
+             "--redis-ttl", "3600", "--redis-timeout", "250", "--redis-max-inflight-bytes", "64MiB"},
+            &code);
+  ASSERT_TRUE(parsed.has_value());
+  ASSERT_TRUE(parsed->options.redis.has_value());
+  const RedisTierOptions& r = *parsed->options.redis;
+  EXPECT_EQ(r.cluster.seeds.size(), 2u);
+  EXPECT_EQ(r.cluster.user, "u");
+  EXPECT_EQ(r.write, RedisWriteMode::kThrough);
+  EXPECT_EQ(r.ttl.count(), 3600);
+  EXPECT_EQ(r.cluster.timeout.count(), 250);
+  EXPECT_EQ(r.max_inflight_bytes, 64u << 20);
+  // The password from a file: its first line, without the line end.
+  const std::string path = ::testing::TempDir() + "/shmkv-redis-pw-" + std::to_string(::getpid());
+  std::ofstream(path) << "s3cret\n";
+  parsed = Parse({"--pool-size", "64MiB", "--redis", "redis://h:1", "--redis-password-file", path}, &code);
+  std::remove(path.c_str());
+  ASSERT_TRUE(parsed.has_value());
+  EXPECT_EQ(parsed->options.redis->cluster.password, "s3cret");
+  // Without --redis, a --redis-* option is a mistake.
+  testing::internal::CaptureStderr();
+  EXPECT_FALSE(Parse({"--pool-size", "64MiB", "--redis-ttl", "5"}, &code).has_value());
+  EXPECT_NE(testing::internal::GetCapturedStderr().find("need --redis"), std::string::npos);
+  EXPECT_EQ(code, 2);
 }
 
 }  // namespace

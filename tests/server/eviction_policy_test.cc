@@ -159,7 +159,7 @@ TEST(EvictionPolicy, TheServerTakesThePolicyFromItsCommandLine) {
   EXPECT_EQ(parsed->options.eviction.mode, EvictionMode::kAdaptive);
   const char* bad[] = {"shmkv-server", "--pool-size", "1MiB", "--eviction-policy", "fifo"};
   EXPECT_FALSE(ParseServerCommandLine(5, bad, &code).has_value());
-  EXPECT_EQ(code, 1);
+  EXPECT_EQ(code, 2);  // a usage error
 }
 
 // The reason for the policy: prompts that are reused survive a flood of one-off prompts that
