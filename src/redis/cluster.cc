@@ -319,10 +319,10 @@ void Cluster::RefreshMap() {
   }
   if (!cluster_map.empty()) {
     if (standalone_seed) {
-      counters_->config_errors++;
       last_error_ = fmt::format("seed {} is a non-cluster Redis listed with cluster nodes; it is ignored",
                                 standalone_seed->ToString());
-      Log().error("L3 redis: {}", last_error_);
+      // Every Cluster of the tier finds it: counted by each, logged by the first.
+      if (counters_->config_errors.fetch_add(1) == 0) Log().error("L3 redis: {}", last_error_);
     }
     slot_owner_.assign(kSlots, -1);
     for (uint16_t s = 0; s < kSlots; ++s) {

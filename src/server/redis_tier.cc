@@ -54,7 +54,8 @@ Result<std::unique_ptr<RedisTier>> RedisTier::Start(asio::io_context& io, Store&
   if (options.cluster.seeds.empty()) return Status::InvalidArgument("the L3 tier needs at least one Redis node");
   if (options.io_threads == 0) return Status::InvalidArgument("the L3 tier needs at least one I/O thread");
   if (options.cluster.timeout.count() <= 0) return Status::InvalidArgument("--redis-timeout must be positive");
-  redis::Cluster probe(options.cluster, std::make_shared<redis::ClusterCounters>());
+  auto counters = std::make_shared<redis::ClusterCounters>();
+  redis::Cluster probe(options.cluster, counters);
   size_t masters = 0;
   const std::string why = ProbeCluster(probe, &masters);
   if (why.empty()) {
@@ -64,7 +65,7 @@ Result<std::unique_ptr<RedisTier>> RedisTier::Start(asio::io_context& io, Store&
     Log().warn("L3: Redis unavailable at start ({}); serving from L1/L2, retrying every {} ms", why,
                options.probe_interval.count());
   }
-  auto tier = std::unique_ptr<RedisTier>(new RedisTier(io, store, pool, options, why.empty()));
+  auto tier = std::unique_ptr<RedisTier>(new RedisTier(io, store, pool, options, why.empty(), std::move(counters)));
   tier->max_pending_bytes_ = std::max<uint64_t>(1, std::min(options.max_inflight_bytes, pool_size / 4));
   if (!why.empty()) {
     tier->unavailable_reason_ = why;
@@ -73,11 +74,13 @@ Result<std::unique_ptr<RedisTier>> RedisTier::Start(asio::io_context& io, Store&
   return tier;
 }
 
-RedisTier::RedisTier(asio::io_context& io, Store& store, std::byte* pool, RedisTierOptions options, bool available)
+RedisTier::RedisTier(asio::io_context& io, Store& store, std::byte* pool, RedisTierOptions options, bool available,
+                     std::shared_ptr<redis::ClusterCounters> counters)
     : io_(io),
       store_(store),
       pool_(pool),
       options_(std::move(options)),
+      cluster_counters_(std::move(counters)),
       available_(available),
       probe_timer_(io),
       batch_timer_(io),

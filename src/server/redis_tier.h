@@ -90,7 +90,8 @@ class RedisTier final : public Tier {
   };
   using Job = std::function<void(redis::Cluster&)>;
 
-  RedisTier(asio::io_context& io, Store& store, std::byte* pool, RedisTierOptions options, bool available);
+  RedisTier(asio::io_context& io, Store& store, std::byte* pool, RedisTierOptions options, bool available,
+            std::shared_ptr<redis::ClusterCounters> counters);
   void Submit(Job job);
   void RunThread();
   // Runs `f` on the event loop, unless the tier is gone by then (called from I/O threads).
@@ -113,7 +114,7 @@ class RedisTier final : public Tier {
   Store& store_;
   std::byte* pool_;
   RedisTierOptions options_;
-  std::shared_ptr<redis::ClusterCounters> cluster_counters_ = std::make_shared<redis::ClusterCounters>();
+  std::shared_ptr<redis::ClusterCounters> cluster_counters_;  // shared by the I/O threads' Clusters
   Counters c_;
   bool available_ = false;
   std::string unavailable_reason_;

@@ -765,3 +765,23 @@ def test_full_write_queue_drops_and_counts(nodes, shmkv_module, cluster):
     retrieve_all(ca, keys, payloads)  # L1 has them all
     assert a.proc.poll() is None
     ca.close()
+
+
+def test_a_non_cluster_redis_listed_with_cluster_nodes_is_logged_counted_and_ignored(nodes, shmkv_module, redis_procs,
+                                                                                     cluster):
+    lone = redis_procs.standalone()
+    # The stray seed first, so that the cluster is found only after it.
+    url = "redis://" + lone.url().removeprefix("redis://") + "," + cluster.url().removeprefix("redis://")
+    a = nodes("a", "--redis", url)
+    b = nodes("b", "--redis", cluster.url())
+    ca, cb = client(shmkv_module, a), client(shmkv_module, b)
+    st = stats_now(ca)
+    assert st["l3_config_errors"] >= 1 and st["l3_available"] == 1, st
+    assert log_lines(a, r"not?n?-cluster|non-cluster", r"redis|l3"), a.log()[-3000:]
+    keys = [b"mixed-seed-%d" % i for i in range(6)]
+    payloads = [payload(("ms", i), 64 * KiB + i) for i in range(6)]
+    store(ca, keys, payloads)
+    wait_writes(ca, 6)
+    assert lone.all_keys("shmkv:*") == [], "written to the stray non-cluster Redis"
+    retrieve_all(cb, keys, payloads)
+    ca.close(), cb.close()
