@@ -15,6 +15,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # Python (Debian's /usr/bin/python3)
   python3-dev python3-pybind11 pybind11-dev python3-numpy python3-pytest python3-matplotlib
+  python3-prometheus-client
   # peers and baselines used by tests and benchmarks
   redis-server redis-tools fio
 )

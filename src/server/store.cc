@@ -289,6 +289,7 @@ Status Store::CommitStore(SessionId session, std::span<const std::string_view> k
       dirty_bytes_ += it->second.length;
     }
     counters_.stores++;
+    counters_.stored_bytes += it->second.length;
   }
   return Status::Ok();
 }
@@ -310,6 +311,7 @@ size_t Store::AbortStore(SessionId session, std::span<const std::string_view> ke
 
 size_t Store::Lookup(SessionId session, std::span<const std::string_view> keys, bool pin, Clock::time_point now) {
   counters_.lookups++;
+  counters_.lookup_keys += keys.size();
   policy_.RecordLookup(keys);
   Session* s = pin ? FindSession(session) : nullptr;
   size_t n = 0;
@@ -362,6 +364,7 @@ std::vector<SlotResult> Store::PrepareRetrieve(SessionId session, std::span<cons
     Touch(it);
     out[i] = {SlotStatus::kOk, it->second.offset, it->second.length};
     counters_.retrieves++;
+    counters_.retrieved_bytes += it->second.length;
   }
   return out;
 }

@@ -91,10 +91,13 @@ struct StoreStats {
   uint64_t sessions = 0;
   uint64_t evictions = 0;
   uint64_t evicted_bytes = 0;
-  uint64_t stores = 0;  // commits
+  uint64_t stores = 0;        // commits
+  uint64_t stored_bytes = 0;  // bytes of the committed objects
   uint64_t lookups = 0;
-  uint64_t lookup_hits = 0;  // keys found by lookups
-  uint64_t retrieves = 0;    // slots handed out by PrepareRetrieve
+  uint64_t lookup_keys = 0;      // keys asked for by lookups
+  uint64_t lookup_hits = 0;      // keys found by lookups (the leading run in L1)
+  uint64_t retrieves = 0;        // slots handed out by PrepareRetrieve
+  uint64_t retrieved_bytes = 0;  // their bytes
   uint64_t expired_leases = 0;
   uint64_t dirty_objects = 0;  // committed, not yet on a lower tier (track_dirty only)
   uint64_t dirty_bytes = 0;
