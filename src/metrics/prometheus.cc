@@ -330,7 +330,9 @@ std::string RenderPrometheus(const Snapshot& s) {
       out.Add(t->family, Labels(fmt::format("tier=\"{}\"", tier), t->label), v);
       continue;
     }
-    auto it = std::find_if(kServerNames.begin(), kServerNames.end(), [&](const auto& e) { return e.first == name; });
+    const std::string_view counter = name;  // clang 14 cannot capture a structured binding
+    auto it =
+        std::find_if(kServerNames.begin(), kServerNames.end(), [counter](const auto& e) { return e.first == counter; });
     if (it != kServerNames.end()) {
       if (!it->second.family.empty()) out.Add(it->second.family, std::string(it->second.label), v);
       continue;
