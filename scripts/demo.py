@@ -31,6 +31,7 @@ import pathlib
 import pickle
 import queue
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,14 +66,23 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--engine", choices=["shmkv", "vllm"], default="shmkv",
                    help="the workers' API: shmkv.KVConnector, or the vLLM adapter's call sequence")
-    p.add_argument("--quick", action="store_true", help="a small, fast run (used by the test suite)")
+    p.add_argument("--quick", action="store_true",
+                   help="a small, fast run (used by the test suite); options given explicitly still apply")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
     a = p.parse_args(argv)
     if a.quick:
-        a.workers, a.conversations, a.turns, a.system_prompts = 2, 6, 3, 2
-        a.system_tokens, a.user_tokens, a.reply_tokens = 256, 96, 64
-        a.layers, a.kv_heads, a.head_size, a.chunk_tokens = 2, 2, 64, 64
-        a.pool_size = "2MiB"
+        # The small run's values, except where the command line gave one (--quick --workers 4).
+        given = {act.dest for act in p._actions for arg in argv for opt in act.option_strings
+                 if arg == opt or arg.startswith(opt + "=")}
+        quick = dict(workers=2, conversations=6, turns=3, system_prompts=2, system_tokens=256, user_tokens=96,
+                     reply_tokens=64, layers=2, kv_heads=2, head_size=64, chunk_tokens=64, pool_size="2MiB")
+        for dest, value in quick.items():
+            if dest not in given:
+                setattr(a, dest, value)
+    for name in ("workers", "conversations", "turns", "system_prompts", "layers", "kv_heads", "head_size",
+                 "block_size", "chunk_tokens"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, not {getattr(a, name)}")
     if a.chunk_tokens % a.block_size:
         p.error("--chunk-tokens must be a multiple of --block-size")
     return a
@@ -135,7 +145,7 @@ class Engine:
             t[:, idx] = -1.0
 
 
-def worker_main(rank, args, socket_path, tasks, results):
+def worker_main(rank, args, socket_path, tasks, results, stop):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     import torch  # noqa: PLC0415 (heavy; only workers need it)
 
@@ -150,7 +160,14 @@ def worker_main(rank, args, socket_path, tasks, results):
     adapter = VllmAdapter(args, socket_path, rank, engine) if args.engine == "vllm" else None
     try:
         while True:
-            task = tasks.get()
+            # `stop` (set on Ctrl-C or a failure) ends the worker after its current request, even
+            # while requests are still queued.
+            if stop.is_set():
+                break
+            try:
+                task = tasks.get(timeout=0.2)
+            except queue.Empty:
+                continue
             if task is None:
                 break
             conv, turn, tokens = task
@@ -340,10 +357,14 @@ def write_chart(path, records, samples, args, t0):
 
     fig, ax = plt.subplots(1, 3, figsize=(16, 4.6))
     xs = [r["done_at"] - t0 for r in records]
-    ax[0].scatter(xs, [r["hit_tokens"] / r["prompt_tokens"] for r in records],
-                  c=[r["turn"] for r in records], cmap="viridis", s=14)
+    turns = [r["turn"] + 1 for r in records]
+    dots = ax[0].scatter(xs, [r["hit_tokens"] / r["prompt_tokens"] for r in records], c=turns, cmap="viridis", s=14,
+                         vmin=1, vmax=max(turns + [2]))
     ax[0].set(title="prefix hit rate per request (colour: turn)", xlabel="time (s)", ylabel="hit tokens / prompt",
               ylim=(-0.05, 1.05))
+    bar = fig.colorbar(dots, ax=ax[0], pad=0.01)
+    bar.set_label("turn of the conversation (1 = first)")
+    bar.set_ticks(sorted(set(turns)))
     names = ["lookup_ms", "retrieve_ms", "store_ms"]
     ax[1].boxplot([[r[n] for r in records] for n in names], labels=["lookup", "retrieve", "store"], showfliers=True)
     ax[1].set(title="latency per request", ylabel="ms", yscale="log")
@@ -370,7 +391,35 @@ def main(argv=None):
 
     out_dir = pathlib.Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.disk_dir:
+        files, size = l2_files(args.disk_dir)
+        if files:
+            print(f"  note: {args.disk_dir} already holds {files} L2 file(s), {human_bytes(size)}, from an earlier run: "
+                  f"the server serves them, so the hit rate is higher than a fresh run's (empty the directory, or "
+                  f"give another --disk-dir, to start afresh)")
     workdir = tempfile.mkdtemp(prefix="shmkv-demo-")
+    try:
+        run(args, shmkv, out_dir, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # the socket's directory: nothing of it is kept
+
+
+def l2_files(disk_dir):
+    """Number and bytes of the files an L2 directory holds (its lock file aside)."""
+    files = size = 0
+    for root, _, names in os.walk(disk_dir):
+        for n in names:
+            if n == ".shmkv.lock":
+                continue
+            try:
+                size += os.lstat(os.path.join(root, n)).st_size
+                files += 1
+            except OSError:
+                pass
+    return files, size
+
+
+def run(args, shmkv, out_dir, workdir):
     proc, socket_path, segment, ready = start_server(args, workdir)
     print(f"shmkv demo: {ready}")
     chunk_mib = 2 * args.layers * args.chunk_tokens * args.kv_heads * args.head_size * \
@@ -382,22 +431,22 @@ def main(argv=None):
           f"chunks of {args.chunk_tokens} tokens = {chunk_mib:g} MiB")
 
     ctx = mp.get_context("spawn")  # fresh interpreters: no inherited sockets, mappings or threads
-    tasks, results = ctx.Queue(), ctx.Queue()
-    workers = [ctx.Process(target=worker_main, args=(r, args, socket_path, tasks, results), daemon=True)
+    tasks, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+    workers = [ctx.Process(target=worker_main, args=(r, args, socket_path, tasks, results, stop), daemon=True)
                for r in range(args.workers)]
-    for w in workers:
-        w.start()
 
     convs = Conversations(args)
     total = args.conversations * args.turns
     records, samples, failure = [], [], None
     monitor = shmkv.Client(socket_path, instance_id="demo-monitor")
     started = time.time()
-    for c in range(args.conversations):  # first turns: every conversation is ready
-        tasks.put((c, 0, convs.next_request(c)))
     hit_sum = prompt_sum = 0
     last_sample = 0.0
-    try:
+    try:  # from the workers' start: a Ctrl-C at any point stops everything in order, once
+        for w in workers:
+            w.start()
+        for c in range(args.conversations):  # first turns: every conversation is ready
+            tasks.put((c, 0, convs.next_request(c)))
         while len(records) < total:
             try:
                 r = results.get(timeout=1.0)
@@ -431,18 +480,24 @@ def main(argv=None):
         if not args.no_progress:
             sys.stderr.write("\n")
     finally:
+        # The clean-up is bounded (joins with timeouts, then kills): a second Ctrl-C must not cut it
+        # short and leave the workers or the server behind.
+        previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
         monitor.close()
-        # Requests the workers never took must not keep this process waiting at exit.
+        # Requests the workers never took must not keep this process waiting at exit, nor the
+        # workers busy: each stops after the request it is playing.
+        stop.set()
         tasks.cancel_join_thread()
         results.cancel_join_thread()
-        for _ in workers:
-            tasks.put(None)
         for w in workers:
+            if w.pid is None:
+                continue  # never started
             w.join(timeout=30)
             if w.is_alive():
                 w.kill()
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=30)
+        signal.signal(signal.SIGINT, previous_sigint)
     if failure:
         left = segment and pathlib.Path("/dev/shm", segment).exists()
         print(f"demo FAILED: {failure}; server exit code {rc}; segment {segment} "
@@ -479,9 +534,17 @@ def main(argv=None):
     left = segment and pathlib.Path("/dev/shm", segment).exists()
     print(f"  shutdown            server exit code {rc}; segment {segment} "
           f"{'STILL PRESENT' if left else 'removed'}")
+    if args.disk_dir:
+        files, size = l2_files(args.disk_dir)
+        print(f"  L2 files kept       {files} files, {human_bytes(size)} in {args.disk_dir} (a later run with this "
+              f"--disk-dir serves them; remove the directory to reclaim the space)")
     if bad or rc != 0 or left:
         sys.exit("demo FAILED")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # after the server and the workers stopped (the chart, the summary)
+        print("\ndemo: interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(130)

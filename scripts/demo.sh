@@ -10,8 +10,10 @@ cd "$(dirname "$0")/.."
 if [[ " $* " != *" --help "* && " $* " != *" -h "* ]]; then
   echo "== installing dependencies (apt, skipped when present) ==" >&2
   scripts/install-deps.sh
-  echo "== building shmkv-server and the Python module (build/) ==" >&2
+  # shmkv-file-worker too: the server starts it for --disk-dir (it looks next to itself first).
+  echo "== building shmkv-server, shmkv-file-worker and the Python module in build/ (first build: a few minutes) ==" >&2
   cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  cmake --build build -j "$(nproc)" --target shmkv-server shmkv shmkv_python >/dev/null
+  # Ninja's progress ([n/N] per step) goes to the terminal, on one line when it is a tty.
+  cmake --build build -j "$(nproc)" --target shmkv-server shmkv shmkv-file-worker shmkv_python >&2
 fi
 exec /usr/bin/python3 scripts/demo.py --build-dir build "$@"

@@ -8,5 +8,6 @@ namespace shmkv::cli {
 
 void AddGcCommand(CLI::App& app, int* exit_code);
 void AddStatsCommand(CLI::App& app, int* exit_code);
+void AddTopCommand(CLI::App& app, int* exit_code);
 
 }  // namespace shmkv::cli

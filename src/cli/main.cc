@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   shmkv::cli::AddGcCommand(app, &exit_code);
   shmkv::cli::AddStatsCommand(app, &exit_code);
+  shmkv::cli::AddTopCommand(app, &exit_code);
   app.parse_complete_callback([&] {
     if (auto s = shmkv::SetLogLevel(log_level); !s.ok()) throw CLI::ValidationError("--log-level", s.message());
   });

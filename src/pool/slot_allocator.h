@@ -54,7 +54,10 @@ class SlotAllocator {
   // The rounded size of the live slot at `offset`.
   Result<uint64_t> SlotSize(uint64_t offset) const;
 
+  // O(size of one free list) for largest_free; the accessors below are O(1).
   SlotAllocatorStats stats() const;
+  uint64_t used_bytes() const { return used_units_ << align_shift_; }
+  uint64_t live_slots() const { return live_slots_; }
   uint64_t alignment() const { return alignment_; }
   uint64_t pool_size() const { return uint64_t{total_units_} * alignment_; }
 

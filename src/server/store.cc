@@ -70,6 +70,7 @@ void Store::ReleaseOrphans(SessionId session) {
 void Store::QuarantineReservation(Session& s, Index::iterator it) {
   // A reserved object is in neither the LRU nor the dirty queue; only the index lets it go.
   const Object& o = it->second;
+  Unindexing(o);
   s.quarantine[it->first].push_back(o.offset);
   counters_.quarantined_slots++;
   counters_.quarantined_bytes += o.length;
@@ -95,6 +96,34 @@ void Store::AcknowledgeExpired(Session& s, std::string_view key) {
   s.quarantine.erase(q);
 }
 
+void Store::AddPin(Object& o) {
+  if (o.pins++ == 0) counters_.pinned_objects++;
+}
+
+void Store::DropPin(Object& o) {
+  if (--o.pins == 0) counters_.pinned_objects--;
+}
+
+void Store::Indexed(const Object& o) {
+  (void)o;  // a new index entry is always reserved
+  counters_.reserved_objects++;
+}
+
+void Store::Committed(const Object& o) {
+  (void)o;
+  counters_.reserved_objects--;
+  counters_.objects++;
+}
+
+void Store::Unindexing(const Object& o) {
+  if (o.state == State::kCommitted) {
+    counters_.objects--;
+  } else {
+    counters_.reserved_objects--;
+  }
+  if (o.pins > 0) counters_.pinned_objects--;
+}
+
 void Store::Touch(Index::iterator it) {
   Object& o = it->second;
   if (o.in_policy) policy_.Touch(o.node);
@@ -110,7 +139,8 @@ uint64_t Store::Weight(const Object& o) const {
 // place, so background I/O never reorders eviction; the policy skips it when choosing a victim.
 void Store::Pin(Index::iterator it) {
   Object& o = it->second;
-  if (o.pins++ - o.io_pins == 0 && o.in_policy) {
+  AddPin(o);
+  if (o.pins - 1 - o.io_pins == 0 && o.in_policy) {
     o.segment = policy_.Remove(o.node);
     o.in_policy = false;
   }
@@ -119,7 +149,8 @@ void Store::Pin(Index::iterator it) {
 void Store::Unpin(Index::iterator it) {
   Object& o = it->second;
   if (o.pins - o.io_pins == 0) return;
-  if (--o.pins - o.io_pins == 0 && o.state == State::kCommitted) {
+  DropPin(o);
+  if (o.pins - o.io_pins == 0 && o.state == State::kCommitted) {
     o.node = policy_.Restore(&it->first, Weight(o), o.depth, o.segment);
     o.in_policy = true;
     policy_.SetIoPinned(o.node, o.io_pins > 0);
@@ -136,6 +167,7 @@ void Store::Erase(Index::iterator it) {
   // The offset came from this allocator and is freed exactly once (the object goes with it).
   Status freed = allocator_.Free(o.offset);
   (void)freed;
+  Unindexing(o);
   index_.erase(it);
 }
 
@@ -202,6 +234,7 @@ Result<std::vector<SlotResult>> Store::PrepareStore(SessionId session, std::span
     o.writer = session;
     o.reserved_at = now;
     o.depth = static_cast<uint32_t>(i);  // a batch is in prefix order: at least this deep
+    Indexed(o);
     s->reservations.insert(&it->first);
     out[i] = {SlotStatus::kOk, o.offset, o.length};
   }
@@ -246,6 +279,7 @@ Status Store::CommitStore(SessionId session, std::span<const std::string_view> k
     if (it->second.state == State::kCommitted) continue;  // a key listed twice
     s->reservations.erase(&it->first);
     it->second.state = State::kCommitted;
+    Committed(it->second);
     it->second.writer = 0;
     it->second.node = policy_.Insert(&it->first, Weight(it->second), it->second.depth);
     it->second.in_policy = true;
@@ -255,6 +289,7 @@ Status Store::CommitStore(SessionId session, std::span<const std::string_view> k
       dirty_bytes_ += it->second.length;
     }
     counters_.stores++;
+    counters_.stored_bytes += it->second.length;
   }
   return Status::Ok();
 }
@@ -276,6 +311,7 @@ size_t Store::AbortStore(SessionId session, std::span<const std::string_view> ke
 
 size_t Store::Lookup(SessionId session, std::span<const std::string_view> keys, bool pin, Clock::time_point now) {
   counters_.lookups++;
+  counters_.lookup_keys += keys.size();
   policy_.RecordLookup(keys);
   Session* s = pin ? FindSession(session) : nullptr;
   size_t n = 0;
@@ -328,6 +364,7 @@ std::vector<SlotResult> Store::PrepareRetrieve(SessionId session, std::span<cons
     Touch(it);
     out[i] = {SlotStatus::kOk, it->second.offset, it->second.length};
     counters_.retrieves++;
+    counters_.retrieved_bytes += it->second.length;
   }
   return out;
 }
@@ -472,7 +509,7 @@ std::vector<IoSlot> Store::TakeDirty(size_t max_objects) {
     dirty_bytes_ -= o.length;
     o.writing = true;
     o.io_pins++;
-    o.pins++;
+    AddPin(o);
     if (o.in_policy) policy_.SetIoPinned(o.node, true);
     out.push_back({it->first, o.offset, o.length});
   }
@@ -490,7 +527,7 @@ void Store::FinishWrite(std::string_view key, bool requeue) {
     dirty_bytes_ += o.length;
   }
   o.io_pins--;
-  o.pins--;
+  DropPin(o);
   if (o.in_policy) policy_.SetIoPinned(o.node, o.io_pins > 0);
 }
 
@@ -509,6 +546,7 @@ Result<uint64_t> Store::ReserveForLoad(std::string_view key, uint64_t length) {
   o.offset = *offset;
   o.length = length;
   o.writer = kLoaderSession;
+  Indexed(o);
   index_.emplace(std::string(key), o);
   return *offset;
 }
@@ -518,6 +556,7 @@ void Store::FinishLoad(std::string_view key, bool ok) {
   if (it == index_.end() || it->second.state != State::kReserved || it->second.writer != kLoaderSession) return;
   if (!ok) return Erase(it);
   it->second.state = State::kCommitted;
+  Committed(it->second);
   it->second.writer = 0;
   it->second.node = policy_.Insert(&it->first, Weight(it->second), it->second.depth);
   it->second.in_policy = true;
@@ -527,7 +566,7 @@ bool Store::IoPin(std::string_view key) {
   auto it = index_.find(key);
   if (it == index_.end() || it->second.state != State::kCommitted) return false;
   it->second.io_pins++;
-  it->second.pins++;
+  AddPin(it->second);
   if (it->second.in_policy) policy_.SetIoPinned(it->second.node, true);
   return true;
 }
@@ -542,22 +581,13 @@ void Store::IoUnpin(std::string_view key) {
   auto it = index_.find(key);
   if (it == index_.end() || it->second.io_pins == 0) return;
   it->second.io_pins--;
-  it->second.pins--;
+  DropPin(it->second);
   if (it->second.in_policy) policy_.SetIoPinned(it->second.node, it->second.io_pins > 0);
 }
 
 StoreStats Store::stats() const {
   StoreStats s = counters_;
-  s.objects = s.reserved_objects = s.pinned_objects = 0;
-  for (const auto& [key, o] : index_) {
-    if (o.state == State::kCommitted) {
-      s.objects++;
-    } else {
-      s.reserved_objects++;
-    }
-    if (o.pins > 0) s.pinned_objects++;
-  }
-  s.used_bytes = allocator_.stats().used_bytes;
+  s.used_bytes = allocator_.used_bytes();
   s.sessions = sessions_.size();
   s.dirty_objects = dirty_.size();
   s.dirty_bytes = dirty_bytes_;
@@ -611,6 +641,20 @@ Status Store::CheckInvariants() const {
   }
   if (in_policy != policy_.size()) return fail("eviction policy holds objects that are not evictable");
   if (dirty_count != dirty_.size()) return fail("dirty queue disagrees with the objects");
+  // The incremental counters of stats() against a full walk.
+  uint64_t committed = 0, reserved = 0, pinned = 0, dirty_bytes = 0;
+  for (const auto& [key, o] : index_) {
+    (o.state == State::kCommitted ? committed : reserved)++;
+    pinned += o.pins > 0 ? 1 : 0;
+    dirty_bytes += o.in_dirty ? o.length : 0;
+  }
+  if (committed != counters_.objects || reserved != counters_.reserved_objects || pinned != counters_.pinned_objects) {
+    return fail(fmt::format("counters say {} committed, {} reserved, {} pinned; the index holds {}, {}, {}",
+                            counters_.objects, counters_.reserved_objects, counters_.pinned_objects, committed,
+                            reserved, pinned));
+  }
+  if (dirty_bytes != dirty_bytes_) return fail("dirty byte count disagrees with the dirty objects");
+  if (allocator_.used_bytes() != allocator_.stats().used_bytes) return fail("allocator byte count disagrees");
   return Status::Ok();
 }
 

@@ -92,10 +92,13 @@ struct StoreStats {
   uint64_t sessions = 0;
   uint64_t evictions = 0;
   uint64_t evicted_bytes = 0;
-  uint64_t stores = 0;  // commits
+  uint64_t stores = 0;        // commits
+  uint64_t stored_bytes = 0;  // bytes of the committed objects
   uint64_t lookups = 0;
-  uint64_t lookup_hits = 0;  // keys found by lookups
-  uint64_t retrieves = 0;    // slots handed out by PrepareRetrieve
+  uint64_t lookup_keys = 0;      // keys asked for by lookups
+  uint64_t lookup_hits = 0;      // keys found by lookups (the leading run in L1)
+  uint64_t retrieves = 0;        // slots handed out by PrepareRetrieve
+  uint64_t retrieved_bytes = 0;  // their bytes
   uint64_t expired_leases = 0;
   uint64_t dirty_objects = 0;  // committed, not yet on a lower tier (track_dirty only)
   uint64_t dirty_bytes = 0;
@@ -163,7 +166,7 @@ class Store {
 
   // ---- Lower-tier hooks (used by DiskTier; docs/l2-tier.md). ----
   bool IsCommitted(std::string_view key) const;
-  uint64_t used_bytes() const { return allocator_.stats().used_bytes; }
+  uint64_t used_bytes() const { return allocator_.used_bytes(); }
   uint64_t dirty_bytes() const { return dirty_bytes_; }
   uint64_t pool_size() const { return allocator_.pool_size(); }
   bool Contains(std::string_view key) const;  // in any state
@@ -184,8 +187,12 @@ class Store {
   std::optional<IoSlot> IoPinSlot(std::string_view key);
   void IoUnpin(std::string_view key);
 
+  // O(1) in the number of objects, sessions and leases: every count is kept as it changes
+  // (CheckInvariants verifies each against a full walk), so stats and metrics can be collected
+  // as often as wanted.
   StoreStats stats() const;
-  // Cross-checks index, eviction policy, sessions and allocator. O(objects); for tests.
+  // Cross-checks index, eviction policy, sessions, allocator and the incremental counters of
+  // stats(). O(objects); for tests.
   Status CheckInvariants() const;
 
  private:
@@ -231,6 +238,13 @@ class Store {
   void Pin(Index::iterator it);
   void Unpin(Index::iterator it);
   void Erase(Index::iterator it);  // frees the slot
+  // Every change of an object's pins and of the index goes through these, which keep the
+  // counters of stats() (pinned, reserved, committed objects) current.
+  void AddPin(Object& o);
+  void DropPin(Object& o);
+  void Indexed(const Object& o);     // o just became a reserved object of the index
+  void Committed(const Object& o);   // o went from reserved to committed
+  void Unindexing(const Object& o);  // o is about to leave the index
   enum class Eviction : uint8_t { kEvicted, kNothing, kRejected };
   // Evicts one object to make room for `incoming` (a new store the policy may refuse: kRejected)
   // or for a load from a lower tier (nullopt: never refused).
@@ -251,7 +265,10 @@ class Store {
   // Quarantined slots of closed sessions whose process may still run (ReleaseOrphans).
   std::unordered_map<SessionId, std::vector<uint64_t>> orphans_;
   std::unordered_map<uint64_t, uint64_t> quarantined_length_;  // offset -> object bytes, every quarantined slot
-  StoreStats counters_;  // quarantined_* kept current here; the rest is derived in stats()
+  // Event counts and quarantined_* are kept here; objects, reserved_objects and pinned_objects
+  // too (Indexed/Committed/Unindexing, AddPin/DropPin). stats() adds what the allocator, the
+  // policy, sessions_ and dirty_ keep in O(1).
+  StoreStats counters_;
 };
 
 }  // namespace shmkv

@@ -1,4 +1,8 @@
 // The Store's lower-tier hooks that the L2 tier drives (dirty queue, io pins, loads).
+#include <random>
+#include <string>
+#include <vector>
+
 #include <gtest/gtest.h>
 
 #include "server/store.h"
@@ -110,6 +114,75 @@ TEST(StoreDiskHooks, IoPinsKeepLoadedObjectsUntilTheRetrievePinsThem) {
   EXPECT_TRUE(s.CommitRetrieve(1, keys).ok());
   s.FinishLoad("c", false);
   EXPECT_TRUE(s.CheckInvariants().ok()) << s.CheckInvariants().ToString();
+}
+
+// stats() is kept incrementally (O(1) in the objects); CheckInvariants compares every counter
+// with a full walk. Random sessions interleaved with the lower-tier hooks (dirty writes, io pins,
+// loads), which change pins and states outside the client operations.
+TEST(StoreDiskHooks, IncrementalStatsMatchAWalkUnderRandomTierTraffic) {
+  Store s = MakeStore(48);
+  std::mt19937 rng(13);
+  for (SessionId id = 1; id <= 3; ++id) s.OpenSession(id);
+  auto key = [&] { return "k" + std::to_string(rng() % 80); };
+  std::vector<std::string> writing;
+  std::vector<std::string> io_pinned;
+  std::vector<std::string> loading;
+  Clock::time_point now = kT0;
+  for (int i = 0; i < 20000; ++i) {
+    const SessionId id = rng() % 3 + 1;
+    std::vector<std::string> ks = {key(), key()};
+    std::vector<std::string_view> kv = {ks[0], ks[1]};
+    switch (rng() % 12) {
+      case 0: {
+        std::vector<uint64_t> sz = {rng() % (2 * kChunk) + 1, rng() % kChunk + 1};
+        ASSERT_TRUE(s.PrepareStore(id, kv, sz, now).ok());
+        break;
+      }
+      case 1: (void)s.CommitStore(id, kv, now); break;
+      case 2: s.AbortStore(id, kv); break;
+      case 3: s.PrepareRetrieve(id, kv, now); break;
+      case 4: (void)s.CommitRetrieve(id, kv); break;
+      case 5: s.Lookup(id, kv, rng() % 2 == 0, now); break;
+      case 6: s.Remove(kv); break;
+      case 7:
+        for (IoSlot& t : s.TakeDirty(rng() % 3)) writing.push_back(t.key);
+        break;
+      case 8:
+        if (!writing.empty()) {
+          s.FinishWrite(writing.back(), rng() % 3 == 0);
+          writing.pop_back();
+        }
+        break;
+      case 9:
+        if (s.IoPin(ks[0])) io_pinned.push_back(ks[0]);
+        if (!io_pinned.empty() && rng() % 2 == 0) {
+          s.IoUnpin(io_pinned.front());
+          io_pinned.erase(io_pinned.begin());
+        }
+        break;
+      case 10:
+        if (s.ReserveForLoad(ks[0], rng() % kChunk + 1).ok()) loading.push_back(ks[0]);
+        if (!loading.empty() && rng() % 2 == 0) {
+          s.FinishLoad(loading.front(), rng() % 4 != 0);
+          loading.erase(loading.begin());
+        }
+        break;
+      default:
+        if (rng() % 40 == 0) {
+          if (s.CloseSession(id, rng() % 2 == 0)) s.ReleaseOrphans(id);
+          s.OpenSession(id);
+        } else if (rng() % 10 == 0) {
+          now += std::chrono::seconds(rng() % 90);
+          s.ExpireLeases(now);
+        }
+    }
+    Status inv = s.CheckInvariants();
+    ASSERT_TRUE(inv.ok()) << "op " << i << ": " << inv.ToString();
+  }
+  const StoreStats st = s.stats();
+  EXPECT_GT(st.stores, 0u);
+  EXPECT_GT(st.evictions, 0u);
+  EXPECT_LE(st.used_bytes, st.pool_size);
 }
 
 }  // namespace

@@ -283,6 +283,24 @@ TEST(Store, CommitAfterAbortOrExpiryIsAnErrorAndCommitsNothing) {
   EXPECT_TRUE(s.CheckInvariants().ok());
 }
 
+TEST(Store, CountsLookedUpKeysAndBytesStoredAndRetrieved) {
+  Store s = MakeStore(8);
+  s.OpenSession(1);
+  StoreAll(s, 1, {"a", "b"});
+  const std::vector<std::string> asked = {"a", "b", "c"};
+  EXPECT_EQ(s.Lookup(1, Keys(asked), false, kT0), 2u);
+  const std::vector<std::string> one = {"a"};
+  ASSERT_EQ(s.PrepareRetrieve(1, Keys(one), kT0)[0].status, SlotStatus::kOk);
+  const StoreStats st = s.stats();
+  EXPECT_EQ(st.lookups, 1u);
+  EXPECT_EQ(st.lookup_keys, 3u);
+  EXPECT_EQ(st.lookup_hits, 2u);
+  EXPECT_EQ(st.stores, 2u);
+  EXPECT_EQ(st.stored_bytes, 2 * kChunk);
+  EXPECT_EQ(st.retrieves, 1u);
+  EXPECT_EQ(st.retrieved_bytes, kChunk);
+}
+
 TEST(Store, RandomisedSessionsKeepEveryInvariant) {
   Store s = MakeStore(64, std::chrono::milliseconds(100));
   Clock::time_point now = kT0;
