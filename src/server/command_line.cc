@@ -107,6 +107,10 @@ std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* co
                  "Bytes of chunks queued for Redis at once (at most a quarter of the pool); commits past it are "
                  "not written to Redis (l3_write_dropped)")
       ->capture_default_str();
+  std::string metrics_address;
+  app.add_option("--metrics-address", metrics_address,
+                 "Serve Prometheus metrics on http://HOST:PORT/metrics and health on /healthz, e.g. "
+                 "127.0.0.1:9464 (default: off; docs/operations.md)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
   try {
     app.parse(argc, argv);
@@ -201,6 +205,17 @@ std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* co
     if (*inflight == 0) return fail("--redis-max-inflight-bytes must be positive");
     r.max_inflight_bytes = *inflight;
     o.redis = std::move(r);
+  }
+  if (!metrics_address.empty()) {
+    auto m = metrics::ParseMetricsAddress(metrics_address);
+    if (!m.ok()) return fail("--metrics-address: " + m.status().message());
+    if (!metrics::IsLoopbackHost(m->host)) {
+      Log().warn(
+          "--metrics-address {}: not a loopback address; the metrics (key counts, sizes) are served to "
+          "the network",
+          metrics_address);
+    }
+    o.metrics = *std::move(m);
   }
 
   return result;

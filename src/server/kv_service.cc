@@ -43,7 +43,14 @@ void KvService::OpenSession(SessionId session) {
 
 bool KvService::CloseSession(SessionId session, bool writer_may_still_run) {
   open_sessions_.erase(session);
-  return store_.CloseSession(session, writer_may_still_run);
+  const StoreStats before = store_.stats();
+  const bool quarantined = store_.CloseSession(session, writer_may_still_run);
+  const StoreStats after = store_.stats();
+  // Objects no longer reserved or pinned: what the disconnect gave back (O(1): counters).
+  leases_reclaimed_on_disconnect_ +=
+      (before.reserved_objects - std::min(before.reserved_objects, after.reserved_objects)) +
+      (before.pinned_objects - std::min(before.pinned_objects, after.pinned_objects));
+  return quarantined;
 }
 
 void KvService::ReleaseOrphans(SessionId session) {
@@ -73,6 +80,13 @@ void KvService::Stats(std::vector<TierCounter>& out) const {
                             {"quarantined_slots", s.quarantined_slots},
                             {"quarantined_bytes", s.quarantined_bytes},
                             {"generation", identity_.generation},
+                            {"lookup_keys", s.lookup_keys},
+                            {"lookup_hit_keys", lookup_hit_keys_},
+                            {"l1_misses", s.lookup_keys - std::min(s.lookup_keys, s.lookup_hits)},
+                            {"stored_bytes", s.stored_bytes},
+                            {"retrieved_bytes", s.retrieved_bytes},
+                            {"rejected_frames", rejected_frames_},
+                            {"leases_reclaimed_on_disconnect", leases_reclaimed_on_disconnect_},
                         });
   for (const auto& tier : tiers_) tier->AppendStats(out);
   if (!tiers_.empty()) {
@@ -170,16 +184,25 @@ uint64_t KvService::AbortStore(SessionId session, std::span<const std::string_vi
 std::optional<uint64_t> KvService::Lookup(SessionId session, std::span<const std::string_view> keys, bool pin,
                                           Clock::time_point now, Deferral& deferral) {
   const size_t in_l1 = store_.Lookup(session, keys, pin, now);
-  if (in_l1 == keys.size() || tiers_.empty()) return in_l1;
+  if (in_l1 == keys.size() || tiers_.empty()) {
+    lookup_hit_keys_ += in_l1;
+    return in_l1;
+  }
   auto p = std::make_shared<PendingLookup>();
   p->keys = keys;
   p->count = in_l1;
-  if (StepLookup(p)) return p->count;
+  if (StepLookup(p)) {
+    lookup_hit_keys_ += p->count;
+    return p->count;
+  }
   // A tier answers later: keep the keys and the request's way to answer.
   p->owned.assign(keys.begin(), keys.end());
   p->owned_views.assign(p->owned.begin(), p->owned.end());
   p->keys = p->owned_views;
-  p->done = deferral.DeferLookup();
+  p->done = [this, done = deferral.DeferLookup()](uint64_t count) {
+    lookup_hit_keys_ += count;
+    done(count);
+  };
   return std::nullopt;
 }
 

@@ -103,6 +103,9 @@ class KvService {
   Status CommitRetrieve(SessionId session, std::span<const std::string_view> keys, std::vector<uint32_t>* expired);
   void Remove(std::span<const std::string_view> keys, std::vector<RemoveOutcome>& out);
 
+  // A frame the server refused (too large, buffers full) before any operation ran: counted.
+  void CountRejectedFrame() { rejected_frames_++; }
+
   // Shutdown: lets each tier finish what it promised (within `limit` each), then calls `done`.
   void Drain(std::chrono::milliseconds limit, std::function<void()> done);
 
@@ -125,6 +128,9 @@ class KvService {
   ServiceIdentity identity_;
   std::vector<std::unique_ptr<Tier>> tiers_;
   std::unordered_set<SessionId> open_sessions_;  // a deferred retrieve pins only for a live session
+  uint64_t lookup_hit_keys_ = 0;                 // keys of lookups' leading runs, every tier
+  uint64_t rejected_frames_ = 0;
+  uint64_t leases_reclaimed_on_disconnect_ = 0;  // reservations and pins a closing session held
 };
 
 }  // namespace shmkv

@@ -40,8 +40,29 @@ const RequestHandler::OpHandler RequestHandler::kOps[protocol::kOpCount] = {
     &RequestHandler::CommitRetrieve, &RequestHandler::Remove,
 };
 
-RequestHandler::RequestHandler(KvService& service, SessionId session, MakeResume make_resume)
-    : service_(service), session_(session), make_resume_(std::move(make_resume)) {}
+RequestHandler::RequestHandler(KvService& service, SessionId session, MakeResume make_resume,
+                               metrics::RequestMetrics* requests)
+    : service_(service), session_(session), make_resume_(std::move(make_resume)), requests_(requests) {}
+
+std::vector<std::string> RequestHandler::MetricsOps() {
+  std::vector<std::string> ops;
+  for (size_t i = 0; i < protocol::kOpCount; ++i) ops.emplace_back(protocol::OpName(static_cast<protocol::Op>(i)));
+  return ops;
+}
+
+std::vector<std::string> RequestHandler::MetricsOutcomes() {
+  std::vector<std::string> outcomes;
+  for (int c = 0; c <= static_cast<int>(StatusCode::kExpired); ++c) {
+    outcomes.emplace_back(StatusCodeName(static_cast<StatusCode>(c)));
+  }
+  outcomes.emplace_back("not_executed");
+  return outcomes;
+}
+
+void RequestHandler::Record(size_t op, const Status& outcome, std::chrono::steady_clock::time_point started) {
+  if (requests_ == nullptr) return;
+  requests_->Record(op, static_cast<size_t>(outcome.code()), std::chrono::steady_clock::now() - started);
+}
 
 bool RequestHandler::Handle(std::string_view body, std::string& out) {
   deferred_ = false;
@@ -58,11 +79,20 @@ bool RequestHandler::Handle(std::string_view body, std::string& out) {
   if (Status s = protocol::DecodeRequestHead(*req, &head); !s.ok()) return Fail(head.id, s);
   // Errors name the operation; client text is made printable only on that path.
   auto op_name = [&] { return Printable(head.op_name); };
+  const auto started = requests_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
+  const size_t op_index = head.op ? static_cast<size_t>(*head.op) : protocol::kOpCount;  // none: not recorded
   if (protocol_ >= 2) {
     auto chained = protocol::DecodeChained(*req);
-    if (!chained.ok()) return Fail(head.id, chained.status().WithContext(op_name()));
+    if (!chained.ok()) {
+      Record(op_index, chained.status(), started);
+      return Fail(head.id, chained.status().WithContext(op_name()));
+    }
     if (*chained && prev_failed_) {
       // Stays failed: every later chained request is skipped as well.
+      if (requests_) {
+        requests_->Record(op_index, static_cast<size_t>(StatusCode::kExpired) + 1,
+                          std::chrono::steady_clock::now() - started);
+      }
       AppendError(head.id, wire::kNotExecutedCode,
                   fmt::format("{} was not executed: an earlier request of this connection failed", op_name()), {}, out);
       return false;
@@ -70,10 +100,12 @@ bool RequestHandler::Handle(std::string_view body, std::string& out) {
   }
   if (!head.op) return Fail(head.id, Status::InvalidArgument("unknown operation").WithContext(op_name()));
   if (protocol::NeedsRegistration(*head.op) && !registered_) {
-    return Fail(
-        head.id,
-        Status::InvalidArgument("the session is not registered (send 'register' first)").WithContext(op_name()));
+    const Status s = Status::InvalidArgument("the session is not registered (send 'register' first)");
+    Record(op_index, s, started);
+    return Fail(head.id, s.WithContext(op_name()));
   }
+  current_op_ = op_index;
+  started_ = started;
 
   current_id_ = head.id;
   out_ = &out;
@@ -87,6 +119,7 @@ bool RequestHandler::Handle(std::string_view body, std::string& out) {
   }
   handling_ = false;
   out_ = nullptr;
+  if (!deferred_) Record(op_index, s, started);  // a deferred one is recorded when it is answered
   if (!s.ok()) return Fail(head.id, s.WithContext(op_name()), expired_);
   return deferred_;
 }
@@ -232,14 +265,17 @@ void RequestHandler::Complete(uint64_t id, const Reply& reply, const Resume& res
 
 Deferral::LookupDone RequestHandler::DeferLookup() {
   deferred_ = true;
-  return [this, id = current_id_, resume = make_resume_()](uint64_t count) {
+  return [this, id = current_id_, resume = make_resume_(), op = current_op_, started = started_](uint64_t count) {
+    if (!(handling_ && id == current_id_)) Record(op, Status::Ok(), started);  // else Handle records it
     Complete(id, protocol::LookupReply{count}, resume);
   };
 }
 
 Deferral::RetrieveDone RequestHandler::DeferRetrieve() {
   deferred_ = true;
-  return [this, id = current_id_, resume = make_resume_()](std::span<const SlotResult> slots) {
+  return [this, id = current_id_, resume = make_resume_(), op = current_op_,
+          started = started_](std::span<const SlotResult> slots) {
+    if (!(handling_ && id == current_id_)) Record(op, Status::Ok(), started);  // else Handle records it
     Complete(id, protocol::SlotsReply{slots}, resume);
   };
 }

@@ -13,6 +13,7 @@
 // Thread-safety: none; a handler lives on the server's event loop, as its service does.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <span>
@@ -20,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "metrics/request_metrics.h"
 #include "protocol/messages.h"
 #include "protocol/wire.h"
 #include "server/kv_service.h"
@@ -34,8 +36,15 @@ class RequestHandler final : private Deferral {
   using Resume = std::function<void(std::string_view reply_frame)>;
   using MakeResume = std::function<Resume()>;
 
-  // The session must be open in the service.
-  RequestHandler(KvService& service, SessionId session, MakeResume make_resume);
+  // The session must be open in the service. `requests` (may be null) counts every operation
+  // by outcome with its server-side latency (for /metrics); it must outlive the handler.
+  RequestHandler(KvService& service, SessionId session, MakeResume make_resume,
+                 metrics::RequestMetrics* requests = nullptr);
+
+  // What RequestMetrics is built with: the protocol's operations, in protocol::Op order, and the
+  // outcomes, in StatusCode order followed by "not_executed" (a chained request skipped).
+  static std::vector<std::string> MetricsOps();
+  static std::vector<std::string> MetricsOutcomes();
   RequestHandler(const RequestHandler&) = delete;
   RequestHandler& operator=(const RequestHandler&) = delete;
 
@@ -96,6 +105,10 @@ class RequestHandler final : private Deferral {
   bool deferred_ = false;     // the request being handled waits for a tier
   bool handling_ = false;     // inside Handle: a deferred answer arriving now goes to out_
   uint64_t current_id_ = 0;   // id of the request being handled
+  metrics::RequestMetrics* requests_ = nullptr;
+  size_t current_op_ = 0;  // protocol::Op of the request being handled, as an index
+  std::chrono::steady_clock::time_point started_{};
+  void Record(size_t op, const Status& outcome, std::chrono::steady_clock::time_point started);
   std::string* out_ = nullptr;
   // Per-request scratch, reused so a request allocates nothing in the steady state.
   msgpack::zone zone_;

@@ -17,6 +17,8 @@
 
 #include "common/log.h"
 #include "common/syscall.h"
+#include "metrics/exporter.h"
+#include "metrics/on_loop.h"
 #include "platform/process.h"
 #include "protocol/wire.h"
 #include "server/disk_tier.h"
@@ -26,6 +28,7 @@
 #include "server/store.h"
 #include "shmkv/segment.h"
 #include "shmkv/size.h"
+#include "shmkv/version.h"
 
 namespace shmkv {
 
@@ -98,6 +101,29 @@ struct Server::Impl {
   std::unordered_map<SessionId, std::unique_ptr<asio::posix::stream_descriptor>> orphan_watches;
   size_t buffered_bytes = 0;  // request buffers of every connection, bounded by max_buffered_bytes
   bool socket_bound = false;
+  // With --metrics-address: requests by operation and outcome (written on the loop, read by the
+  // exporter's threads: atomics), and the HTTP endpoint, stopped before the loop.
+  std::unique_ptr<metrics::RequestMetrics> requests;
+  std::unique_ptr<metrics::Exporter> exporter;
+  double start_time_seconds = 0;
+
+  metrics::Snapshot TakeSnapshot() {
+    metrics::Snapshot snap;
+    std::vector<TierCounter> counters;
+    service.Stats(counters);
+    metrics::AppendCounters(counters, snap.counters);
+    if (requests) snap.requests = requests->Snapshot();
+    snap.health.push_back({"loop", true, {}});  // it answered this snapshot
+    snap.health.push_back({"pool", true, {}});
+    for (const auto& [name, h] : service.TierHealths()) snap.health.push_back({std::string(name), h.up, h.reason});
+    snap.version = std::string(kVersionString);
+    snap.protocol_min = wire::kMinProtocolVersion;
+    snap.protocol_max = wire::kProtocolVersion;
+    snap.segment = segment.name();
+    snap.generation = service.identity().generation;
+    snap.start_time_seconds = start_time_seconds;
+    return snap;
+  }
 
   Impl(ServerOptions o, SharedSegment seg, Store store, ServiceIdentity identity)
       : options(std::move(o)), segment(std::move(seg)), service(std::move(store), std::move(identity)) {}
@@ -130,9 +156,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
         socket_(std::move(socket)),
         session_(id),
         peer_pidfd_(std::move(peer_pidfd)),
-        handler_(server.service, id, [this] {
-          return [self = shared_from_this()](std::string_view reply) { self->ResumeAfterDeferred(reply); };
-        }) {}
+        handler_(
+            server.service, id,
+            [this] {
+              return [self = shared_from_this()](std::string_view reply) { self->ResumeAfterDeferred(reply); };
+            },
+            server.requests.get()) {}
   ~Connection() { server_.buffered_bytes -= in_.size(); }
 
   void Start() {
@@ -195,6 +224,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     const size_t grow = std::max(want, in_.size()) - in_.size();
     if (grow == 0) return true;
     if (server_.buffered_bytes + grow > server_.options.max_buffered_bytes) {
+      server_.service.CountRejectedFrame();
       handler_.AppendError(
           0,
           Status::Full(fmt::format("the server's request buffers are full ({} of {} bytes in use by all "
@@ -229,6 +259,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       const uint32_t len = wire::ReadLength(reinterpret_cast<const uint8_t*>(in_.data() + pos));
       if (len == 0 || len > FrameLimit()) {
         // The stream cannot be resynchronised after a bad length: answer once, then hang up.
+        server_.service.CountRejectedFrame();
         handler_.AppendError(
             0,
             Status::Protocol(fmt::format("frame length {} is outside 1..{}{}", len, FrameLimit(),
@@ -454,6 +485,19 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
     if (!redis.ok()) return redis.status().WithContext("L3 Redis tier");
     impl->service.AddTier(std::move(redis).value());
   }
+  impl->start_time_seconds = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  if (options.metrics) {
+    impl->requests =
+        std::make_unique<metrics::RequestMetrics>(RequestHandler::MetricsOps(), RequestHandler::MetricsOutcomes());
+    Impl* raw = impl.get();
+    auto exporter = metrics::Exporter::Start(*options.metrics, [raw]() -> Result<metrics::Snapshot> {
+      return metrics::RunOnLoop(
+          raw->io, [raw] { return raw->TakeSnapshot(); }, std::chrono::seconds(2));
+    });
+    if (!exporter.ok()) return exporter.status().WithContext("--metrics-address");
+    impl->exporter = std::move(exporter).value();
+    Log().info("metrics on {} (health on /healthz)", impl->exporter->url());
+  }
   SHMKV_RETURN_IF_ERROR(BindSocket(impl->acceptor, options.socket_path, options.socket_mode));
   impl->socket_bound = true;
   return std::unique_ptr<Server>(new Server(std::move(impl)));
@@ -486,6 +530,9 @@ void Server::Stop() {
       if (auto c = weak.lock()) c->Close();
     }
     s.orphan_watches.clear();
+    // Before the loop stops: a scrape in progress waits for the loop (bounded), never for a
+    // loop that is gone.
+    if (s.exporter) s.exporter->Stop();
     // Write-through promises that committed objects reach the disk: let the tiers drain first.
     s.service.Drain(std::chrono::seconds(5), [&s] { s.io.stop(); });
   });

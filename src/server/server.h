@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 
+#include "metrics/exporter.h"
 #include "protocol/wire.h"
 #include "server/disk_tier_options.h"
 #include "server/eviction_policy.h"
@@ -49,6 +50,8 @@ struct ServerOptions {
   EvictionOptions eviction;
   // The L3 Redis tier (docs/l3-redis.md), below L2; unset: no L3.
   std::optional<RedisTierOptions> redis;
+  // The Prometheus endpoint (/metrics, /healthz; docs/operations.md); unset: none.
+  std::optional<metrics::ExporterOptions> metrics;
 };
 
 class Server {
