@@ -63,6 +63,10 @@ def parse_args(argv):
     p.add_argument("--pool-size", default="1GiB", help="shmkv pool size (smaller than the working set: eviction shows)")
     p.add_argument("--disk-dir", default=None,
                    help="give the server an L2 disk tier in this directory: evicted chunks come back from disk")
+    p.add_argument("--nodes", type=int, default=1,
+                   help="shmkv servers standing for GPU nodes, sharing chunks through a local 3-master Redis "
+                        "Cluster (the L3 tier, started and stopped by the demo); workers are spread over the nodes, "
+                        "so a turn played on another node than the last one finds its prefix in L3")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--engine", choices=["shmkv", "vllm"], default="shmkv",
                    help="the workers' API: shmkv.KVConnector, or the vLLM adapter's call sequence")
@@ -80,11 +84,13 @@ def parse_args(argv):
             if dest not in given:
                 setattr(a, dest, value)
     for name in ("workers", "conversations", "turns", "system_prompts", "layers", "kv_heads", "head_size",
-                 "block_size", "chunk_tokens"):
+                 "block_size", "chunk_tokens", "nodes"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, not {getattr(a, name)}")
     if a.chunk_tokens % a.block_size:
         p.error("--chunk-tokens must be a multiple of --block-size")
+    if a.workers < a.nodes:
+        p.error(f"--nodes {a.nodes} needs at least as many workers (--workers {a.workers})")
     return a
 
 
@@ -305,12 +311,16 @@ class Conversations:
         return list(self.history[conv])
 
 
-def start_server(args, workdir):
+def start_server(args, workdir, node=0, redis_url=None):
     binary = pathlib.Path(args.build_dir) / "src" / "shmkv-server"
     if not binary.exists():
         sys.exit(f"demo: {binary} is missing; run scripts/demo.sh (it builds first)")
-    socket_path = str(pathlib.Path(workdir) / "shmkv.sock")
-    extra = ["--disk-dir", args.disk_dir] if args.disk_dir else []
+    socket_path = str(pathlib.Path(workdir) / (f"shmkv-node{node}.sock" if redis_url else "shmkv.sock"))
+    extra = []
+    if args.disk_dir:  # one L2 directory per node (a directory is locked by its server)
+        extra += ["--disk-dir", os.path.join(args.disk_dir, f"node{node}") if redis_url else args.disk_dir]
+    if redis_url:
+        extra += ["--redis", redis_url, "--redis-write", "through"]
     # Its own session: a Ctrl-C reaches only the demo, which then stops the workers and the server
     # in order (a server stopped first would leave the workers' last calls failing).
     from shmkv.server import start_server as start  # noqa: PLC0415 (the build's package, on sys.path)
@@ -371,13 +381,17 @@ def write_chart(path, records, samples, args, t0):
     if samples:
         ts = [s[0] - t0 for s in samples]
         ax[2].plot(ts, [s[1] / 2**20 for s in samples], label="pool used (MiB)")
-        ax[2].set(title="pool occupancy", xlabel="time (s)", ylabel="MiB")
+        ax[2].set(title="pool occupancy" + (" (all nodes) and cross-node loads" if args.nodes > 1 else ""),
+                  xlabel="time (s)", ylabel="MiB")
         ax2 = ax[2].twinx()
         ax2.plot(ts, [s[2] for s in samples], color="tab:red", label="evictions")
-        ax2.set_ylabel("evictions (cumulative)")
+        if args.nodes > 1:
+            ax2.plot(ts, [s[3] for s in samples], color="tab:green", label="cross-node chunk loads (L3)")
+        ax2.set_ylabel("evictions, L3 loads (cumulative)" if args.nodes > 1 else "evictions (cumulative)")
         ax[2].legend(loc="upper left")
         ax2.legend(loc="lower right")
-    fig.suptitle(f"shmkv demo: {args.workers} workers, {len(records)} requests, {args.layers} layers x "
+    nodes = f"{args.nodes} nodes (L3 Redis Cluster), " if args.nodes > 1 else ""
+    fig.suptitle(f"shmkv demo: {nodes}{args.workers} workers, {len(records)} requests, {args.layers} layers x "
                  f"{args.kv_heads} KV heads x {args.head_size}, {args.dtype}, chunk {args.chunk_tokens}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -419,9 +433,42 @@ def l2_files(disk_dir):
     return files, size
 
 
+def start_redis_cluster(workdir):
+    """A local 3-master Redis Cluster for --nodes (the test suite's harness: tests/python/redis_cluster.py)."""
+    if not shutil.which("redis-server") or not shutil.which("redis-cli"):
+        sys.exit("demo: --nodes needs redis-server and redis-cli (scripts/install-deps.sh installs them)")
+    sys.path.insert(0, str(ROOT / "tests" / "python"))
+    from redis_cluster import RedisCluster  # noqa: PLC0415
+
+    try:
+        return RedisCluster(pathlib.Path(workdir) / "redis", masters=3)
+    except Exception as e:  # noqa: BLE001 - any failure to start is reported the same way
+        sys.exit(f"demo: the local Redis Cluster did not start: {e}")
+
+
 def run(args, shmkv, out_dir, workdir):
-    proc, socket_path, segment, ready = start_server(args, workdir)
-    print(f"shmkv demo: {ready}")
+    cluster = start_redis_cluster(workdir) if args.nodes > 1 else None
+    try:
+        run_nodes(args, shmkv, out_dir, workdir, cluster)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+def run_nodes(args, shmkv, out_dir, workdir, cluster):
+    servers = []  # (proc, socket, segment, ready line), one per node
+    try:
+        for node in range(args.nodes):
+            servers.append(start_server(args, workdir, node, cluster.url() if cluster else None))
+    except BaseException:
+        for proc, *_ in servers:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        raise
+    if cluster:
+        print(f"shmkv demo: {args.nodes} nodes sharing chunks through the Redis Cluster at {cluster.url()}")
+    for _, _, _, ready in servers:
+        print(f"shmkv demo: {ready}")
     chunk_mib = 2 * args.layers * args.chunk_tokens * args.kv_heads * args.head_size * \
         {"bfloat16": 2, "float16": 2, "float32": 4}[args.dtype] / 2**20
     if args.engine == "vllm":
@@ -432,13 +479,20 @@ def run(args, shmkv, out_dir, workdir):
 
     ctx = mp.get_context("spawn")  # fresh interpreters: no inherited sockets, mappings or threads
     tasks, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
-    workers = [ctx.Process(target=worker_main, args=(r, args, socket_path, tasks, results, stop), daemon=True)
-               for r in range(args.workers)]
+    # Worker r runs on node r % nodes.
+    workers = [ctx.Process(target=worker_main, args=(r, args, servers[r % args.nodes][1], tasks, results, stop),
+                           daemon=True) for r in range(args.workers)]
 
     convs = Conversations(args)
     total = args.conversations * args.turns
     records, samples, failure = [], [], None
-    monitor = shmkv.Client(socket_path, instance_id="demo-monitor")
+    monitors = [shmkv.Client(sock, instance_id="demo-monitor") for _, sock, _, _ in servers]
+
+    def node_stats():
+        """Every node's stats, and their sums."""
+        per_node = [m.stats() for m in monitors]
+        return per_node, {k: sum(st.get(k, 0) for st in per_node) for k in per_node[0]}
+
     started = time.time()
     hit_sum = prompt_sum = 0
     last_sample = 0.0
@@ -466,15 +520,20 @@ def run(args, shmkv, out_dir, workdir):
                     tasks.put((r["conv"], r["turn"] + 1, convs.next_request(r["conv"])))
             now = time.time()
             if now - last_sample > 0.25 or r is None:
-                st = monitor.stats()
-                samples.append((now, st["used_bytes"], st["evictions"]))
+                _, st = node_stats()
+                samples.append((now, st["used_bytes"], st["evictions"], st.get("l3_loads", 0)))
                 last_sample = now
             progress(len(records), total, started, hit_sum, prompt_sum, not args.no_progress)
         if not args.no_progress:
             sys.stderr.write("\n")
         wall = time.time() - started
-        final_stats = monitor.stats()
-        samples.append((time.time(), final_stats["used_bytes"], final_stats["evictions"]))
+        per_node_stats, final_stats = node_stats()
+        deadline = time.time() + 5
+        while final_stats.get("l3_queue_bytes", 0) and time.time() < deadline:  # the last stores' L3 writes
+            time.sleep(0.05)
+            per_node_stats, final_stats = node_stats()
+        samples.append((time.time(), final_stats["used_bytes"], final_stats["evictions"],
+                        final_stats.get("l3_loads", 0)))
     except KeyboardInterrupt:
         failure = "interrupted (Ctrl-C); workers and server stopped"
         if not args.no_progress:
@@ -483,7 +542,8 @@ def run(args, shmkv, out_dir, workdir):
         # The clean-up is bounded (joins with timeouts, then kills): a second Ctrl-C must not cut it
         # short and leave the workers or the server behind.
         previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        monitor.close()
+        for m in monitors:
+            m.close()
         # Requests the workers never took must not keep this process waiting at exit, nor the
         # workers busy: each stops after the request it is playing.
         stop.set()
@@ -495,11 +555,15 @@ def run(args, shmkv, out_dir, workdir):
             w.join(timeout=30)
             if w.is_alive():
                 w.kill()
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=30)
+        for proc, *_ in servers:
+            proc.send_signal(signal.SIGTERM)
+        rcs = [proc.wait(timeout=30) for proc, *_ in servers]
+        rc = next((c for c in rcs if c != 0), 0)
         signal.signal(signal.SIGINT, previous_sigint)
+    segments = [seg for _, _, seg, _ in servers]
+    left = [seg for seg in segments if seg and pathlib.Path("/dev/shm", seg).exists()]
+    segment = ", ".join(segments)
     if failure:
-        left = segment and pathlib.Path("/dev/shm", segment).exists()
         print(f"demo FAILED: {failure}; server exit code {rc}; segment {segment} "
               f"{'STILL PRESENT' if left else 'removed'}", file=sys.stderr)
         sys.exit(130 if failure.startswith("interrupted") else 1)
@@ -527,11 +591,18 @@ def run(args, shmkv, out_dir, workdir):
         print(f"  L2 disk tier        {final_stats['l2_hits']} chunk hits from disk, {final_stats['l2_loads']} loads, "
               f"{final_stats['l2_writes']} writes; {final_stats['l2_objects']} files, "
               f"{human_bytes(final_stats['l2_bytes'])} in {args.disk_dir}")
+    if cluster:
+        print(f"  L3 (Redis Cluster)  {final_stats['l3_loads']} chunks loaded on one node that another node "
+              f"prefilled ({final_stats['l3_loads'] * args.chunk_tokens:,} tokens, "
+              f"{human_bytes(int(final_stats['l3_load_bytes']))}): cross-node hits; "
+              f"{final_stats['l3_writes']} chunks written to Redis")
+        for node, st in enumerate(per_node_stats):
+            print(f"    node {node}            {st['l3_hits']} cross-node chunk hits, {st['l3_loads']} loads, "
+                  f"{st['lookup_hits']} L1 chunk hits, {st['l3_writes']} chunks written to L3")
     print(f"  data check          {bad} wrong chunks of {reused // args.chunk_tokens} retrieved")
     chart = out_dir / "shmkv-demo.png"
     write_chart(chart, records, samples, args, started)
     print(f"  chart               {chart}")
-    left = segment and pathlib.Path("/dev/shm", segment).exists()
     print(f"  shutdown            server exit code {rc}; segment {segment} "
           f"{'STILL PRESENT' if left else 'removed'}")
     if args.disk_dir:

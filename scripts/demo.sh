@@ -3,7 +3,8 @@
 # then runs scripts/demo.py (a server on embedded defaults, simulated engine workers, multi-turn
 # chats sharing system prompts; progress bar, summary, PNG chart in demo-output/).
 # Arguments go to the demo: `scripts/demo.sh --help`, `--quick`, `--workers 4 --conversations 64`,
-# `--engine vllm` (the workers go through the vLLM adapter's call sequence, docs/vllm.md).
+# `--engine vllm` (the workers go through the vLLM adapter's call sequence, docs/vllm.md),
+# `--nodes 2 --workers 4` (two servers sharing chunks through a local Redis Cluster, docs/l3-redis.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

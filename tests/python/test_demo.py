@@ -58,3 +58,23 @@ def test_demo_quick_through_the_vllm_adapters_call_sequence(build_dir, tmp_path)
     reused = int(re.search(r"tokens reused\s+([\d,]+)", text).group(1).replace(",", ""))
     assert reused > 0, text
     assert re.search(r"data check\s+0 wrong chunks of [1-9]\d* retrieved", text), text
+
+
+def test_demo_quick_with_two_nodes_sharing_chunks_through_redis(build_dir, tmp_path):
+    pytest.importorskip("torch")
+    import shutil
+
+    if not shutil.which("redis-server") or not shutil.which("redis-cli"):
+        pytest.skip("redis-server / redis-cli not installed (scripts/install-deps.sh installs them)")
+    out = subprocess.run(["/usr/bin/python3", str(ROOT / "scripts" / "demo.py"), "--quick", "--no-progress",
+                          "--build-dir", str(build_dir), "--output-dir", str(tmp_path), "--nodes", "2",
+                          "--workers", "4"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    l3 = re.search(r"L3 \(Redis Cluster\)\s+(\d+) chunks loaded on one node that another node prefilled", text)
+    assert l3 and int(l3.group(1)) > 0, text  # turns land on either node: the other node's prefill is reused
+    assert len(re.findall(r"node \d\s+\d+ cross-node chunk hits", text)) == 2, text
+    assert re.search(r"data check\s+0 wrong chunks of [1-9]\d* retrieved", text), text
+    for segment in re.findall(r"segment=(\S+)", text):
+        assert not pathlib.Path("/dev/shm", segment).exists()
+    assert (tmp_path / "shmkv-demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
