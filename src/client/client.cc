@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -21,6 +22,23 @@
 namespace shmkv {
 
 namespace {
+
+// What to do about a failed connect: a missing socket means no server; a refused permission
+// means the socket belongs to another user or group (the fix is on the server's side).
+std::string ConnectHint(const std::string& path, int err) {
+  if (err == EACCES || err == EPERM) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0) {
+      return fmt::format(
+          " (the socket belongs to uid {} gid {} with mode {:o}, and this process is uid {} gid {}: "
+          "start the server with --socket-mode 660 and add this user to its group, or run as its user)",
+          st.st_uid, st.st_gid, st.st_mode & 0777, ::geteuid(), ::getegid());
+    }
+    return " (this user may not reach the socket: check the modes of its directories)";
+  }
+  if (err == ENOENT || err == ECONNREFUSED) return " (is the server running, with this --socket?)";
+  return "";
+}
 
 using Deadline = std::chrono::steady_clock::time_point;
 
@@ -42,10 +60,10 @@ class Channel {
     sys::UniqueFd sock(fd.value);
     auto rc = sys::Call([&] { return ::connect(sock.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr); });
     if (!rc.ok() && rc.err != EINPROGRESS && rc.err != EAGAIN) {
-      return Status(
-          rc.err == ENOENT || rc.err == ECONNREFUSED ? StatusCode::kDisconnected : StatusCode::kIoError,
-          fmt::format("connecting to shmkv-server at '{}': {} (is the server running?)", path, std::strerror(rc.err)),
-          rc.err);
+      return Status(rc.err == ENOENT || rc.err == ECONNREFUSED ? StatusCode::kDisconnected : StatusCode::kIoError,
+                    fmt::format("connecting to shmkv-server at '{}': {}{}", path, std::strerror(rc.err),
+                                ConnectHint(path, rc.err)),
+                    rc.err);
     }
     Channel ch(std::move(sock));
     if (!rc.ok()) {

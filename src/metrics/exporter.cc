@@ -131,6 +131,12 @@ Exporter::~Exporter() {
 
 void Exporter::Stop() {
   if (!impl_ || !impl_->thread.joinable()) return;
+  // httplib's stop() does nothing until the listening thread has marked the server running; a
+  // stop right after Start (a SIGTERM at startup) would then leave that thread in accept()
+  // forever. Wait for it first (it gets there at once; bounded all the same).
+  for (int i = 0; i < 5000 && !impl_->server.is_running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   impl_->server.stop();
   impl_->thread.join();
 }

@@ -63,31 +63,35 @@ size_t KvService::ExpireLeases(Clock::time_point now) {
 
 void KvService::Stats(std::vector<TierCounter>& out) const {
   const StoreStats s = store_.stats();
-  out.insert(out.end(), {
-                            {"objects", s.objects},
-                            {"used_bytes", s.used_bytes},
-                            {"pool_size", s.pool_size},
-                            {"reserved_objects", s.reserved_objects},
-                            {"pinned_objects", s.pinned_objects},
-                            {"sessions", s.sessions},
-                            {"evictions", s.evictions},
-                            {"evicted_bytes", s.evicted_bytes},
-                            {"stores", s.stores},
-                            {"lookups", s.lookups},
-                            {"lookup_hits", s.lookup_hits},
-                            {"retrieves", s.retrieves},
-                            {"expired_leases", s.expired_leases},
-                            {"quarantined_slots", s.quarantined_slots},
-                            {"quarantined_bytes", s.quarantined_bytes},
-                            {"generation", identity_.generation},
-                            {"lookup_keys", s.lookup_keys},
-                            {"lookup_hit_keys", lookup_hit_keys_},
-                            {"l1_misses", s.lookup_keys - std::min(s.lookup_keys, s.lookup_hits)},
-                            {"stored_bytes", s.stored_bytes},
-                            {"retrieved_bytes", s.retrieved_bytes},
-                            {"rejected_frames", rejected_frames_},
-                            {"leases_reclaimed_on_disconnect", leases_reclaimed_on_disconnect_},
-                        });
+  out.insert(
+      out.end(),
+      {
+          {"objects", s.objects},
+          {"used_bytes", s.used_bytes},
+          {"pool_size", s.pool_size},
+          {"reserved_objects", s.reserved_objects},
+          {"pinned_objects", s.pinned_objects},
+          {"sessions", s.sessions},
+          {"evictions", s.evictions},
+          {"evicted_bytes", s.evicted_bytes},
+          {"stores", s.stores},
+          {"lookups", s.lookups},
+          {"lookup_hits", s.lookup_hits},
+          {"retrieves", s.retrieves},
+          {"expired_leases", s.expired_leases},
+          {"quarantined_slots", s.quarantined_slots},
+          {"quarantined_bytes", s.quarantined_bytes},
+          {"generation", identity_.generation},
+          {"lookup_keys", s.lookup_keys},
+          {"lookup_hit_keys", lookup_hit_keys_},
+          {"l1_misses", s.lookup_keys - std::min(s.lookup_keys, s.lookup_hits)},
+          {"stored_bytes", s.stored_bytes},
+          {"retrieved_bytes", s.retrieved_bytes},
+          {"rejected_frames", rejected_frames_},
+          {"leases_reclaimed_on_disconnect", leases_reclaimed_on_disconnect_},
+          {"uptime_seconds",
+           static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - started_).count())},
+      });
   for (const auto& tier : tiers_) tier->AppendStats(out);
   if (!tiers_.empty()) {
     // L1's side of the write-behind: what no lower tier has a copy of yet.

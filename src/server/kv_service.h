@@ -129,6 +129,7 @@ class KvService {
   std::vector<std::unique_ptr<Tier>> tiers_;
   std::unordered_set<SessionId> open_sessions_;  // a deferred retrieve pins only for a live session
   uint64_t lookup_hit_keys_ = 0;                 // keys of lookups' leading runs, every tier
+  Clock::time_point started_ = Clock::now();     // for uptime_seconds
   uint64_t rejected_frames_ = 0;
   uint64_t leases_reclaimed_on_disconnect_ = 0;  // reservations and pins a closing session held
 };

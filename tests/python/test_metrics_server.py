@@ -115,3 +115,13 @@ def test_a_bad_or_busy_metrics_address_fails_at_start_naming_it(server_bin, tmp_
                             "--shm-name", segment_name, "--metrics-address", f"127.0.0.1:{port}"],
                            capture_output=True, text=True, timeout=20)
         assert r.returncode == 1 and "--metrics-address" in r.stderr and str(port) in r.stderr, r
+
+
+def test_sigterm_right_after_start_stops_a_server_with_metrics(server_bin, tmp_path, segment_name):
+    # The exporter's listening thread may not be running yet when the stop comes: it must still end.
+    import signal
+
+    for i in range(5):
+        srv = ServerProcess(server_bin, tmp_path, f"{segment_name}_{i}", "8MiB", "--metrics-address", "127.0.0.1:0")
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(timeout=15) == 0

@@ -368,6 +368,18 @@ def test_shmkv_stats_cli(shmkv_module, server, shmkv_bin):
         import json
         stats = json.loads(out.stdout)
         assert stats["objects"] == 1 and stats["pool_size"] == 64 << 20
+        text = subprocess.run([shmkv_bin, "stats", "--socket", server.socket], capture_output=True, text=True,
+                              timeout=10)
+        assert text.returncode == 0, text.stderr
+        import re
+        # The summary a person reads first: uptime, pool use in binary units, the hit rate.
+        assert re.search(r"^  up \d+", text.stdout, re.M), text.stdout
+        assert "64.0 MiB" in text.stdout and "1 objects" in text.stdout, text.stdout
+        assert re.search(r"hit rate (-|[\d.]+%) of keys", text.stdout), text.stdout
+        # Every counter, values in one column.
+        counters = text.stdout.split("\n\n", 1)[1]
+        rows = [ln for ln in counters.splitlines() if re.match(r"^  [a-z0-9_]+ +\d+", ln)]
+        assert rows and len({ln.index(re.search(r" \d", ln).group()) for ln in rows}) == 1, rows
     missing = subprocess.run([shmkv_bin, "stats", "--socket", "/nonexistent.sock"], capture_output=True, text=True,
                              timeout=10)
     assert missing.returncode == 1 and "is the server running" in missing.stderr
