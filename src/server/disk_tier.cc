@@ -55,7 +55,10 @@ Status ProbeDirectIo(const std::string& dir) {
   const std::string path = (std::filesystem::path(dir) / ".shmkv-tmp-direct-probe").string();
   auto fd = sys::Call(
       [&] { return ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_DIRECT | O_NOFOLLOW | O_CLOEXEC, 0600); });
-  if (!fd.ok()) return Status::FromErrno(fmt::format("open({}, O_DIRECT)", path), fd.err);
+  if (!fd.ok()) {
+    ::unlink(path.c_str());  // the create may have happened before the O_DIRECT check failed (ramfs)
+    return Status::FromErrno(fmt::format("open({}, O_DIRECT)", path), fd.err);
+  }
   sys::UniqueFd file(fd.value);
   void* raw = nullptr;
   if (::posix_memalign(&raw, kDiskBlock, kDiskBlock) != 0) return Status::Internal("posix_memalign failed");

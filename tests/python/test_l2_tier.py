@@ -113,6 +113,8 @@ def fs_takes_o_direct(directory) -> bool:
     try:
         fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o600)
     except OSError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(probe)  # ramfs creates the file before it refuses O_DIRECT
         return False
     os.close(fd)
     os.unlink(probe)
@@ -153,12 +155,20 @@ def test_eviction_demotes_to_disk_and_back_byte_identical(l2, shmkv_module, tmp_
     assert all(v is not None for v in views)
     assert [sha(v) for v in views] == [sha(payload(i, sizes[i])) for i in range(8, 12)]
     c.commit_retrieve(keys[8:12])
-    # Files are named from digests: <32 hex of the namespace>/<hex of the key>.
+    # Files are named from digests: <32 hex of the namespace>/<hex of the key>, and with O_DIRECT
+    # `.<length>` after it for the sizes that are not page multiples (padded).
     names = files_under(disk)
     assert len(names) == st["l2_objects"]
+    direct = uses_direct_io(srv)
     for n in names:
-        ns, key_hex = n.split("/")
-        assert len(ns) == NS_HEX_LEN and bytes.fromhex(key_hex) in keys
+        ns, name = n.split("/")
+        key_hex, _, length = name.partition(".")
+        i = keys.index(bytes.fromhex(key_hex))
+        assert len(ns) == NS_HEX_LEN
+        if direct and sizes[i] % 4096 != 0:
+            assert (int(length), (disk / n).stat().st_size) == (sizes[i], padded(sizes[i])), n
+        else:
+            assert length == "" and (disk / n).stat().st_size == sizes[i], n
 
 
 def test_write_through_and_persistence_across_restart(l2, shmkv_module, tmp_path):
@@ -952,7 +962,8 @@ def test_o_direct_falls_back_to_buffered_io_where_the_file_system_refuses_it(l2,
 
     def check_dir(d, refuses):
         disk = pathlib.Path(d) / "disk"
-        srv = l2(disk, "--disk-write-through", pool="8MiB")
+        # ramfs reports no free space: the bound is given.
+        srv = l2(disk, "--disk-write-through", "--disk-size", "64MiB", pool="8MiB")
         assert uses_direct_io(srv) == (not refuses), srv.log()
         if refuses:
             assert "refuses O_DIRECT" in srv.log() and "using buffered I/O" in srv.log(), srv.log()
@@ -962,7 +973,7 @@ def test_o_direct_falls_back_to_buffered_io_where_the_file_system_refuses_it(l2,
         assert file_of(disk, b"odd").name == (b"odd".hex() if refuses else b"odd".hex() + ".5000")
         c.close()
         assert srv.stop() == 0
-        srv2 = l2(disk, pool="8MiB")
+        srv2 = l2(disk, "--disk-size", "64MiB", pool="8MiB")
         c2 = client(shmkv_module, srv2)
         got = c2.get(b"odd")
         assert got is not None and len(got) == 5000 and sha(got) == sha(payload(1, 5000))
@@ -971,7 +982,8 @@ def test_o_direct_falls_back_to_buffered_io_where_the_file_system_refuses_it(l2,
         assert srv2.stop() == 0
         if refuses:
             r = subprocess.run([server_bin, "--pool-size", "8MiB", "--shm-name", segment_name + "d", "--socket",
-                                str(tmp_path / "direct-on.sock"), "--disk-dir", str(disk), "--disk-direct", "on"],
+                                str(tmp_path / "direct-on.sock"), "--disk-dir", str(disk), "--disk-direct", "on",
+                                "--disk-size", "64MiB"],
                                capture_output=True, text=True, timeout=20)
             assert r.returncode != 0
             assert "refuses O_DIRECT" in r.stderr and "--disk-direct auto or off" in r.stderr, r.stderr
