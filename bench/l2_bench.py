@@ -9,15 +9,16 @@ Setup, each timed as write-behind throughput: a shmkv-server with --disk-dir and
 and the time runs until every write has landed (l2_dirty_objects and l2_writes_in_flight 0):
 once with --disk-direct off (buffered, into the page cache) in a scratch directory, once with
 --disk-direct on (the benchmark's directory). Then the server is restarted with the same
---disk-dir and a pool that holds a quarter of the data set (at least three batches), so every
+--disk-dir and a pool that holds a quarter of the data set (at least connections + 1 batches), so every
 retrieve below loads from disk (L1 evicts the previous batches' clean copies, nothing is written).
 
 Each round, alternating so drift hits every method alike:
-  l2 pipelined:  the N keys in sub-batches of B keys over two connections on two threads: while
-                 one thread copies its sub-batch out of the pool (numpy copyto into a private
-                 buffer) and commits, the other's prepare_retrieve has the server READ the next
-                 sub-batch (O_DIRECT, straight into the pool slots; worker queue depth 4). The
-                 protocol is unchanged: each connection sends one request at a time.
+  l2 pipelined:  the N keys in sub-batches of B keys over C connections on C threads
+                 (--connections, default 3): while one thread copies its sub-batch out of the pool
+                 (numpy copyto into a private buffer) and commits, the others' prepare_retrieve
+                 have the server READ the next sub-batches (O_DIRECT, straight into the pool
+                 slots; the worker keeps 4 reads in flight). The protocol is unchanged: each
+                 connection sends one request at a time.
   l2 serial:     one connection: prepare_retrieve of B keys, copy, commit, next (no overlap; what
                  earlier versions of this script measured).
   fio:           fio --rw=read --direct=1 --ioengine=io_uring --bs=SIZE --iodepth=4 over the
@@ -26,6 +27,8 @@ Each round, alternating so drift hits every method alike:
   pread xB:      the same files, B at a time on B threads (os.preadv into a private buffer),
                  after evicting them from the page cache (buffered reads from the disk).
 1 GB = 1e9 bytes. Prints a Markdown table: median GB/s, min..max, ratio to fio.
+
+Both ratios to fio are printed: of the medians, and the median of the per-round ratios.
 
 Usage (from the repository root, after building):
   /usr/bin/python3 bench/l2_bench.py [--size-mib 32] [--objects 32] [--batch 4] [--rounds 5] [--dir /var/tmp]
@@ -100,13 +103,16 @@ def store_all(shmkv, server_bin, disk, pool, name, sock, keys, src, direct):
     return gbps
 
 
-def fio_read(files, size, depth):
+def fio_read(links, size, depth):
+    """fio over the object files, through hard links with short names in `links` (fio's filename
+    option is limited in length)."""
+    names = sorted(os.listdir(links), key=int)
     cmd = ["fio", "--name=l2", "--readonly", "--rw=read", f"--bs={size}", f"--iodepth={depth}",
-           "--ioengine=io_uring", "--direct=1", "--filename=" + ":".join(files), f"--size={len(files) * size}",
-           "--output-format=json"]
+           "--ioengine=io_uring", "--direct=1", f"--directory={links}", "--filename=" + ":".join(names),
+           f"--size={len(names) * size}", "--output-format=json"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True).stdout
     job = json.loads(out[out.index("{"):])["jobs"][0]
-    assert job["read"]["io_bytes"] == len(files) * size, job["read"]["io_bytes"]
+    assert job["read"]["io_bytes"] == len(names) * size, job["read"]["io_bytes"]
     return job["read"]["bw_bytes"] / 1e9
 
 
@@ -116,6 +122,7 @@ def main():
     ap.add_argument("--objects", type=int, default=32)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=3, help="connections (threads) of l2 pipelined")
     ap.add_argument("--build", default=os.environ.get("SHMKV_BUILD_DIR", os.path.join(ROOT, "build")))
     ap.add_argument("--dir", default="/var/tmp", help="parent of the disk directory (a disk file system)")
     args = ap.parse_args()
@@ -133,7 +140,7 @@ def main():
     name = f"l2bench{os.getpid()}"
     keys = [hashlib.sha256(b"bench-%d" % i).digest() for i in range(n)]
     src = np.random.default_rng(7).integers(0, 256, size=size, dtype=np.uint8)
-    pool_mib = max(n * args.size_mib // 4, 3 * batch * args.size_mib)
+    pool_mib = max(n * args.size_mib // 4, (args.connections + 1) * batch * args.size_mib)
 
     log(f"write-behind: {n} x {args.size_mib} MiB with write-through, buffered then O_DIRECT, into {work}")
     writes = {"buffered": [], "O_DIRECT": []}
@@ -147,9 +154,13 @@ def main():
     subprocess.run(["sync"], check=True)
     files = object_files(disk)
     assert len(files) == n and all(os.path.getsize(f) == size for f in files)
+    links = os.path.join(work, "fio")
+    os.makedirs(links)
+    for i, f in enumerate(files):
+        os.link(f, os.path.join(links, str(i)))
 
     s = Server(server_bin, disk, f"{pool_mib}MiB", name, sock, "--disk-direct", "on")
-    conns = [shmkv.Client(sock, timeout=120.0, model="bench") for _ in range(2)]
+    conns = [shmkv.Client(sock, timeout=120.0, model="bench") for _ in range(max(1, args.connections))]
     c = conns[0]
     assert c.lookup(keys) == n
     out = [[np.empty(size, dtype=np.uint8) for _ in range(batch)] for _ in conns]
@@ -169,7 +180,7 @@ def main():
         return n * size / (time.perf_counter() - t0) / 1e9
 
     def run_pipelined():
-        # Thread t takes sub-batches t, t+2, ...: one loads while the other copies.
+        # Thread t takes sub-batches t, t+C, ...: one loads while another copies.
         errors = []
 
         def worker(t):
@@ -213,7 +224,7 @@ def main():
     c.commit_retrieve(keys[:1])
 
     methods = (("l2 pipelined", run_pipelined), ("l2 serial", run_serial),
-               ("fio", lambda: fio_read(files, size, QUEUE_DEPTH)), ("pread", run_pread))
+               ("fio", lambda: fio_read(links, size, QUEUE_DEPTH)), ("pread", run_pread))
     results = {m: [] for m, _ in methods}
     for r in range(args.rounds):
         for m, fn in methods:
@@ -229,12 +240,15 @@ def main():
     fio_med = statistics.median(results["fio"])
     print(f"\n{n} objects x {args.size_mib} MiB, sub-batches of {batch}, worker and fio queue depth "
           f"{QUEUE_DEPTH}, {args.rounds} rounds, O_DIRECT\n")
-    print("| method | GB/s (median, min..max) | / fio |")
-    print("|---|---|---|")
+    # Both ratios: of the medians, and the median of each round's own ratio (fio ran right after
+    # the L2 passes of that round), which is steadier when the disk's speed drifts.
+    print("| method | GB/s (median, min..max) | / fio (medians) | / fio (median of per-round ratios) |")
+    print("|---|---|---|---|")
     for m, _ in methods:
         a = results[m]
+        per_round = statistics.median(x / f for x, f in zip(a, results["fio"]))
         print(f"| {m} | {statistics.median(a):.2f} ({min(a):.2f}..{max(a):.2f}) | "
-              f"{statistics.median(a) / fio_med:.2f}x |")
+              f"{statistics.median(a) / fio_med:.2f}x | {per_round:.2f}x |")
     wb, wd = writes["buffered"], writes["O_DIRECT"]
     print(f"\nwrite-behind (put with --disk-write-through until every write landed), {len(wb)} rounds\n")
     print("| files | GB/s (median, min..max) | / buffered |")
