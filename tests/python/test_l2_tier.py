@@ -427,6 +427,13 @@ def test_disk_flags_need_disk_dir_and_a_missing_worker_is_a_clear_error(server_b
                         str(tmp_path / "s.sock"), "--disk-write-through"], capture_output=True, text=True, timeout=10)
     assert r.returncode != 0 and "need --disk-dir" in r.stderr
     r = subprocess.run([server_bin, "--pool-size", "8MiB", "--shm-name", segment_name, "--socket",
+                        str(tmp_path / "s.sock"), "--disk-direct", "on"], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 2 and "need --disk-dir" in r.stderr, r.stderr
+    r = subprocess.run([server_bin, "--pool-size", "8MiB", "--shm-name", segment_name, "--socket",
+                        str(tmp_path / "s.sock"), "--disk-dir", str(tmp_path / "d"), "--disk-direct", "yes"],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 2 and "--disk-direct: 'yes' is not auto, on or off" in r.stderr, r.stderr
+    r = subprocess.run([server_bin, "--pool-size", "8MiB", "--shm-name", segment_name, "--socket",
                         str(tmp_path / "s.sock"), "--disk-dir", str(tmp_path / "d"), "--file-worker",
                         str(tmp_path / "no-such-worker")], capture_output=True, text=True, timeout=10)
     assert r.returncode != 0 and "starting the file worker" in r.stderr and "no-such-worker" in r.stderr
