@@ -53,7 +53,7 @@ std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* co
   };
   std::string buffered_text = size_text(o.max_buffered_bytes);
   bool no_prefault = false;
-  std::string disk_dir, disk_size_text, file_worker;
+  std::string disk_dir, disk_size_text, file_worker, disk_direct_text = "auto";
   bool disk_write_through = false;
   double disk_io_timeout_s = seconds(disk_defaults.io_timeout);
   std::string eviction_text(EvictionModeName(o.eviction.mode));
@@ -83,6 +83,10 @@ std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* co
                "Write every committed object to L2 (default: write-behind once L1 is half full)");
   app.add_option("--file-worker", file_worker,
                  "shmkv-file-worker binary for L2 (default: next to this executable, else on PATH)");
+  app.add_option("--disk-direct", disk_direct_text,
+                 "O_DIRECT for L2 files: auto (when the file system takes it, else buffered with a warning), on "
+                 "(refuse to start without it) or off (page cache)")
+      ->capture_default_str();
   app.add_option("--disk-io-timeout", disk_io_timeout_s,
                  "Seconds without a reply after which the file worker counts as hung and is restarted")
       ->capture_default_str();
@@ -152,14 +156,24 @@ std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* co
   auto eviction = ParseEvictionMode(eviction_text);
   if (!eviction.ok()) return fail("--eviction-policy: " + eviction.status().message());
   o.eviction.mode = *eviction;
-  if (disk_dir.empty() && (!disk_size_text.empty() || disk_write_through || !file_worker.empty())) {
-    return fail("--disk-size, --disk-write-through and --file-worker need --disk-dir");
+  if (disk_dir.empty() &&
+      (!disk_size_text.empty() || disk_write_through || !file_worker.empty() || disk_direct_text != "auto")) {
+    return fail("--disk-size, --disk-write-through, --disk-direct and --file-worker need --disk-dir");
   }
   if (!disk_dir.empty()) {
     DiskTierOptions d;
     d.dir = disk_dir;
     d.write_through = disk_write_through;
     d.worker_binary = file_worker;
+    if (disk_direct_text == "auto") {
+      d.direct = DiskDirectIo::kAuto;
+    } else if (disk_direct_text == "on") {
+      d.direct = DiskDirectIo::kOn;
+    } else if (disk_direct_text == "off") {
+      d.direct = DiskDirectIo::kOff;
+    } else {
+      return fail("--disk-direct: '" + disk_direct_text + "' is not auto, on or off");
+    }
     if (disk_io_timeout_s <= 0) return fail("--disk-io-timeout must be positive");
     d.io_timeout = std::chrono::milliseconds(static_cast<int64_t>(disk_io_timeout_s * 1000));
     if (!disk_size_text.empty()) {

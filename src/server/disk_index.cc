@@ -70,6 +70,33 @@ std::optional<std::string> ParseDiskPath(std::string_view relative_path) {
   return *ns + *key;
 }
 
+std::string DiskPath(const DiskFile& f) {
+  std::string path = DiskPath(f.disk_key);
+  if (f.padded()) path += "." + std::to_string(f.length);
+  return path;
+}
+
+std::optional<ParsedDiskPath> ParseDiskFilePath(std::string_view relative_path) {
+  const size_t dot = relative_path.find('.');
+  if (dot == std::string_view::npos) {
+    auto key = ParseDiskPath(relative_path);
+    if (!key) return std::nullopt;
+    return ParsedDiskPath{std::move(*key), 0};
+  }
+  const std::string_view digits = relative_path.substr(dot + 1);
+  // Canonical decimal only (what DiskPath writes): no sign, no leading zero, at most 19 digits.
+  if (digits.empty() || digits.size() > 19 || digits[0] == '0' ||
+      digits.find_first_not_of("0123456789") != std::string_view::npos) {
+    return std::nullopt;
+  }
+  uint64_t length = 0;
+  for (char c : digits) length = length * 10 + static_cast<uint64_t>(c - '0');
+  if (length % kDiskBlock == 0) return std::nullopt;  // aligned lengths are never padded
+  auto key = ParseDiskPath(relative_path.substr(0, dot));
+  if (!key) return std::nullopt;
+  return ParsedDiskPath{std::move(*key), length};
+}
+
 Result<ScanResult> ScanDiskDir(const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -114,13 +141,20 @@ Result<ScanResult> ScanDiskDir(const std::string& dir) {
         remove_temp(f.path());
         continue;
       }
-      auto key = ParseDiskPath(ns_name + "/" + name);
+      auto parsed = ParseDiskFilePath(ns_name + "/" + name);
       struct stat sb {};
-      if (!key || ::lstat(f.path().c_str(), &sb) != 0 || sb.st_size <= 0) {
+      if (!parsed || ::lstat(f.path().c_str(), &sb) != 0 || sb.st_size <= 0) {
         out.ignored++;
         continue;
       }
-      out.files.push_back({std::move(*key), static_cast<uint64_t>(sb.st_size),
+      const auto file_bytes = static_cast<uint64_t>(sb.st_size);
+      // A padded file is exactly its length rounded up; anything else is not one we wrote.
+      if (parsed->padded_length != 0 && AlignUp(parsed->padded_length) != file_bytes) {
+        out.ignored++;
+        continue;
+      }
+      const uint64_t length = parsed->padded_length != 0 ? parsed->padded_length : file_bytes;
+      out.files.push_back({std::move(parsed->disk_key), length, file_bytes,
                            int64_t{sb.st_mtim.tv_sec} * 1'000'000'000 + sb.st_mtim.tv_nsec});
     }
     if (inner_ec) {
@@ -130,6 +164,22 @@ Result<ScanResult> ScanDiskDir(const std::string& dir) {
   if (top_ec) return Status::IoError(fmt::format("disk dir '{}': cannot list it: {}", dir, top_ec.message()));
   std::stable_sort(out.files.begin(), out.files.end(),
                    [](const ScannedFile& a, const ScannedFile& b) { return a.mtime_ns < b.mtime_ns; });
+  // One file per key: the newest wins (files are oldest first, so the last one seen).
+  KeyMap<size_t> newest;
+  for (size_t i = 0; i < out.files.size(); ++i) newest[out.files[i].disk_key] = i;
+  if (newest.size() != out.files.size()) {
+    std::vector<ScannedFile> kept;
+    kept.reserve(newest.size());
+    for (size_t i = 0; i < out.files.size(); ++i) {
+      if (newest.find(out.files[i].disk_key)->second == i) {
+        kept.push_back(std::move(out.files[i]));
+        continue;
+      }
+      std::error_code rec;
+      if (fs::remove(fs::path(dir) / DiskPath(out.files[i].file()), rec)) out.superseded_removed++;
+    }
+    out.files = std::move(kept);
+  }
   return out;
 }
 
@@ -144,23 +194,31 @@ void DiskIndex::Touch(std::string_view disk_key) {
   if (it != map_.end()) lru_.splice(lru_.end(), lru_, it->second.lru);
 }
 
-void DiskIndex::Insert(std::string_view disk_key, uint64_t size) {
-  Erase(disk_key);
-  auto [it, inserted] = map_.emplace(std::string(disk_key), Entry{size, {}});
-  it->second.lru = lru_.insert(lru_.end(), &it->first);
-  bytes_ += size;
+std::optional<DiskFile> DiskIndex::Find(std::string_view disk_key) const {
+  auto it = map_.find(disk_key);
+  if (it == map_.end()) return std::nullopt;
+  return DiskFile{it->first, it->second.size, it->second.file_bytes};
 }
 
-bool DiskIndex::Erase(std::string_view disk_key) {
+void DiskIndex::Insert(std::string_view disk_key, uint64_t size, uint64_t file_bytes) {
+  Erase(disk_key);
+  if (file_bytes == 0) file_bytes = size;
+  auto [it, inserted] = map_.emplace(std::string(disk_key), Entry{size, file_bytes, {}});
+  it->second.lru = lru_.insert(lru_.end(), &it->first);
+  bytes_ += file_bytes;
+}
+
+std::optional<DiskFile> DiskIndex::Erase(std::string_view disk_key) {
   auto it = map_.find(disk_key);
-  if (it == map_.end()) return false;
-  bytes_ -= it->second.size;
+  if (it == map_.end()) return std::nullopt;
+  DiskFile f{it->first, it->second.size, it->second.file_bytes};
+  bytes_ -= it->second.file_bytes;
   lru_.erase(it->second.lru);
   map_.erase(it);
-  return true;
+  return f;
 }
 
-DiskIndex::Reservation DiskIndex::Reserve(uint64_t bytes, std::vector<std::string>* victims) {
+DiskIndex::Reservation DiskIndex::Reserve(uint64_t bytes, std::vector<DiskFile>* victims) {
   if (bytes > capacity_) return Reservation::kTooLarge;
   // Writes in flight alone are in the way: deleting files would not make room.
   if (reserved_ + bytes > capacity_) return Reservation::kWait;
@@ -172,13 +230,12 @@ DiskIndex::Reservation DiskIndex::Reserve(uint64_t bytes, std::vector<std::strin
   for (auto it = lru_.begin(); it != lru_.end() && freed < need; ++it) {
     if (Busy(**it)) continue;
     chosen.push_back(*it);
-    freed += map_.find(**it)->second.size;
+    freed += map_.find(**it)->second.file_bytes;
   }
   if (freed < need) return Reservation::kWait;
   for (const std::string* key : chosen) {
-    std::string victim = *key;
-    Erase(victim);
-    victims->push_back(std::move(victim));
+    const std::string victim = *key;  // Erase frees the string *key points to
+    victims->push_back(*Erase(victim));
   }
   reserved_ += bytes;
   return Reservation::kOk;
@@ -204,12 +261,11 @@ void DiskIndex::UnmarkBusy(std::string_view disk_key) {
   if (it != busy_.end() && --it->second == 0) busy_.erase(it);
 }
 
-std::vector<std::string> DiskIndex::TrimToCapacity() {
-  std::vector<std::string> victims;
+std::vector<DiskFile> DiskIndex::TrimToCapacity() {
+  std::vector<DiskFile> victims;
   while (bytes_ > capacity_ && !lru_.empty()) {
-    std::string victim = *lru_.front();
-    Erase(victim);
-    victims.push_back(std::move(victim));
+    const std::string victim = *lru_.front();
+    victims.push_back(*Erase(victim));
   }
   return victims;
 }
@@ -225,7 +281,10 @@ std::vector<std::string> DiskIndex::KeysOfNamespace(std::string_view ns_digest) 
 Status DiskIndex::CheckInvariants() const {
   if (lru_.size() != map_.size()) return Status::Internal("disk index: LRU and map sizes differ");
   uint64_t sum = 0;
-  for (const auto& [key, e] : map_) sum += e.size;
+  for (const auto& [key, e] : map_) {
+    if (e.file_bytes < e.size) return Status::Internal("disk index: a file smaller than its object");
+    sum += e.file_bytes;
+  }
   if (sum != bytes_) return Status::Internal(fmt::format("disk index: {} bytes counted, {} indexed", bytes_, sum));
   return Status::Ok();
 }

@@ -5,6 +5,8 @@
 #include <sys/file.h>
 #include <sys/statvfs.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 
 #include <fmt/format.h>
@@ -46,16 +48,59 @@ Result<sys::UniqueFd> LockDiskDir(const std::string& dir) {
   return lock;
 }
 
+// Whether the file system of `dir` takes O_DIRECT: a 4096-byte O_DIRECT write and read of a probe
+// file, named like the worker's temp files so that one left by a crash is removed at the next
+// start. tmpfs before Linux 6.6 (and ramfs, some FUSE file systems) refuse the open (EINVAL).
+Status ProbeDirectIo(const std::string& dir) {
+  const std::string path = (std::filesystem::path(dir) / ".shmkv-tmp-direct-probe").string();
+  auto fd = sys::Call(
+      [&] { return ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_DIRECT | O_NOFOLLOW | O_CLOEXEC, 0600); });
+  if (!fd.ok()) {
+    ::unlink(path.c_str());  // the create may have happened before the O_DIRECT check failed (ramfs)
+    return Status::FromErrno(fmt::format("open({}, O_DIRECT)", path), fd.err);
+  }
+  sys::UniqueFd file(fd.value);
+  void* raw = nullptr;
+  if (::posix_memalign(&raw, kDiskBlock, kDiskBlock) != 0) return Status::Internal("posix_memalign failed");
+  std::unique_ptr<void, decltype(&std::free)> buf(raw, &std::free);
+  std::memset(raw, 0x5a, kDiskBlock);
+  auto w = sys::Call([&] { return ::pwrite(file.get(), raw, kDiskBlock, 0); });
+  decltype(w) r{0, 0};
+  if (w.ok() && w.value == static_cast<ssize_t>(kDiskBlock)) {
+    r = sys::Call([&] { return ::pread(file.get(), raw, kDiskBlock, 0); });
+  }
+  ::unlink(path.c_str());
+  if (!w.ok()) return Status::FromErrno(fmt::format("O_DIRECT write of {}", path), w.err);
+  if (w.value != static_cast<ssize_t>(kDiskBlock)) return Status::IoError("short O_DIRECT write of the probe");
+  if (!r.ok()) return Status::FromErrno(fmt::format("O_DIRECT read of {}", path), r.err);
+  if (r.value != static_cast<ssize_t>(kDiskBlock)) return Status::IoError("short O_DIRECT read of the probe");
+  return Status::Ok();
+}
+
 }  // namespace
 
 Result<std::unique_ptr<DiskTier>> DiskTier::Start(asio::io_context& io, Store& store, const std::string& shm_name,
-                                                  uint64_t shm_size, const DiskTierOptions& options) {
+                                                  uint64_t shm_size, const DiskTierOptions& options, std::byte* pool) {
   auto lock = LockDiskDir(options.dir);
   if (!lock.ok()) return lock.status();
   auto scan = ScanDiskDir(options.dir);
   if (!scan.ok()) return scan.status();
+  bool direct = false;
+  if (options.direct != DiskDirectIo::kOff) {
+    const Status probe = ProbeDirectIo(options.dir);
+    direct = probe.ok();
+    if (!direct && options.direct == DiskDirectIo::kOn) {
+      return Status::InvalidArgument(
+          fmt::format("disk dir '{}': its file system refuses O_DIRECT ({}); use --disk-direct auto or off",
+                      options.dir, probe.message()));
+    }
+    if (!direct) {
+      Log().warn("L2: the file system of '{}' refuses O_DIRECT ({}); using buffered I/O (the page cache)", options.dir,
+                 probe.message());
+    }
+  }
   uint64_t found_bytes = 0;
-  for (const ScannedFile& f : scan->files) found_bytes += f.size;
+  for (const ScannedFile& f : scan->files) found_bytes += f.file_bytes;
   uint64_t capacity = options.capacity;
   if (capacity == 0) {
     struct statvfs vfs {};
@@ -71,13 +116,15 @@ Result<std::unique_ptr<DiskTier>> DiskTier::Start(asio::io_context& io, Store& s
   ::signal(SIGPIPE, SIG_IGN);
   std::unique_ptr<DiskTier> tier(new DiskTier(io, store, options, capacity));
   tier->dir_lock_ = std::move(lock).value();
+  tier->direct_ = direct;
+  tier->pool_ = pool;
   for (const ScannedFile& f : scan->files) {  // oldest first = LRU
     // Left by a run with a bigger pool: it could never be loaded, so it is no hit (kept on disk).
     if (f.size > store.pool_size()) {
       tier->c_.ignored_too_large++;
       continue;
     }
-    tier->index_.Insert(f.disk_key, f.size);
+    tier->index_.Insert(f.disk_key, f.size, f.file_bytes);
   }
   if (tier->c_.ignored_too_large > 0) {
     Log().warn("L2: {} file(s) in '{}' are larger than the pool ({} bytes) and are ignored (not served, not deleted)",
@@ -87,6 +134,7 @@ Result<std::unique_ptr<DiskTier>> DiskTier::Start(asio::io_context& io, Store& s
   wopts.binary = options.worker_binary.empty() ? DefaultFileWorkerBinary() : options.worker_binary;
   wopts.root = options.dir;
   wopts.queue_depth = options.queue_depth;
+  wopts.direct = direct;
   wopts.reply_timeout = options.io_timeout;
   // The worker co-holds the directory lock: a new server cannot take the directory while a
   // worker of this one could still write into it.
@@ -99,16 +147,17 @@ Result<std::unique_ptr<DiskTier>> DiskTier::Start(asio::io_context& io, Store& s
   tier->attached_ = true;
   // Only now that the tier can run: a server that fails to start deletes nothing.
   size_t trimmed = 0;
-  for (const std::string& victim : tier->index_.TrimToCapacity()) {
+  for (const DiskFile& victim : tier->index_.TrimToCapacity()) {
     std::error_code ec;
     if (std::filesystem::remove(std::filesystem::path(options.dir) / DiskPath(victim), ec)) ++trimmed;
   }
   Log().info(
-      "L2 disk tier: dir '{}' (locked), {} object(s) ({} bytes) indexed, {} torn temp file(s) removed, {} trimmed to "
-      "fit, {} foreign entr(y/ies) ignored; capacity {} bytes; {}; file worker '{}' pid {}",
-      options.dir, tier->index_.objects(), tier->index_.bytes(), scan->temp_removed, trimmed, scan->ignored, capacity,
-      options.write_through ? "write-through" : "demote on eviction (write-behind)", wopts.binary,
-      tier->worker_->pid());
+      "L2 disk tier: dir '{}' (locked), {} object(s) ({} bytes) indexed, {} torn temp file(s) removed, {} superseded "
+      "file(s) removed, {} trimmed to fit, {} foreign entr(y/ies) ignored; capacity {} bytes; {}; {}; file worker "
+      "'{}' pid {}",
+      options.dir, tier->index_.objects(), tier->index_.bytes(), scan->temp_removed, scan->superseded_removed, trimmed,
+      scan->ignored, capacity, options.write_through ? "write-through" : "demote on eviction (write-behind)",
+      direct ? "O_DIRECT I/O (objects padded to 4096 bytes)" : "buffered I/O", wopts.binary, tier->worker_->pid());
   return tier;
 }
 
@@ -135,9 +184,9 @@ DiskTier::~DiskTier() {
   worker_.reset();  // the worker finishes the writes and deletes in flight before it exits
   // Dropped while no worker ran: deleted here (shutdown may block) so the next start does not
   // serve them again.
-  for (const std::string& dk : pending_deletes_) {
+  for (const std::string& path : pending_deletes_) {
     std::error_code ec;
-    std::filesystem::remove(std::filesystem::path(options_.dir) / DiskPath(dk), ec);
+    std::filesystem::remove(std::filesystem::path(options_.dir) / path, ec);
   }
 }
 
@@ -210,9 +259,9 @@ void DiskTier::Load(std::vector<std::string> keys, const Covered& covered, LoadD
     auto waiting = loading_.find(key);
     if (waiting == loading_.end()) {
       const std::string dk = available() ? DiskKey(key) : std::string();
-      const std::optional<uint64_t> size = dk.empty() ? std::nullopt : index_.Size(dk);
-      if (!size) break;
-      auto offset = store_.ReserveForLoad(key, *size);
+      const std::optional<DiskFile> file = dk.empty() ? std::nullopt : index_.Find(dk);
+      if (!file) break;
+      auto offset = store_.ReserveForLoad(key, file->length);
       if (!offset.ok()) {
         if (offset.status().code() == StatusCode::kFull) c_.load_full++;
         Log().warn("L2 load skipped, the key reports missing: {}", offset.status().ToString());
@@ -221,10 +270,15 @@ void DiskTier::Load(std::vector<std::string> keys, const Covered& covered, LoadD
       index_.Touch(dk);
       index_.MarkBusy(dk);  // not an LRU victim while its READ runs
       waiting = loading_.emplace(key, std::vector<std::function<void(bool)>>{}).first;
-      worker_->Send(fmt::format("READ {} {} {}", DiskPath(dk), *offset, *size),
-                    [this, token = alive_token_, key, dk, size = *size](Result<uint64_t> r) {
+      // O_DIRECT reads whole blocks: the slot holds AlignUp(length) bytes (4096-byte units), a
+      // padded file is that long, and an unpadded one (written before padding, or buffered) ends
+      // the read at its size.
+      const uint64_t request = FileBytes(file->length);
+      const uint64_t expected = std::min(request, file->file_bytes);
+      worker_->Send(fmt::format("READ {} {} {}", DiskPath(*file), *offset, request),
+                    [this, token = alive_token_, key, file = *file, expected](Result<uint64_t> r) {
                       if (!*token) return;
-                      OnReadDone(key, dk, size, r);
+                      OnReadDone(key, file, expected, r);
                     });
     }
     batch->outstanding++;
@@ -239,25 +293,29 @@ void DiskTier::Load(std::vector<std::string> keys, const Covered& covered, LoadD
   });
 }
 
-void DiskTier::OnReadDone(const std::string& key, const std::string& dk, uint64_t size, const Result<uint64_t>& r) {
+void DiskTier::OnReadDone(const std::string& key, const DiskFile& file, uint64_t expected, const Result<uint64_t>& r) {
+  const std::string& dk = file.disk_key;
   index_.UnmarkBusy(dk);
   const bool cancelled = cancelled_loads_.erase(key) > 0;  // cleared meanwhile: never committed
-  const bool read_all = r.ok() && *r == size;
+  const bool read_all = r.ok() && *r == expected;
   if (read_all && !cancelled) {
     c_.loads++;
-    c_.load_bytes += size;
+    c_.load_bytes += file.length;
   } else if (!read_all) {
     c_.read_errors++;
     const std::string why =
-        r.ok() ? fmt::format("read {} of {} bytes (file truncated)", *r, size) : r.status().message();
+        r.ok() ? fmt::format("read {} of {} bytes (file truncated)", *r, expected) : r.status().message();
     // Only a file that is gone or too short is dropped; any other error (EIO, EMFILE, a dead
     // worker) may pass, so the file is kept and the key reports missing this time only.
     const bool gone = !r.ok() && r.status().code() == StatusCode::kIoError &&
                       r.status().message().find("No such file") != std::string::npos;
     const bool drop = (r.ok() || gone) && !cancelled;
-    Log().error("L2 read of {} failed: {}; the key reports missing{}", DiskPath(dk), why,
+    Log().error("L2 read of {} failed: {}; the key reports missing{}", DiskPath(file), why,
                 drop ? " and the file is dropped" : " this time (the file is kept)");
-    if (drop && index_.Erase(dk) && r.ok()) DeleteFile(dk);
+    // The index may name another file of the key by now (rewritten meanwhile): drop that one.
+    if (drop) {
+      if (auto erased = index_.Erase(dk); erased && r.ok()) DeleteFile(*erased);
+    }
   }
   const bool ok = read_all && !cancelled;
   store_.FinishLoad(key, ok);
@@ -273,11 +331,11 @@ bool DiskTier::Remove(std::string_view store_key) {
   write_failures_.erase(std::string(store_key));
   bool removed = false;
   if (auto w = writing_.find(dk); w != writing_.end()) {
-    w->second = true;  // its reply must not index it
+    w->second.cancelled = true;  // its reply must not index it
     removed = true;
   }
-  if (index_.Erase(dk)) {
-    DeleteFile(dk);
+  if (auto erased = index_.Erase(dk)) {
+    DeleteFile(*erased);
     removed = true;
   }
   return removed;
@@ -290,11 +348,10 @@ size_t DiskTier::Clear(std::string_view namespace_prefix) {
   for (const std::string& dk : index_.KeysOfNamespace(digest)) {
     // Store::Clear counts the committed L1 copies.
     if (!store_.IsCommitted(dk)) ++disk_only;
-    index_.Erase(dk);
-    DeleteFile(dk);
+    if (auto erased = index_.Erase(dk)) DeleteFile(*erased);
   }
-  for (auto& [dk, cancelled] : writing_) {
-    if (dk.starts_with(digest)) cancelled = true;
+  for (auto& [dk, w] : writing_) {
+    if (dk.starts_with(digest)) w.cancelled = true;
   }
   for (const auto& [key, waiters] : loading_) {
     if (key.starts_with(prefix)) cancelled_loads_.insert(key);
@@ -303,29 +360,41 @@ size_t DiskTier::Clear(std::string_view namespace_prefix) {
   return disk_only;
 }
 
-void DiskTier::DeleteFile(const std::string& disk_key) {
+void DiskTier::DeleteFile(const DiskFile& file) {
+  DeletePath(DiskPath(file));
+}
+
+void DiskTier::DeletePath(const std::string& path) {
   // DELETE needs no ATTACH, only a running worker; until one runs, the file is remembered.
   if (!worker_ || !worker_->alive()) {
-    pending_deletes_.insert(disk_key);
+    pending_deletes_.insert(path);
     return;
   }
-  worker_->Send("DELETE " + DiskPath(disk_key), [this, token = alive_token_, disk_key](Result<uint64_t> r) {
+  worker_->Send("DELETE " + path, [this, token = alive_token_, path](Result<uint64_t> r) {
     if (!*token) return;
     if (r.ok()) {
       c_.deletes++;
     } else if (r.status().code() == StatusCode::kUnavailable) {
-      // The worker died first: try again with the next one, unless the key was written anew.
-      if (!index_.Contains(disk_key) && !writing_.contains(disk_key)) pending_deletes_.insert(disk_key);
+      // The worker died first: try again with the next one, unless that file was written anew.
+      if (!FileInUse(path)) pending_deletes_.insert(path);
     } else {
-      Log().warn("L2 delete of {} failed: {}", DiskPath(disk_key), r.status().message());
+      Log().warn("L2 delete of {} failed: {}", path, r.status().message());
     }
   });
+}
+
+bool DiskTier::FileInUse(const std::string& path) const {
+  const std::optional<ParsedDiskPath> parsed = ParseDiskFilePath(path);
+  if (!parsed) return false;
+  if (auto f = index_.Find(parsed->disk_key); f && DiskPath(*f) == path) return true;
+  auto w = writing_.find(parsed->disk_key);
+  return w != writing_.end() && w->second.path == path;
 }
 
 void DiskTier::SendPendingDeletes() {
   std::unordered_set<std::string> todo;
   todo.swap(pending_deletes_);
-  for (const std::string& dk : todo) DeleteFile(dk);
+  for (const std::string& path : todo) DeletePath(path);
 }
 
 void DiskTier::AfterL1Change() {
@@ -349,9 +418,10 @@ void DiskTier::StartWrite(IoSlot slot) {
     waiting_for_room_ = true;
     return store_.FinishWrite(slot.key, /*requeue=*/true);
   }
-  std::vector<std::string> victims;
-  const DiskIndex::Reservation reservation = index_.Reserve(slot.length, &victims);
-  for (const std::string& v : victims) DeleteFile(v);  // erased from the index: their files must go
+  const DiskFile file{dk, slot.length, FileBytes(slot.length)};
+  std::vector<DiskFile> victims;
+  const DiskIndex::Reservation reservation = index_.Reserve(file.file_bytes, &victims);
+  for (const DiskFile& v : victims) DeleteFile(v);  // erased from the index: their files must go
   switch (reservation) {
     case DiskIndex::Reservation::kTooLarge:
       if (c_.skipped_too_large++ == 0) {
@@ -364,43 +434,54 @@ void DiskTier::StartWrite(IoSlot slot) {
     case DiskIndex::Reservation::kWait: waiting_for_room_ = true; return store_.FinishWrite(slot.key, /*requeue=*/true);
     case DiskIndex::Reservation::kOk: break;
   }
-  pending_deletes_.erase(dk);  // this write replaces the file
-  writing_[dk] = false;
+  const std::string path = DiskPath(file);
+  pending_deletes_.erase(path);  // this write replaces the file
+  writing_[dk] = WriteInFlight{false, path};
   writes_in_flight_++;
-  worker_->Send(fmt::format("WRITE {} {} {}", DiskPath(dk), slot.offset, slot.length),
-                [this, token = alive_token_, key = slot.key, dk, len = slot.length](Result<uint64_t> r) {
+  // The padding goes to disk from the slot (4096-unit slots: it is the slot's own tail); zeroed,
+  // so that the file holds nothing but the object.
+  if (file.padded() && pool_ != nullptr)
+    std::memset(pool_ + slot.offset + slot.length, 0, file.file_bytes - slot.length);
+  worker_->Send(fmt::format("WRITE {} {} {}", path, slot.offset, file.file_bytes),
+                [this, token = alive_token_, key = slot.key, file](Result<uint64_t> r) {
                   if (!*token) return;
-                  OnWriteDone(key, dk, len, r);
+                  OnWriteDone(key, file, r);
                 });
 }
 
-void DiskTier::OnWriteDone(const std::string& key, const std::string& dk, uint64_t len, const Result<uint64_t>& r) {
+void DiskTier::OnWriteDone(const std::string& key, const DiskFile& file, const Result<uint64_t>& r) {
+  const std::string& dk = file.disk_key;
+  const uint64_t len = file.length;
   writes_in_flight_--;
-  index_.Unreserve(len);
+  index_.Unreserve(file.file_bytes);
   waiting_for_room_ = false;
   auto node = writing_.extract(dk);
-  const bool cancelled = !node.empty() && node.mapped();
+  const bool cancelled = !node.empty() && node.mapped().cancelled;
   if (cancelled) {
     // Removed or cleared while it was written: neither tier may keep it.
     store_.FinishWrite(key, /*requeue=*/false);
     const std::string_view k = key;
     (void)store_.Remove(std::span(&k, 1));
     write_failures_.erase(key);
-    if (r.ok()) DeleteFile(dk);
-  } else if (r.ok() && *r == len) {
-    index_.Insert(dk, len);
+    if (r.ok()) DeleteFile(file);
+  } else if (r.ok() && *r == file.file_bytes) {
+    // A file of the key under another name (padded or not: written by another mode or length
+    // before) is replaced by this one.
+    if (auto old = index_.Find(dk); old && DiskPath(*old) != DiskPath(file)) DeleteFile(*old);
+    index_.Insert(dk, len, file.file_bytes);
     c_.writes++;
     c_.write_bytes += len;
     write_failures_.erase(key);
     store_.FinishWrite(key, /*requeue=*/false);
   } else {
-    OnWriteFailed(key, dk, len, r);
+    OnWriteFailed(key, file, r);
   }
   AfterL1Change();
   CheckDrained();
 }
 
-void DiskTier::OnWriteFailed(const std::string& key, const std::string& dk, uint64_t len, const Result<uint64_t>& r) {
+void DiskTier::OnWriteFailed(const std::string& key, const DiskFile& file, const Result<uint64_t>& r) {
+  const uint64_t len = file.length;
   c_.write_errors++;
   if (!r.ok() && r.status().code() == StatusCode::kUnavailable) {
     store_.FinishWrite(key, /*requeue=*/true);  // the death is logged once; the next worker writes it
@@ -413,7 +494,7 @@ void DiskTier::OnWriteFailed(const std::string& key, const std::string& dk, uint
     Log().error(
         "L2 write of {} ({} bytes) failed: {}; the object stays in L1 only (dirty), write-behind pauses {} ms; "
         "L1 keeps serving",
-        DiskPath(dk), len, why, options_.error_backoff.count());
+        DiskPath(file), len, why, options_.error_backoff.count());
     PauseWrites();
     if (drained_) {  // shutting down: a failing disk is not waited for
       Log().warn("stopping with {} dirty byte(s) not written to L2: writes fail", store_.dirty_bytes());
@@ -429,11 +510,11 @@ void DiskTier::OnWriteFailed(const std::string& key, const std::string& dk, uint
     c_.write_gave_up++;
     store_.FinishWrite(key, /*requeue=*/false);
     Log().error("L2 write of {} ({} bytes) failed {} times, last: {}; given up: the object stays in L1 only",
-                DiskPath(dk), len, failures, why);
+                DiskPath(file), len, failures, why);
     return;
   }
   store_.FinishWrite(key, /*requeue=*/true);
-  Log().error("L2 write of {} ({} bytes) failed: {}; retried after the other dirty objects ({} of {})", DiskPath(dk),
+  Log().error("L2 write of {} ({} bytes) failed: {}; retried after the other dirty objects ({} of {})", DiskPath(file),
               len, why, failures, options_.max_write_failures);
 }
 

@@ -18,6 +18,11 @@
 // objects only on disk are no longer counted as hits. The worker is restarted after a pause, at
 // most kMaxWorkerRestarts times in the server's life; after that the tier stays unavailable.
 //
+// I/O: O_DIRECT when the directory's file system takes it (DiskTierOptions::direct; probed at
+// start). Then objects are written padded with zeros to a multiple of 4096 (the file name carries
+// the true length, disk_index.h) and read straight into their pool slots, which are 4096-aligned
+// and whole multiples of 4096 long, so the padding lands inside the slot.
+//
 // Keys given to the tier are the Store's: the 16-byte namespace digest + the raw key, which is
 // also the disk key (the digest names the folder on disk).
 //
@@ -26,6 +31,7 @@
 
 #include <asio.hpp>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -49,8 +55,11 @@ namespace shmkv {
 
 class DiskTier final : public Tier {
  public:
+  // `pool`: the server's mapping of the segment, used to zero the padding of an object's slot
+  // before it is written (nullptr: the padding holds whatever the slot held).
   static Result<std::unique_ptr<DiskTier>> Start(asio::io_context& io, Store& store, const std::string& shm_name,
-                                                 uint64_t shm_size, const DiskTierOptions& options);
+                                                 uint64_t shm_size, const DiskTierOptions& options,
+                                                 std::byte* pool = nullptr);
   ~DiskTier() override;
   DiskTier(const DiskTier&) = delete;
   DiskTier& operator=(const DiskTier&) = delete;
@@ -59,6 +68,8 @@ class DiskTier final : public Tier {
   static constexpr std::chrono::milliseconds kRestartDelay{1000};
 
   bool available() const { return worker_ && worker_->alive() && attached_; }
+  // Whether the worker does O_DIRECT I/O (and objects are padded).
+  bool direct() const { return direct_; }
 
   // Tier. Unavailable (no worker), the tier holds nothing and loads nothing.
   std::string_view name() const override { return "l2"; }
@@ -91,11 +102,16 @@ class DiskTier final : public Tier {
   DiskTier(asio::io_context& io, Store& store, DiskTierOptions options, uint64_t capacity);
   std::string DiskKey(std::string_view store_key) const;  // empty for a key shorter than a digest
   void StartWrite(IoSlot slot);
-  void DeleteFile(const std::string& disk_key);
   void SendPendingDeletes();
-  void OnReadDone(const std::string& key, const std::string& dk, uint64_t size, const Result<uint64_t>& r);
-  void OnWriteDone(const std::string& key, const std::string& dk, uint64_t len, const Result<uint64_t>& r);
-  void OnWriteFailed(const std::string& key, const std::string& dk, uint64_t len, const Result<uint64_t>& r);
+  void DeleteFile(const DiskFile& file);
+  void DeletePath(const std::string& path);  // relative to the directory
+  // Whether `path` is the indexed file of its key, or a write to it is in flight.
+  bool FileInUse(const std::string& path) const;
+  void OnReadDone(const std::string& key, const DiskFile& file, uint64_t expected, const Result<uint64_t>& r);
+  void OnWriteDone(const std::string& key, const DiskFile& file, const Result<uint64_t>& r);
+  void OnWriteFailed(const std::string& key, const DiskFile& file, const Result<uint64_t>& r);
+  // Bytes a file of an object of `length` takes: padded to the O_DIRECT alignment when direct.
+  uint64_t FileBytes(uint64_t length) const { return direct_ ? AlignUp(length) : length; }
   void OnWorkerDeath(const std::string& why);
   void RestartWorker();
   FileWorkerLink::DeathHandler DeathHandler();
@@ -116,12 +132,20 @@ class DiskTier final : public Tier {
   // Loads in flight: store key -> callbacks waiting for it (the first started the READ).
   std::unordered_map<std::string, std::vector<std::function<void(bool)>>> loading_;
   std::unordered_set<std::string> cancelled_loads_;  // store keys cleared while their READ ran
-  // Writes in flight: disk key -> cancelled (removed or cleared meanwhile: not indexed on OK).
-  std::unordered_map<std::string, bool> writing_;
+  // Writes in flight: disk key -> cancelled (removed or cleared meanwhile: not indexed on OK) and
+  // the file written.
+  struct WriteInFlight {
+    bool cancelled = false;
+    std::string path;
+  };
+  std::unordered_map<std::string, WriteInFlight> writing_;
   std::unordered_map<std::string, int> write_failures_;  // store key -> failed WRITEs so far
-  // Disk keys dropped from the index whose file is not deleted yet (no worker was running).
+  // Files (paths relative to the directory) dropped from the index, not deleted yet (no worker
+  // was running).
   std::unordered_set<std::string> pending_deletes_;
-  sys::UniqueFd dir_lock_;  // flock on DIR/.shmkv.lock, held for the tier's life
+  bool direct_ = false;        // O_DIRECT I/O, padded files
+  std::byte* pool_ = nullptr;  // the server's mapping of the pool (zeroes padding), or null
+  sys::UniqueFd dir_lock_;     // flock on DIR/.shmkv.lock, held for the tier's life
   size_t writes_in_flight_ = 0;
   bool writes_paused_ = false;
   bool waiting_for_room_ = false;  // a write waits for an earlier one to free its reservation

@@ -8,6 +8,11 @@
 
 namespace shmkv {
 
+// O_DIRECT for the tier's files (docs/l2-tier.md): auto uses it when the directory's file system
+// takes it (probed at start, else buffered I/O with a warning), on refuses to start without it,
+// off always goes through the page cache.
+enum class DiskDirectIo : uint8_t { kAuto, kOn, kOff };
+
 struct DiskTierOptions {
   // The directory of the tier's files (created when missing; locked for the server's life).
   std::string dir;
@@ -17,6 +22,7 @@ struct DiskTierOptions {
   // Write every committed object at once (true), or write-behind once L1 passes
   // writeback_watermark (false).
   bool write_through = false;
+  DiskDirectIo direct = DiskDirectIo::kAuto;
   // The shmkv-file-worker binary; empty: DefaultFileWorkerBinary().
   std::string worker_binary;
   // The worker's I/O threads (its --queue-depth).

@@ -155,6 +155,7 @@ Result<Child> SpawnChild(const FileWorkerOptions& options) {
                                    "--attach-prefix",
                                    std::string(kSegmentPrefix)};
   if (lock_copy.valid()) args.insert(args.end(), {"--lock-fd", std::to_string(kWorkerLockFd)});
+  if (options.direct) args.emplace_back("--direct");
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

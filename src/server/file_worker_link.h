@@ -39,6 +39,7 @@ struct FileWorkerOptions {
   std::string root;                                    // --root
   size_t queue_depth = DiskTierOptions{}.queue_depth;  // --queue-depth
   std::string log_level = "warn";                      // --log-level
+  bool direct = false;                                 // --direct (O_DIRECT)
   // A descriptor holding flock(LOCK_EX) on the disk directory's lock file (DiskTier's), or -1.
   // The worker gets it as fd 3 (--lock-fd 3) and keeps it until it has exited. Not owned here.
   int lock_fd = -1;

@@ -474,8 +474,8 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
                            (uint64_t{rd()} << 32 | rd()) | 1};  // never 0: 0 means "unknown" to clients
   auto impl = std::make_unique<Impl>(options, std::move(segment).value(), std::move(store).value(), identity);
   if (options.disk) {
-    auto disk =
-        DiskTier::Start(impl->io, impl->service.l1(), impl->segment.name(), impl->segment.size(), *options.disk);
+    auto disk = DiskTier::Start(impl->io, impl->service.l1(), impl->segment.name(), impl->segment.size(), *options.disk,
+                                impl->segment.data());
     if (!disk.ok()) return disk.status().WithContext("L2 disk tier");
     impl->service.AddTier(std::move(disk).value());
   }

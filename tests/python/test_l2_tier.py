@@ -93,8 +93,32 @@ def files_under(root: pathlib.Path):
 
 
 def file_of(disk: pathlib.Path, key: bytes) -> pathlib.Path:
-    """The object file of `key` (one namespace in use)."""
-    return disk / next(n for n in files_under(disk) if n.split("/")[1] == key.hex())
+    """The object file of `key` (one namespace in use): `<hex>`, or `<hex>.<length>` when padded."""
+    return disk / next(n for n in files_under(disk) if n.split("/")[1].split(".")[0] == key.hex())
+
+
+def uses_direct_io(srv) -> bool:
+    """Whether the server's L2 tier runs O_DIRECT (its start line says so)."""
+    log = srv.log()
+    assert ("O_DIRECT I/O" in log) != ("buffered I/O" in log), log
+    return "O_DIRECT I/O" in log
+
+
+def padded(n: int) -> int:
+    return (n + 4095) // 4096 * 4096
+
+
+def fs_takes_o_direct(directory) -> bool:
+    probe = os.path.join(directory, ".probe-o-direct")
+    try:
+        fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o600)
+    except OSError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(probe)  # ramfs creates the file before it refuses O_DIRECT
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
 
 
 def evict_all_by_restart(l2, disk, srv, c, *extra, pool="16MiB"):
@@ -131,12 +155,20 @@ def test_eviction_demotes_to_disk_and_back_byte_identical(l2, shmkv_module, tmp_
     assert all(v is not None for v in views)
     assert [sha(v) for v in views] == [sha(payload(i, sizes[i])) for i in range(8, 12)]
     c.commit_retrieve(keys[8:12])
-    # Files are named from digests: <32 hex of the namespace>/<hex of the key>.
+    # Files are named from digests: <32 hex of the namespace>/<hex of the key>, and with O_DIRECT
+    # `.<length>` after it for the sizes that are not page multiples (padded).
     names = files_under(disk)
     assert len(names) == st["l2_objects"]
+    direct = uses_direct_io(srv)
     for n in names:
-        ns, key_hex = n.split("/")
-        assert len(ns) == NS_HEX_LEN and bytes.fromhex(key_hex) in keys
+        ns, name = n.split("/")
+        key_hex, _, length = name.partition(".")
+        i = keys.index(bytes.fromhex(key_hex))
+        assert len(ns) == NS_HEX_LEN
+        if direct and sizes[i] % 4096 != 0:
+            assert (int(length), (disk / n).stat().st_size) == (sizes[i], padded(sizes[i])), n
+        else:
+            assert length == "" and (disk / n).stat().st_size == sizes[i], n
 
 
 def test_write_through_and_persistence_across_restart(l2, shmkv_module, tmp_path):
@@ -150,7 +182,8 @@ def test_write_through_and_persistence_across_restart(l2, shmkv_module, tmp_path
     st = settled(c)
     # Write-through: every commit is on disk although L1 never had to evict.
     assert st["evictions"] == 0 and st["l2_objects"] == 5 and st["l2_dirty_objects"] == 0, st
-    assert st["l2_bytes"] == sum(sizes)
+    # l2_bytes counts the files: padded to 4096 bytes with O_DIRECT.
+    assert st["l2_bytes"] == sum(padded(n) if uses_direct_io(srv) else n for n in sizes), st
     c.close()
     assert srv.stop() == 0
     # A write torn by a crash leaves a temp file; the restarted server removes it.
@@ -393,6 +426,13 @@ def test_disk_flags_need_disk_dir_and_a_missing_worker_is_a_clear_error(server_b
     r = subprocess.run([server_bin, "--pool-size", "8MiB", "--shm-name", segment_name, "--socket",
                         str(tmp_path / "s.sock"), "--disk-write-through"], capture_output=True, text=True, timeout=10)
     assert r.returncode != 0 and "need --disk-dir" in r.stderr
+    r = subprocess.run([server_bin, "--pool-size", "8MiB", "--shm-name", segment_name, "--socket",
+                        str(tmp_path / "s.sock"), "--disk-direct", "on"], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 2 and "need --disk-dir" in r.stderr, r.stderr
+    r = subprocess.run([server_bin, "--pool-size", "8MiB", "--shm-name", segment_name, "--socket",
+                        str(tmp_path / "s.sock"), "--disk-dir", str(tmp_path / "d"), "--disk-direct", "yes"],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 2 and "--disk-direct: 'yes' is not auto, on or off" in r.stderr, r.stderr
     r = subprocess.run([server_bin, "--pool-size", "8MiB", "--shm-name", segment_name, "--socket",
                         str(tmp_path / "s.sock"), "--disk-dir", str(tmp_path / "d"), "--file-worker",
                         str(tmp_path / "no-such-worker")], capture_output=True, text=True, timeout=10)
@@ -844,3 +884,132 @@ def test_a_retrieve_that_starts_with_a_key_held_nowhere_answers_at_once(l2, shmk
     assert sha(view) == sha(payload(2, MiB))
     c.commit_retrieve([b"on-disk"])
     c.close()
+
+
+def test_padded_objects_come_back_with_their_true_length(l2, shmkv_module, tmp_path):
+    """O_DIRECT: objects of any length are written padded with zeros to 4096 under
+    `<hex key>.<length>`, and come back with their true length, byte for byte, also after a restart."""
+    if not fs_takes_o_direct(tmp_path):
+        pytest.skip(f"{tmp_path} refuses O_DIRECT")
+    disk = tmp_path / "disk"
+    srv = l2(disk, "--disk-write-through", "--disk-direct", "on", pool="16MiB")
+    assert uses_direct_io(srv)
+    c = client(shmkv_module, srv)
+    keys = [b"p1", b"p5000", b"p4096", b"pMiB+123"]
+    sizes = [1, 5000, 4096, MiB + 123]
+    for i, k in enumerate(keys):
+        c.put(k, payload(i, sizes[i]))
+    st = settled(c)
+    assert st["l2_objects"] == 4 and st["l2_write_bytes"] == sum(sizes), st
+    for i, k in enumerate(keys):
+        f = file_of(disk, k)
+        name = f.name
+        assert name == (k.hex() if sizes[i] % 4096 == 0 else f"{k.hex()}.{sizes[i]}"), name
+        data = f.read_bytes()
+        assert len(data) == padded(sizes[i])
+        assert data[:sizes[i]] == payload(i, sizes[i]) and data[sizes[i]:] == bytes(len(data) - sizes[i])
+    c.close()
+    assert srv.stop() == 0
+    srv2 = l2(disk, pool="16MiB")
+    c2 = client(shmkv_module, srv2)
+    assert c2.stats()["l2_bytes"] == sum(padded(n) for n in sizes)
+    views = c2.prepare_retrieve(keys)
+    for i, v in enumerate(views):
+        assert v is not None and len(v) == sizes[i] and sha(v) == sha(payload(i, sizes[i]))
+    c2.commit_retrieve(keys)
+    st = c2.stats()
+    assert st["l2_loads"] == 4 and st["l2_load_bytes"] == sum(sizes) and st["l2_read_errors"] == 0, st
+    c2.close()
+
+
+def test_files_of_buffered_servers_load_into_an_o_direct_server(l2, shmkv_module, tmp_path):
+    """Files written before padding existed (what --disk-direct off still writes): `<hex key>`,
+    exactly the object, any length. An O_DIRECT server indexes and loads them unchanged, and its own
+    new files sit beside them."""
+    if not fs_takes_o_direct(tmp_path):
+        pytest.skip(f"{tmp_path} refuses O_DIRECT")
+    disk = tmp_path / "disk"
+    srv = l2(disk, "--disk-write-through", "--disk-direct", "off", pool="16MiB")
+    assert not uses_direct_io(srv)
+    c = client(shmkv_module, srv)
+    old_keys, old_sizes = [b"o1", b"o5000", b"oMiB"], [1, 5000, MiB]
+    for i, k in enumerate(old_keys):
+        c.put(k, payload(i, old_sizes[i]))
+    settled(c)
+    c.close()
+    assert srv.stop() == 0
+    assert sorted(f.split("/")[1] for f in files_under(disk)) == sorted(k.hex() for k in old_keys)
+    before = {f: (disk / f).read_bytes() for f in files_under(disk)}
+
+    srv2 = l2(disk, "--disk-write-through", pool="16MiB")  # --disk-direct auto
+    assert uses_direct_io(srv2)
+    assert "3 object(s) (1053577 bytes) indexed" in srv2.log(), srv2.log()
+    c2 = client(shmkv_module, srv2)
+    c2.put(b"n5000", payload(9, 5000))  # a new, padded file
+    settled(c2)
+    assert file_of(disk, b"n5000").name == b"n5000".hex() + ".5000"
+    views = c2.prepare_retrieve(old_keys + [b"n5000"])
+    for i, v in enumerate(views[:3]):
+        assert v is not None and len(v) == old_sizes[i] and sha(v) == sha(payload(i, old_sizes[i]))
+    assert views[3] is not None and sha(views[3]) == sha(payload(9, 5000))
+    c2.commit_retrieve(old_keys + [b"n5000"])
+    st = c2.stats()
+    assert st["l2_read_errors"] == 0 and st["l2_loads"] == 3, st  # n5000 was still in L1
+    c2.close()
+    for f, data in before.items():  # the old files are served as they are, not rewritten
+        assert (disk / f).read_bytes() == data
+
+
+def test_o_direct_falls_back_to_buffered_io_where_the_file_system_refuses_it(l2, shmkv_module, server_bin,
+                                                                            tmp_path, segment_name):
+    """tmpfs (before Linux 6.6) and ramfs refuse O_DIRECT: --disk-direct auto logs it and runs
+    buffered, with unpadded files; --disk-direct on refuses to start. On tmpfs that takes O_DIRECT
+    (Linux 6.6 on) the server uses it."""
+    import tempfile
+
+    def check_dir(d, refuses):
+        disk = pathlib.Path(d) / "disk"
+        # ramfs reports no free space: the bound is given.
+        srv = l2(disk, "--disk-write-through", "--disk-size", "64MiB", pool="8MiB")
+        assert uses_direct_io(srv) == (not refuses), srv.log()
+        if refuses:
+            assert "refuses O_DIRECT" in srv.log() and "using buffered I/O" in srv.log(), srv.log()
+        c = client(shmkv_module, srv)
+        c.put(b"odd", payload(1, 5000))
+        settled(c)
+        assert file_of(disk, b"odd").name == (b"odd".hex() if refuses else b"odd".hex() + ".5000")
+        c.close()
+        assert srv.stop() == 0
+        srv2 = l2(disk, "--disk-size", "64MiB", pool="8MiB")
+        c2 = client(shmkv_module, srv2)
+        got = c2.get(b"odd")
+        assert got is not None and len(got) == 5000 and sha(got) == sha(payload(1, 5000))
+        assert c2.stats()["l2_loads"] == 1
+        c2.close()
+        assert srv2.stop() == 0
+        if refuses:
+            r = subprocess.run([server_bin, "--pool-size", "8MiB", "--shm-name", segment_name + "d", "--socket",
+                                str(tmp_path / "direct-on.sock"), "--disk-dir", str(disk), "--disk-direct", "on",
+                                "--disk-size", "64MiB"],
+                               capture_output=True, text=True, timeout=20)
+            assert r.returncode != 0
+            assert "refuses O_DIRECT" in r.stderr and "--disk-direct auto or off" in r.stderr, r.stderr
+
+    shm = tempfile.mkdtemp(prefix="shmkv-l2-tmpfs-", dir="/dev/shm")
+    try:
+        check_dir(shm, refuses=not fs_takes_o_direct(shm))
+    finally:
+        subprocess.run(["rm", "-rf", shm], check=False)
+
+    # ramfs never takes O_DIRECT: the refusal path runs on every kernel (needs mount rights).
+    mnt = tmp_path / "ramfs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "ramfs", "-o", "mode=0700", "shmkv-test", str(mnt)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a ramfs to test a file system that refuses O_DIRECT: {r.stderr.strip()}")
+    try:
+        assert not fs_takes_o_direct(mnt)
+        check_dir(mnt, refuses=True)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

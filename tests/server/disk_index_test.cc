@@ -7,6 +7,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -38,6 +41,12 @@ void WriteFile(const fs::path& p, size_t bytes) {
 
 std::string Ns(std::string_view text) {
   return NamespaceDigest(text);
+}
+
+std::vector<std::string> Keys(const std::vector<DiskFile>& files) {
+  std::vector<std::string> out;
+  for (const DiskFile& f : files) out.push_back(f.disk_key);
+  return out;
 }
 
 TEST(DiskNaming, PathsAreHexOfDigestsNeverClientText) {
@@ -102,6 +111,96 @@ TEST(DiskScan, FindsObjectsOldestFirstRemovesTornTempsIgnoresForeign) {
   EXPECT_TRUE(fs::is_symlink(fs::path(dir.path()) / ns / "6c696e6b"));
 }
 
+// Padded files (O_DIRECT) carry the true length in their name; unpadded ones (written before
+// padding existed, or with buffered I/O) are exactly the object.
+TEST(DiskNaming, PaddedFilesCarryTheirTrueLength) {
+  const std::string key = Ns("n") + "k";
+  const DiskFile plain{key, 5000, 5000}, padded{key, 5000, 8192}, aligned{key, 8192, 8192};
+  EXPECT_FALSE(plain.padded());
+  EXPECT_TRUE(padded.padded());
+  EXPECT_EQ(DiskPath(plain), DiskPath(key));
+  EXPECT_EQ(DiskPath(aligned), DiskPath(key));
+  EXPECT_EQ(DiskPath(padded), DiskPath(key) + ".5000");
+  auto back = ParseDiskFilePath(DiskPath(padded));
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->disk_key, key);
+  EXPECT_EQ(back->padded_length, 5000u);
+  auto old = ParseDiskFilePath(DiskPath(key));
+  ASSERT_TRUE(old.has_value());
+  EXPECT_EQ(old->disk_key, key);
+  EXPECT_EQ(old->padded_length, 0u);
+  // Only canonical names DiskPath writes.
+  for (const char* bad :
+       {".", ".0", ".05000", ".4096", ".8192", ".-1", ".+5", ".5000.1", ".50a", ".99999999999999999999"}) {
+    EXPECT_FALSE(ParseDiskFilePath(DiskPath(key) + bad).has_value()) << bad;
+  }
+  EXPECT_FALSE(ParseDiskPath(DiskPath(padded)).has_value());  // the key-only parser stays strict
+  EXPECT_EQ(AlignUp(1), 4096u);
+  EXPECT_EQ(AlignUp(4096), 4096u);
+  EXPECT_EQ(AlignUp(4097), 8192u);
+}
+
+TEST(DiskScan, PaddedAndOldUnpaddedFilesGiveTheirTrueLengths) {
+  TempDir dir;
+  const std::string ns = HexEncode(Ns("n"));
+  const fs::path d = fs::path(dir.path()) / ns;
+  WriteFile(d / "6f6c64", 5000);        // "old": unpadded, written before padding existed
+  WriteFile(d / "706164.5000", 8192);   // "pad": 5000 bytes padded to 8192
+  WriteFile(d / "616c69", 8192);        // "ali": aligned, never padded
+  WriteFile(d / "626164.5000", 5000);   // "bad": a padded name whose size does not match
+  WriteFile(d / "626967.5000", 12288);  // "big": too long for its name
+  auto scan = ScanDiskDir(dir.path());
+  ASSERT_TRUE(scan.ok()) << scan.status().ToString();
+  std::map<std::string, std::pair<uint64_t, uint64_t>> got;
+  for (const ScannedFile& f : scan->files) got[f.disk_key] = {f.size, f.file_bytes};
+  EXPECT_EQ(got.size(), 3u);
+  EXPECT_EQ(got[Ns("n") + "old"], (std::pair<uint64_t, uint64_t>{5000, 5000}));
+  EXPECT_EQ(got[Ns("n") + "pad"], (std::pair<uint64_t, uint64_t>{5000, 8192}));
+  EXPECT_EQ(got[Ns("n") + "ali"], (std::pair<uint64_t, uint64_t>{8192, 8192}));
+  EXPECT_EQ(scan->ignored, 2u);
+  EXPECT_TRUE(fs::exists(d / "626164.5000"));  // not ours: left alone
+}
+
+// A crash between the write of a key's new file and the delete of its old name leaves both: the
+// newer one wins, the older is deleted.
+TEST(DiskScan, TwoFilesOfOneKeyKeepTheNewer) {
+  TempDir dir;
+  const fs::path d = fs::path(dir.path()) / HexEncode(Ns("n"));
+  WriteFile(d / "6b", 5000);
+  WriteFile(d / "6b.6000", 8192);
+  struct timespec times[2] = {{0, UTIME_OMIT}, {1000, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, (d / "6b.6000").c_str(), times, 0), 0);  // the padded one is older
+  times[1] = {2000, 0};
+  ASSERT_EQ(::utimensat(AT_FDCWD, (d / "6b").c_str(), times, 0), 0);
+  auto scan = ScanDiskDir(dir.path());
+  ASSERT_TRUE(scan.ok()) << scan.status().ToString();
+  ASSERT_EQ(scan->files.size(), 1u);
+  EXPECT_EQ(scan->files[0].disk_key, Ns("n") + "k");
+  EXPECT_EQ(scan->files[0].size, 5000u);
+  EXPECT_EQ(scan->superseded_removed, 1u);
+  EXPECT_FALSE(fs::exists(d / "6b.6000"));
+  EXPECT_TRUE(fs::exists(d / "6b"));
+}
+
+TEST(DiskIndex, PaddedFilesCountTheirFileBytesAgainstTheBound) {
+  DiskIndex idx(16384);
+  idx.Insert("a", 5000, 8192);
+  idx.Insert("b", 100);
+  EXPECT_EQ(idx.bytes(), 8192u + 100);
+  EXPECT_EQ(*idx.Size("a"), 5000u);
+  auto f = idx.Find("a");
+  ASSERT_TRUE(f.has_value());
+  EXPECT_EQ(f->file_bytes, 8192u);
+  std::vector<DiskFile> victims;
+  ASSERT_EQ(idx.Reserve(8192, &victims), DiskIndex::Reservation::kOk);  // 8292 + 8192 > 16384: a goes
+  ASSERT_EQ(victims.size(), 1u);
+  EXPECT_EQ(victims[0].disk_key, "a");
+  EXPECT_TRUE(victims[0].padded());
+  EXPECT_EQ(victims[0].length, 5000u);
+  EXPECT_EQ(idx.bytes(), 100u);
+  EXPECT_TRUE(idx.CheckInvariants().ok());
+}
+
 TEST(DiskScan, CreatesAMissingDirectoryAndReportsAnUnusableOne) {
   TempDir dir;
   auto fresh = ScanDiskDir(dir.path() + "/a/b");
@@ -119,9 +218,9 @@ TEST(DiskIndex, ReserveEvictsLeastRecentlyUsedToStayWithinCapacity) {
   idx.Insert("a", 40);
   idx.Insert("b", 40);
   idx.Touch("a");  // b is now the least recently used
-  std::vector<std::string> victims;
+  std::vector<DiskFile> victims;
   ASSERT_EQ(idx.Reserve(30, &victims), DiskIndex::Reservation::kOk);
-  EXPECT_EQ(victims, std::vector<std::string>{"b"});
+  EXPECT_EQ(Keys(victims), (std::vector<std::string>{"b"}));
   EXPECT_FALSE(idx.Contains("b"));
   idx.Unreserve(30);
   idx.Insert("c", 30);
@@ -132,7 +231,7 @@ TEST(DiskIndex, ReserveEvictsLeastRecentlyUsedToStayWithinCapacity) {
 
 TEST(DiskIndex, TooLargeAndWaitingForWritesInFlight) {
   DiskIndex idx(100);
-  std::vector<std::string> victims;
+  std::vector<DiskFile> victims;
   EXPECT_EQ(idx.Reserve(101, &victims), DiskIndex::Reservation::kTooLarge);
   ASSERT_EQ(idx.Reserve(60, &victims), DiskIndex::Reservation::kOk);
   // Only the other write's reservation is in the way: nothing to delete, wait for it.
@@ -148,7 +247,7 @@ TEST(DiskIndex, TooLargeAndWaitingForWritesInFlight) {
 TEST(DiskIndex, WaitForWritesInFlightKeepsEveryEntry) {
   DiskIndex idx(3 << 20);
   idx.Insert("A", 512 << 10);
-  std::vector<std::string> victims;
+  std::vector<DiskFile> victims;
   ASSERT_EQ(idx.Reserve(2 << 20, &victims), DiskIndex::Reservation::kOk);  // B, in flight
   ASSERT_TRUE(victims.empty());
   EXPECT_EQ(idx.Reserve(1536 << 10, &victims), DiskIndex::Reservation::kWait);  // C cannot fit beside B
@@ -161,7 +260,7 @@ TEST(DiskIndex, WaitForWritesInFlightKeepsEveryEntry) {
   idx.Insert("B", 2 << 20);
   idx.Touch("B");
   EXPECT_EQ(idx.Reserve(1 << 20, &victims), DiskIndex::Reservation::kOk);
-  EXPECT_EQ(victims, std::vector<std::string>{"A"});
+  EXPECT_EQ(Keys(victims), (std::vector<std::string>{"A"}));
   EXPECT_TRUE(idx.CheckInvariants().ok());
 }
 
@@ -172,9 +271,9 @@ TEST(DiskIndex, BusyEntriesAreNeverVictims) {
   idx.Insert("a", 40);  // least recently used, but being read
   idx.Insert("b", 40);
   idx.MarkBusy("a");
-  std::vector<std::string> victims;
+  std::vector<DiskFile> victims;
   ASSERT_EQ(idx.Reserve(30, &victims), DiskIndex::Reservation::kOk);
-  EXPECT_EQ(victims, std::vector<std::string>{"b"});
+  EXPECT_EQ(Keys(victims), (std::vector<std::string>{"b"}));
   EXPECT_TRUE(idx.Contains("a"));
   idx.Unreserve(30);
   victims.clear();
@@ -186,7 +285,7 @@ TEST(DiskIndex, BusyEntriesAreNeverVictims) {
   idx.UnmarkBusy("a");
   EXPECT_FALSE(idx.Busy("a"));
   EXPECT_EQ(idx.Reserve(70, &victims), DiskIndex::Reservation::kOk);
-  EXPECT_EQ(victims, std::vector<std::string>{"a"});
+  EXPECT_EQ(Keys(victims), (std::vector<std::string>{"a"}));
   EXPECT_TRUE(idx.CheckInvariants().ok());
 }
 
@@ -205,7 +304,7 @@ TEST(DiskIndex, TrimAndNamespaceListing) {
   idx.Insert(n1 + "x", 30);
   idx.Insert(n2 + "y", 30);
   idx.Insert(n1 + "z", 30);
-  EXPECT_EQ(idx.TrimToCapacity(), (std::vector<std::string>{n1 + "x", n2 + "y"}));
+  EXPECT_EQ(Keys(idx.TrimToCapacity()), (std::vector<std::string>{n1 + "x", n2 + "y"}));
   EXPECT_EQ(idx.bytes(), 30u);
   idx.Insert(n2 + "w", 10);
   EXPECT_EQ(idx.KeysOfNamespace(n2), std::vector<std::string>{n2 + "w"});

@@ -5,6 +5,7 @@
 #include "server/disk_tier.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -79,6 +80,19 @@ std::vector<pid_t> ChildrenNamed(std::string_view comm) {
   return out;
 }
 
+// Whether `dir`'s file system takes an O_DIRECT open (tmpfs before Linux 6.6 does not).
+bool DirectIoWorksIn(const std::string& dir) {
+  const std::string probe = dir + "/.direct-probe";
+  const int fd = ::open(probe.c_str(), O_RDWR | O_CREAT | O_DIRECT | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    ::unlink(probe.c_str());  // ramfs creates the file before it refuses O_DIRECT
+    return false;
+  }
+  ::close(fd);
+  ::unlink(probe.c_str());
+  return true;
+}
+
 std::string Pattern(size_t n, int seed) {
   std::string s(n, '\0');
   for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>((i * 31 + static_cast<size_t>(seed) * 97 + 1) & 0xff);
@@ -118,7 +132,7 @@ class DiskTierTest : public ::testing::Test {
     options_.capacity = 16 << 20;
     options_.write_through = write_through;
     options_.worker_binary = SHMKV_FILE_WORKER_BIN;
-    auto t = DiskTier::Start(io_, *store_, segment_->name(), segment_->size(), options_);
+    auto t = DiskTier::Start(io_, *store_, segment_->name(), segment_->size(), options_, segment_->data());
     ASSERT_TRUE(t.ok()) << t.status().ToString();
     disk_ = std::move(t).value();
   }
@@ -162,7 +176,16 @@ class DiskTierTest : public ::testing::Test {
     return 0;
   }
 
-  std::string FileOf(const std::string& key) const { return options_.dir + "/" + DiskPath(key); }
+  // The file of an object of `length` bytes: padded to 4096 under "<key>.<length>" with O_DIRECT.
+  std::string FileOf(const std::string& key, uint64_t length) const {
+    return options_.dir + "/" + DiskPath(DiskFile{key, length, disk_->direct() ? AlignUp(length) : length});
+  }
+  // What that file holds: the object, then zeros up to the file's size.
+  std::string OnDisk(const std::string& data) const {
+    std::string out = data;
+    if (disk_->direct()) out.resize(AlignUp(data.size()), '\0');
+    return out;
+  }
 
   Tier::Covered CoveredByL1() {
     return [this](std::string_view k) { return store_->IsCommitted(k); };
@@ -217,12 +240,12 @@ TEST_F(DiskTierTest, WriteThroughPutsACommittedObjectOnDisk) {
   tier().AfterL1Change();
   ASSERT_TRUE(RunUntil(io_, [&] { return tier().Holds(key); }));
   EXPECT_EQ(Stat("l2_objects"), 1u);
-  EXPECT_EQ(Stat("l2_bytes"), 5000u);
+  EXPECT_EQ(Stat("l2_bytes"), disk_->direct() ? 8192u : 5000u);  // the file's bytes
   EXPECT_EQ(Stat("l2_writes"), 1u);
   EXPECT_EQ(Stat("l2_write_bytes"), 5000u);
   EXPECT_EQ(Stat("l2_write_errors"), 0u);
   EXPECT_EQ(Stat("l2_available"), 1u);
-  EXPECT_EQ(ReadFile(FileOf(key)), data);
+  EXPECT_EQ(ReadFile(FileOf(key, data.size())), OnDisk(data));
   EXPECT_EQ(store_->stats().dirty_objects, 0u);  // clean: eviction may drop it now
   EXPECT_TRUE(store_->IsCommitted(key));         // and L1 keeps its copy
 }
@@ -314,13 +337,13 @@ TEST_F(DiskTierTest, RemoveDropsTheDiskCopy) {
   StartTier();
   const std::string key = kNs1 + "rm";
   PutAndWrite(key, Pattern(3000, 8));
-  ASSERT_TRUE(std::filesystem::exists(FileOf(key)));
+  ASSERT_TRUE(std::filesystem::exists(FileOf(key, 3000)));
   EXPECT_TRUE(tier().Remove(key));
   EXPECT_FALSE(tier().Holds(key));
   EXPECT_EQ(Stat("l2_objects"), 0u);
   EXPECT_EQ(Stat("l2_bytes"), 0u);
   ASSERT_TRUE(RunUntil(io_, [&] { return Stat("l2_deletes") == 1; }));
-  EXPECT_FALSE(std::filesystem::exists(FileOf(key)));
+  EXPECT_FALSE(std::filesystem::exists(FileOf(key, 3000)));
   EXPECT_TRUE(store_->IsCommitted(key));  // the tier drops its own copy only; L1 is the service's
   EXPECT_FALSE(tier().Remove(key));       // nothing left to drop
   EXPECT_FALSE(tier().Remove(kNs1 + "never"));
@@ -345,9 +368,9 @@ TEST_F(DiskTierTest, ClearDropsTheNamespacesDiskCopiesAndCountsOnlyThoseL1Lacks)
   EXPECT_TRUE(tier().Holds(other));
   EXPECT_EQ(Stat("l2_objects"), 1u);
   ASSERT_TRUE(RunUntil(io_, [&] { return Stat("l2_deletes") == 2; }));
-  EXPECT_FALSE(std::filesystem::exists(FileOf(both)));
-  EXPECT_FALSE(std::filesystem::exists(FileOf(disk_only)));
-  EXPECT_TRUE(std::filesystem::exists(FileOf(other)));
+  EXPECT_FALSE(std::filesystem::exists(FileOf(both, 4096)));
+  EXPECT_FALSE(std::filesystem::exists(FileOf(disk_only, 4096)));
+  EXPECT_TRUE(std::filesystem::exists(FileOf(other, 4096)));
   EXPECT_EQ(tier().Clear(kNs1), 0u);  // nothing left
 }
 
@@ -374,7 +397,7 @@ TEST_F(DiskTierTest, HealthGoesDownWhenTheWorkerIsKilled) {
   ASSERT_TRUE(pinned.has_value());
   EXPECT_TRUE(pinned->empty());
   EXPECT_FALSE(store_->IsCommitted(key));
-  EXPECT_TRUE(std::filesystem::exists(FileOf(key)));
+  EXPECT_TRUE(std::filesystem::exists(FileOf(key, 4096)));
 }
 
 // The worker is restarted after DiskTier::kRestartDelay, and the tier serves its files again.
@@ -422,6 +445,112 @@ TEST_F(DiskTierTest, LoadOfAKeyItDoesNotHoldCompletesWithNothingPinned) {
   EXPECT_EQ(Stat("l2_loads"), 0u);
   EXPECT_EQ(Stat("l2_loads_in_flight"), 0u);
   EXPECT_EQ(Stat("l2_read_errors"), 0u);
+}
+
+// O_DIRECT (the test directory is on a disk file system): an object of unaligned length is
+// written padded with zeros (not with what the slot held before) under "<key>.<length>", and it
+// comes back with its true length, byte for byte.
+TEST_F(DiskTierTest, PaddedObjectsComeBackWithTheirTrueLength) {
+  if (!DirectIoWorksIn(dir_.path())) GTEST_SKIP() << dir_.path() << " refuses O_DIRECT";
+  StartTier();
+  ASSERT_TRUE(disk_->direct());
+  const std::string key = kNs1 + "pad";
+  const std::string data = Pattern(5000, 21);
+  std::memset(segment_->data(), 0xee, segment_->size());  // stale bytes where the padding goes
+  PutAndWrite(key, data);
+  const std::string file = options_.dir + "/" + DiskPath(key) + ".5000";
+  EXPECT_EQ(ReadFile(file), data + std::string(8192 - 5000, '\0'));
+  EXPECT_FALSE(std::filesystem::exists(options_.dir + "/" + DiskPath(key)));
+  EXPECT_EQ(Stat("l2_write_bytes"), 5000u);
+  DropFromL1(key);
+  std::memset(segment_->data(), 0, segment_->size());
+  auto pinned = Load({key});
+  ASSERT_TRUE(pinned.has_value());
+  ASSERT_EQ(*pinned, std::vector<std::string>{key});
+  EXPECT_EQ(Stat("l2_load_bytes"), 5000u);
+  EXPECT_EQ(Stat("l2_read_errors"), 0u);
+  const std::string_view keys[] = {key};
+  const std::vector<SlotResult> slots = store_->PrepareRetrieve(kSession, keys, Clock::now());
+  ASSERT_EQ(slots[0].status, SlotStatus::kOk);
+  EXPECT_EQ(slots[0].length, 5000u);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(segment_->data() + slots[0].offset), 5000), data);
+  store_->IoUnpin(key);
+  EXPECT_TRUE(store_->CommitRetrieve(kSession, keys).ok());
+
+  // A restart finds the true length in the name.
+  disk_.reset();
+  const std::string_view k[] = {key};
+  (void)store_->Remove(k);
+  StartTier();
+  EXPECT_TRUE(tier().Holds(key));
+  EXPECT_EQ(Stat("l2_bytes"), 8192u);
+  pinned = Load({key});
+  ASSERT_TRUE(pinned.has_value());
+  ASSERT_EQ(*pinned, std::vector<std::string>{key});
+  const std::vector<SlotResult> again = store_->PrepareRetrieve(kSession, keys, Clock::now());
+  ASSERT_EQ(again[0].status, SlotStatus::kOk);
+  EXPECT_EQ(again[0].length, 5000u);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(segment_->data() + again[0].offset), 5000), data);
+  store_->IoUnpin(key);
+  EXPECT_TRUE(store_->CommitRetrieve(kSession, keys).ok());
+}
+
+// Files written before padding existed (or with buffered I/O): "<key>", exactly the object, of
+// any length. An O_DIRECT tier loads them (the read stops at the file's end) and the object
+// keeps its length; the pool bytes after it, beyond the slot, are untouched.
+TEST_F(DiskTierTest, OldUnpaddedFilesStillLoad) {
+  if (!DirectIoWorksIn(dir_.path())) GTEST_SKIP() << dir_.path() << " refuses O_DIRECT";
+  const std::string odd = kNs1 + "old-odd", even = kNs1 + "old-even";
+  const std::string odd_data = Pattern(5000, 22), even_data = Pattern(8192, 23);
+  const std::string base = dir_.path() + "/l2/";
+  std::filesystem::create_directories(base + HexEncode(kNs1));
+  file_worker::testing::WriteFile(base + DiskPath(odd), odd_data);
+  file_worker::testing::WriteFile(base + DiskPath(even), even_data);
+  StartTier();
+  ASSERT_TRUE(disk_->direct());
+  EXPECT_EQ(Stat("l2_objects"), 2u);
+  EXPECT_EQ(Stat("l2_bytes"), 5000u + 8192);
+  std::memset(segment_->data(), 0x77, segment_->size());
+  auto pinned = Load({odd, even});
+  ASSERT_TRUE(pinned.has_value());
+  ASSERT_EQ(*pinned, (std::vector<std::string>{odd, even}));
+  EXPECT_EQ(Stat("l2_read_errors"), 0u);
+  EXPECT_EQ(Stat("l2_load_bytes"), 5000u + 8192);
+  const std::string_view keys[] = {odd, even};
+  const std::vector<SlotResult> slots = store_->PrepareRetrieve(kSession, keys, Clock::now());
+  ASSERT_EQ(slots[0].status, SlotStatus::kOk);
+  ASSERT_EQ(slots[1].status, SlotStatus::kOk);
+  EXPECT_EQ(slots[0].length, 5000u);
+  EXPECT_EQ(slots[1].length, 8192u);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(segment_->data() + slots[0].offset), 5000), odd_data);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(segment_->data() + slots[1].offset), 8192), even_data);
+  for (const SlotResult& sl : slots) {  // nothing written past either slot (whole 4096-byte units)
+    const uint64_t end = sl.offset + AlignUp(sl.length);
+    if (end < segment_->size() && end != slots[0].offset && end != slots[1].offset) {
+      EXPECT_EQ(segment_->data()[end], std::byte{0x77});
+    }
+  }
+  for (const std::string& k : *pinned) store_->IoUnpin(k);
+  EXPECT_TRUE(store_->CommitRetrieve(kSession, keys).ok());
+  // The old files stay as they are (nothing is rewritten).
+  EXPECT_EQ(ReadFile(base + DiskPath(odd)), odd_data);
+}
+
+// --disk-direct off: buffered I/O, unpadded files, whatever the file system.
+TEST_F(DiskTierTest, DirectOffWritesUnpaddedFiles) {
+  options_.direct = DiskDirectIo::kOff;
+  StartTier();
+  EXPECT_FALSE(disk_->direct());
+  const std::string key = kNs1 + "buf";
+  const std::string data = Pattern(5000, 24);
+  PutAndWrite(key, data);
+  EXPECT_EQ(ReadFile(options_.dir + "/" + DiskPath(key)), data);
+  EXPECT_EQ(Stat("l2_bytes"), 5000u);
+  DropFromL1(key);
+  auto pinned = Load({key});
+  ASSERT_TRUE(pinned.has_value());
+  ASSERT_EQ(*pinned, std::vector<std::string>{key});
+  for (const std::string& k : *pinned) store_->IoUnpin(k);
 }
 
 }  // namespace
