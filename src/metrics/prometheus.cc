@@ -72,6 +72,12 @@ constexpr std::array kFamilies = {
     Family{"shmkv_tier_pending_deletes", Type::kGauge, "Deletes the tier has not carried out yet."},
     Family{"shmkv_tier_io_in_flight", Type::kGauge, "The tier's I/O operations in flight, by op (write, load)."},
     Family{"shmkv_tier_worker_restarts_total", Type::kCounter, "Restarts of the tier's worker process."},
+    Family{"shmkv_tier_known_keys", Type::kGauge,
+           "Keys the server knows a shared tier (L3) holds, learnt from lookups and writes."},
+    Family{"shmkv_tier_redirects_total", Type::kCounter,
+           "Redis Cluster redirections followed, by kind (moved: the slot moved; ask: during a migration)."},
+    Family{"shmkv_tier_slot_map_refreshes_total", Type::kCounter, "Redis Cluster slot maps fetched."},
+    Family{"shmkv_tier_reconnects_total", Type::kCounter, "Connections to a tier's nodes made again after a failure."},
     Family{"shmkv_reservations_outstanding", Type::kGauge,
            "Slots reserved by prepare_store (or a load) and not yet committed or aborted."},
     Family{"shmkv_pinned_objects", Type::kGauge, "Objects pinned by a reader or a lower tier's I/O."},
@@ -123,6 +129,20 @@ constexpr std::array kTierSuffixes = {
     TierSuffix{"writes_in_flight", {"shmkv_tier_io_in_flight", "op=\"write\""}},
     TierSuffix{"loads_in_flight", {"shmkv_tier_io_in_flight", "op=\"load\""}},
     TierSuffix{"worker_restarts", {"shmkv_tier_worker_restarts_total", ""}},
+    // L3 (docs/l3-redis.md).
+    TierSuffix{"write_skipped_exists", {"shmkv_tier_skipped_total", "reason=\"exists\""}},
+    TierSuffix{"write_dropped", {"shmkv_tier_skipped_total", "reason=\"dropped\""}},
+    TierSuffix{"miss_unavailable", {"shmkv_tier_errors_total", "reason=\"unavailable\""}},
+    TierSuffix{"miss_corrupt", {"shmkv_tier_errors_total", "reason=\"corrupt_value\""}},
+    TierSuffix{"miss_absent", {"shmkv_tier_errors_total", "reason=\"gone_before_load\""}},
+    TierSuffix{"auth_errors", {"shmkv_tier_errors_total", "reason=\"auth\""}},
+    TierSuffix{"config_errors", {"shmkv_tier_errors_total", "reason=\"config\""}},
+    TierSuffix{"queue_bytes", {"shmkv_tier_unwritten_bytes", ""}},
+    TierSuffix{"known_keys", {"shmkv_tier_known_keys", ""}},
+    TierSuffix{"moved", {"shmkv_tier_redirects_total", "kind=\"moved\""}},
+    TierSuffix{"ask", {"shmkv_tier_redirects_total", "kind=\"ask\""}},
+    TierSuffix{"slot_refreshes", {"shmkv_tier_slot_map_refreshes_total", ""}},
+    TierSuffix{"reconnects", {"shmkv_tier_reconnects_total", ""}},
 };
 
 // Names that are L1's although they carry no tier prefix (or another tier's: the write-behind
@@ -143,7 +163,7 @@ constexpr std::array<std::pair<std::string_view, std::string_view>, 13> kL1Alias
     {"l2_evicted_dirty", "l1_evicted_dirty"},
 }};
 
-constexpr std::array<std::pair<std::string_view, Target>, 12> kServerNames = {{
+constexpr std::array<std::pair<std::string_view, Target>, 13> kServerNames = {{
     {"lookups", {"shmkv_lookups_total", ""}},
     {"lookup_keys", {"shmkv_lookup_keys_total", ""}},
     {"lookup_hit_keys", {"shmkv_lookup_hit_keys_total", ""}},
@@ -155,7 +175,8 @@ constexpr std::array<std::pair<std::string_view, Target>, 12> kServerNames = {{
     {"expired_leases", {"shmkv_leases_reclaimed_total", "cause=\"ttl\""}},
     {"leases_reclaimed_on_disconnect", {"shmkv_leases_reclaimed_total", "cause=\"disconnect\""}},
     {"rejected_frames", {"shmkv_rejected_frames_total", ""}},
-    {"generation", {"", ""}},  // a label of shmkv_server_info
+    {"generation", {"", ""}},      // a label of shmkv_server_info
+    {"uptime_seconds", {"", ""}},  // shmkv_start_time_seconds tells it
 }};
 
 // Samples of one family, in the order they were added; a series seen twice keeps the first.

@@ -105,6 +105,39 @@ TEST(Prometheus, EveryCounterTheServiceReportsHasAFamily) {
   EXPECT_NE(text.find("shmkv_sessions 1\n"), std::string::npos) << text;
 }
 
+TEST(Prometheus, EveryL3CounterHasAFamily) {
+  Snapshot s;
+  for (const char* name : {"l3_available",
+                           "l3_hits",
+                           "l3_loads",
+                           "l3_load_bytes",
+                           "l3_load_full",
+                           "l3_writes",
+                           "l3_write_bytes",
+                           "l3_write_skipped_exists",
+                           "l3_write_dropped",
+                           "l3_write_errors",
+                           "l3_miss_unavailable",
+                           "l3_miss_corrupt",
+                           "l3_miss_absent",
+                           "l3_deletes",
+                           "l3_queue_bytes",
+                           "l3_known_keys",
+                           "l3_moved",
+                           "l3_ask",
+                           "l3_slot_refreshes",
+                           "l3_reconnects",
+                           "l3_auth_errors",
+                           "l3_config_errors",
+                           "uptime_seconds"}) {
+    s.counters.emplace_back(name, 1);
+  }
+  const std::string text = RenderPrometheus(s);
+  EXPECT_EQ(text.find("shmkv_stat_"), std::string::npos) << text;
+  EXPECT_NE(text.find("shmkv_tier_errors_total{tier=\"l3\",reason=\"corrupt_value\"} 1\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("shmkv_tier_redirects_total{tier=\"l3\",kind=\"moved\"} 1\n"), std::string::npos) << text;
+}
+
 TEST(Prometheus, FamiliesHaveOneHelpAndTypeAndTierLabels) {
   Snapshot s;
   s.version = "0.1.0";
