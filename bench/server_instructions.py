@@ -9,7 +9,8 @@ Each build's shmkv-server runs under valgrind --tool=callgrind while this script
 build's Python module, sends: 2,000 one-key lookups, 1,000 one-key store pairs (prepare+commit),
 1,000 one-key retrieve pairs, and 20 rounds of a 256-key store, commit and remove. It prints the
 total instructions of each server (start-up included, the same for every build) and the ratio to
-the first build.
+the first build. `--with-args "--metrics-address 127.0.0.1:0"` also runs each build with those server
+options, so their cost shows against the same build without them.
 """
 import argparse
 import os
@@ -39,12 +40,12 @@ c.close()
 """
 
 
-def count(build: pathlib.Path, work: pathlib.Path) -> int:
+def count(build: pathlib.Path, work: pathlib.Path, extra=()) -> int:
     out = work / f"callgrind.{os.getpid()}.{build.name}.out"
     sock = work / "s.sock"
     server = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                                str(build / "src" / "shmkv-server"), "--pool-size", "64MiB", "--no-prefault",
-                               "--socket", str(sock), "--log-level", "warn"],
+                               "--socket", str(sock), "--log-level", "warn", *extra],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = server.stdout.readline()
     if "ready" not in line:
@@ -63,12 +64,16 @@ def count(build: pathlib.Path, work: pathlib.Path) -> int:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("builds", nargs="+", type=pathlib.Path)
+    ap.add_argument("--with-args", default=None,
+                    help="extra server options: each build runs once without them and once with them")
     args = ap.parse_args()
+    variants = [("", ())] + ([(" " + args.with_args, tuple(args.with_args.split()))] if args.with_args else [])
     with tempfile.TemporaryDirectory(prefix="shmkv-ir-") as work:
-        counts = [(b, count(b.resolve(), pathlib.Path(work))) for b in args.builds]
+        counts = [(f"{b}{label}", count(b.resolve(), pathlib.Path(work), extra))
+                  for b in args.builds for label, extra in variants]
     base = counts[0][1]
     for b, n in counts:
-        print(f"{str(b):40s} {n:>14,} instructions  {n / base:.3f}x")
+        print(f"{b:40s} {n:>14,} instructions  {n / base:.4f}x")
 
 
 if __name__ == "__main__":

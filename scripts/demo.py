@@ -321,6 +321,8 @@ def start_server(args, workdir, node=0, redis_url=None):
         extra += ["--disk-dir", os.path.join(args.disk_dir, f"node{node}") if redis_url else args.disk_dir]
     if redis_url:
         extra += ["--redis", redis_url, "--redis-write", "through"]
+    metrics_port = free_port()
+    extra += ["--metrics-address", f"127.0.0.1:{metrics_port}"]
     # Its own session: a Ctrl-C reaches only the demo, which then stops the workers and the server
     # in order (a server stopped first would leave the workers' last calls failing).
     from shmkv.server import start_server as start  # noqa: PLC0415 (the build's package, on sys.path)
@@ -330,7 +332,15 @@ def start_server(args, workdir, node=0, redis_url=None):
                                           "--log-level", "warn", *extra], start_new_session=True)
     except RuntimeError as e:
         sys.exit(f"demo: the server did not start: {e}")
-    return proc, socket_path, ready.segment, str(ready)
+    return proc, socket_path, ready.segment, f"{ready}\n  metrics (while it runs): http://127.0.0.1:{metrics_port}/metrics"
+
+
+def free_port():
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def progress(done, total, started, hit_tokens, prompt_tokens, enabled):

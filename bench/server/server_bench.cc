@@ -150,8 +150,22 @@ class ServerProcess {
       if (::getppid() != parent) ::_exit(1);
       PinTo(g_config.server_cpu);
       ::dup2(out[1], STDOUT_FILENO);
-      ::execl(bin.c_str(), bin.c_str(), "--pool-size", "4GiB", "--socket", socket_.c_str(), "--shm-name",
-              shm_name.c_str(), "--log-level", "warn", static_cast<char*>(nullptr));
+      // SHMKV_BENCH_SERVER_ARGS: extra server options, split at spaces (e.g. the metrics' cost:
+      // "--metrics-address 127.0.0.1:0").
+      std::vector<std::string> args = {bin,          "--pool-size", "4GiB",        "--socket", socket_,
+                                       "--shm-name", shm_name,      "--log-level", "warn"};
+      if (const char* extra = std::getenv("SHMKV_BENCH_SERVER_ARGS"); extra != nullptr) {
+        std::string_view rest(extra);
+        while (!rest.empty()) {
+          const size_t space = rest.find(' ');
+          if (space != 0) args.emplace_back(rest.substr(0, space));
+          rest = space == std::string_view::npos ? std::string_view() : rest.substr(space + 1);
+        }
+      }
+      std::vector<char*> argv;
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(bin.c_str(), argv.data());
       std::fprintf(stderr, "server_bench: exec %s: %s\n", bin.c_str(), std::strerror(errno));
       ::_exit(127);
     }

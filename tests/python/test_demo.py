@@ -19,6 +19,7 @@ def test_demo_quick_runs_end_to_end(build_dir, tmp_path):
                  "store     latency", "retrieve  latency", "data check", "chart"):
         assert line in text, f"summary lacks {line!r}:\n{text}"
     assert re.search(r"requests\s+18 in", text)
+    assert re.search(r"metrics \(while it runs\): http://127\.0\.0\.1:\d+/metrics", text), text
     hit = float(re.search(r"prefix hit rate\s+([\d.]+)%", text).group(1))
     assert hit > 20.0, text  # turns 2 and 3 reuse their history, every chat reuses its system prompt
     assert re.search(r"data check\s+0 wrong chunks of [1-9]\d* retrieved", text), text
@@ -53,6 +54,7 @@ def test_demo_quick_through_the_vllm_adapters_call_sequence(build_dir, tmp_path)
     text = out.stdout
     assert "vLLM adapter's call sequence (shmkv.vllm.ShmkvConnector)" in text
     assert re.search(r"requests\s+18 in", text)
+    assert re.search(r"metrics \(while it runs\): http://127\.0\.0\.1:\d+/metrics", text), text
     hit = float(re.search(r"prefix hit rate\s+([\d.]+)%", text).group(1))
     assert hit > 20.0, text
     reused = int(re.search(r"tokens reused\s+([\d,]+)", text).group(1).replace(",", ""))
