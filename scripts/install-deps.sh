@@ -74,11 +74,13 @@ PY
 }
 
 wait_for_apt_locks() {
-  local start=$SECONDS said=0 holder path pid what
+  # Whole seconds slept, counted: bash's $SECONDS ticks on whole seconds of the shell's clock, so a
+  # difference of 2 may come after 1.1 s.
+  local waited=0 said=0 holder path pid what
   while holder=$(lock_holder) && [[ -n "$holder" ]]; do
     read -r path pid <<<"$holder"
     what=$(ps -o comm= -p "$pid" 2>/dev/null || true)
-    if ((SECONDS - start >= lock_timeout)); then
+    if ((waited >= lock_timeout)); then
       echo "install-deps: $path is still held by pid $pid${what:+ ($what)} after ${lock_timeout} s; let it" \
         "finish (or stop it) and run this again, or wait longer with SHMKV_APT_LOCK_TIMEOUT" >&2
       exit 1
@@ -89,8 +91,9 @@ wait_for_apt_locks() {
       said=1
     fi
     sleep 1
+    waited=$((waited + 1))
   done
-  if ((said == 1)); then echo "install-deps: the package locks are free after $((SECONDS - start)) s" >&2; fi
+  if ((said == 1)); then echo "install-deps: the package locks are free after ${waited} s" >&2; fi
   return 0
 }
 
