@@ -97,6 +97,7 @@ class KVConnector:
         keys = self.chunk_keys(token_ids)
         if not keys:
             return StoreResult(0, 0, 0, 0)
+        self._check_caches(kv_caches, block_ids)  # also when every chunk is already stored
         nbytes = _native.chunk_nbytes(kv_caches, layout=self.layout, chunk_tokens=self.chunk_tokens)
         slots = self.client.prepare_store(keys, [nbytes] * len(keys))
         statuses = self.client.last_statuses
@@ -147,6 +148,7 @@ class KVConnector:
         keys = keys[first:]
         if not keys:
             return 0
+        self._check_caches(kv_caches, block_ids)  # also when nothing is stored
         views = self.client.prepare_retrieve(keys)
         hits = 0
         while hits < len(views) and views[hits] is not None:
@@ -227,6 +229,12 @@ class KVConnector:
         import torch  # only CUDA callers need torch here
 
         return torch.cuda.current_stream(kv_caches[0].device)
+
+    def _check_caches(self, kv_caches, block_ids):
+        """Raises what a copy would raise for these caches (dtype, layout, shapes), without copying:
+        a gather of no chunks validates its arguments."""
+        _native.gather(kv_caches, block_ids, [], [], layout=self.layout, chunk_tokens=self.chunk_tokens,
+                       dtype=self.dtype, threads=1, stream=0)
 
     def _gather(self, kv_caches, block_ids, indices, buffers):
         stream = self._cuda_stream(kv_caches)

@@ -333,3 +333,18 @@ def test_store_with_every_reservation_expired_stores_nothing(shmkv_module, short
         assert (r.stored_chunks, r.skipped_chunks, r.bytes_written) == (0, 2, 0)
         st = c.stats()
         assert st["objects"] == 0 and st["reserved_objects"] == 0 and st["quarantined_slots"] == 0
+
+
+def test_a_cache_of_the_wrong_dtype_is_refused_even_when_nothing_is_copied(shmkv_module, server):
+    src = cache(seed=31)
+    toks = tokens(2 * CHUNK, seed=32)
+    wrong = [a.astype(np.float64) for a in src]
+    with connector(shmkv_module, server) as c:
+        c.store(toks, src, list(range(2 * BPC)))
+        # Every chunk is stored already: no gather runs, and still the dtype is checked.
+        with pytest.raises(Exception, match="dtype"):
+            c.store(toks, wrong, list(range(2 * BPC)))
+        # Nothing stored for these tokens: no scatter runs, and still the dtype is checked.
+        with pytest.raises(Exception, match="dtype"):
+            c.retrieve(tokens(2 * CHUNK, seed=33), wrong, list(range(2 * BPC)))
+        assert c.lookup(toks) == 2 * CHUNK  # nothing lost
