@@ -695,21 +695,41 @@ be called from any thread at any time: it waits for the call in progress, and ev
 raises shmkv.Error("client is closed"). Slot memoryviews returned by prepare_store and
 prepare_retrieve keep the pool mapped: they stay valid after close() (and across a server
 restart), though only the protocol (commit_*) says whether their bytes are still meaningful.
-last_statuses holds the slot statuses ("ok", "exists", "busy", "full", "missing") of the calling
-thread's most recent prepare_* call; other threads' calls do not change what a thread reads.)doc")
+prepare_store and prepare_retrieve with with_statuses=True return the slot statuses ("ok",
+"exists", "busy", "full", "missing") with the views; last_statuses still holds those of the calling
+thread's most recent prepare_* call (other threads' calls do not change what a thread reads).)doc")
       .def(py::init<const std::string&, double, const std::string&, const std::string&, uint32_t, uint32_t,
                     const std::string&, const std::string&, const std::string&>(),
            py::arg("socket_path"), py::arg("timeout") = kDefaultTimeoutSeconds, py::arg("instance_id") = "",
            py::arg("model") = "", py::arg("world_size") = 1, py::arg("rank") = 0, py::arg("dtype") = "",
            py::arg("layout") = "", py::arg("salt") = "")
       .def("info", &PyClient::Info)
-      .def("prepare_store", &PyClient::PrepareStore, py::arg("keys"), py::arg("sizes"))
+      .def(
+          "prepare_store",
+          [](PyClient& c, const std::vector<py::bytes>& keys, const std::vector<uint64_t>& sizes,
+             bool with_statuses) -> py::object {
+            py::list views = c.PrepareStore(keys, sizes);
+            if (!with_statuses) return views;
+            return py::make_tuple(views, c.last_statuses());
+          },
+          py::arg("keys"), py::arg("sizes"), py::kw_only(), py::arg("with_statuses") = false,
+          "a writable view per key (None where it exists, is busy or full); with_statuses=True returns "
+          "(views, statuses) from this very call")
       .def("commit_store", &PyClient::CommitStore, py::arg("keys"),
            "makes the reservations visible, all or none; ExpiredError (indices) when a reservation passed "
            "--reserve-ttl: nothing committed, the other keys stay reserved")
       .def("abort_store", &PyClient::AbortStore, py::arg("keys"))
       .def("lookup", &PyClient::Lookup, py::arg("keys"), py::arg("pin") = false)
-      .def("prepare_retrieve", &PyClient::PrepareRetrieve, py::arg("keys"))
+      .def(
+          "prepare_retrieve",
+          [](PyClient& c, const std::vector<py::bytes>& keys, bool with_statuses) -> py::object {
+            py::list views = c.PrepareRetrieve(keys);
+            if (!with_statuses) return views;
+            return py::make_tuple(views, c.last_statuses());
+          },
+          py::arg("keys"), py::kw_only(), py::arg("with_statuses") = false,
+          "a read-only view per key (None where it is missing); with_statuses=True returns (views, statuses) "
+          "from this very call")
       .def("commit_retrieve", &PyClient::CommitRetrieve, py::arg("keys"),
            "releases the pins; ExpiredError (indices) when a pin passed --pin-ttl: the other pins are released, "
            "and the bytes read for the expired keys must not be used")

@@ -8,8 +8,8 @@ intermediate buffer. The protocol order is the one of :class:`shmkv.KVConnector`
 (docs/engine.md): prepare -> copy -> stream sync -> commit.
 
 Thread-safety: a :class:`ChunkTransfer` may be shared by threads (SGLang calls its storage backend
-from several). Client calls are serialised by the client, and ``Client.last_statuses`` belongs to
-the calling thread's own most recent prepare call, so no lock is needed here.
+from several). Client calls are serialised by the client, and the slot statuses come back with
+the prepare call that made them (``with_statuses=True``), so no lock is needed here.
 """
 from __future__ import annotations
 
@@ -102,8 +102,7 @@ class ChunkTransfer:
         keys = list(keys)
         if not keys:
             return StoreOutcome(0, 0, 0, ())
-        slots = self.client.prepare_store(keys, [nbytes] * len(keys))
-        statuses = list(self.client.last_statuses)
+        slots, statuses = self.client.prepare_store(keys, [nbytes] * len(keys), with_statuses=True)
         picked, buffers, existing, stop = [], [], 0, len(keys)
         present = [False] * len(keys)
         for i, (slot, status) in enumerate(zip(slots, statuses)):

@@ -99,8 +99,7 @@ class KVConnector:
             return StoreResult(0, 0, 0, 0)
         self._check_caches(kv_caches, block_ids)  # also when every chunk is already stored
         nbytes = _native.chunk_nbytes(kv_caches, layout=self.layout, chunk_tokens=self.chunk_tokens)
-        slots = self.client.prepare_store(keys, [nbytes] * len(keys))
-        statuses = self.client.last_statuses
+        slots, statuses = self.client.prepare_store(keys, [nbytes] * len(keys), with_statuses=True)
         indices, buffers, existing = [], [], 0
         stop = len(keys)
         for i, (slot, status) in enumerate(zip(slots, statuses)):

@@ -234,11 +234,13 @@ class LateLease:
         self.last_statuses = rest_st[:i] + first_st + rest_st[i:]
         return rest[:i] + first + rest[i:]
 
-    def prepare_retrieve(self, keys):
-        return self._split(self._c.prepare_retrieve, keys)
+    def prepare_retrieve(self, keys, *, with_statuses=False):
+        views = self._split(self._c.prepare_retrieve, keys)
+        return (views, self.last_statuses) if with_statuses else views
 
-    def prepare_store(self, keys, sizes):
-        return self._split(self._c.prepare_store, keys, sizes)
+    def prepare_store(self, keys, sizes, *, with_statuses=False):
+        views = self._split(self._c.prepare_store, keys, sizes)
+        return (views, self.last_statuses) if with_statuses else views
 
 
 def test_client_commits_of_expired_leases_raise_expired_error_with_indices(shmkv_module, short_ttl_server):

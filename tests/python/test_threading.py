@@ -89,3 +89,19 @@ def test_slot_views_stay_valid_after_close(shmkv_module, server):
     [r] = c.prepare_retrieve([b"v"])
     c.close()  # the views hold the mapping, not the client
     assert bytes(r) == b"abcdefgh" and bytes(w) == b"abcdefgh"
+
+
+def test_statuses_come_back_with_the_call(shmkv_module, server):
+    c = shmkv_module.Client(server.socket, model="m")
+    views, statuses = c.prepare_store([b"ws-a", b"ws-b"], [4096, 4096], with_statuses=True)
+    assert statuses == ["ok", "ok"] and all(v is not None for v in views)
+    c.commit_store([b"ws-a", b"ws-b"])
+    views, statuses = c.prepare_store([b"ws-a", b"ws-c"], [4096, 4096], with_statuses=True)
+    assert statuses == ["exists", "ok"] and views[0] is None and views[1] is not None
+    c.abort_store([b"ws-c"])
+    views, statuses = c.prepare_retrieve([b"ws-a", b"ws-missing"], with_statuses=True)
+    assert statuses == ["ok", "missing"] and views[1] is None
+    c.commit_retrieve([b"ws-a"])
+    assert isinstance(c.prepare_retrieve([b"ws-a"]), list)  # without the keyword: the views, as before
+    c.commit_retrieve([b"ws-a"])
+    c.close()
