@@ -155,6 +155,10 @@ class SHMKV_EXPORT SharedSegment {
   uint64_t size_ = 0;
   int fd_ = -1;       // owner: held open for the liveness lock; attacher: -1
   int lock_fd_ = -1;  // macOS only: the lock file
+  // Owner with a segment directory: the locked 1-byte file of the same name in /dev/shm that keeps
+  // the name taken there, so that a client too old to read shm_path fails on its size instead of
+  // mapping another pool of that name; -1 otherwise.
+  int placeholder_fd_ = -1;
   bool owner_ = false;
   bool pinned_ = false;
 };

@@ -232,6 +232,29 @@ Result<SharedSegment> SharedSegment::Create(const SegmentCreateOptions& options)
   const bool hugetlb = place.info && place.info->hugetlbfs();
   if (options.check_capacity && !hugetlb) SHMKV_RETURN_IF_ERROR(platform::CheckCapacity(dir, name, size));
 
+  // With a directory, the name is also held in the default place (a locked 1-byte file): no pool
+  // of the same name can appear there, and an older client that attaches by name alone (it does
+  // not read shm_path) finds a segment smaller than the pool and fails rather than mapping another
+  // pool.
+  sys::UniqueFd placeholder;
+  std::optional<UnlinkGuard> unlink_placeholder_on_error;
+  if (!dir.empty() && platform::kLinux) {
+    auto held = platform::CreateExclusive("", name, options.mode);
+    if (!held.ok()) {
+      if (held.status().sys_errno() == EEXIST) return ExistsError("", name);
+      return held.status().WithContext("holding the name in the default place");
+    }
+    placeholder = std::move(held).value();
+    unlink_placeholder_on_error.emplace("", name);
+    auto locked = platform::TryLockLiveness(placeholder.get(), name);
+    if (!locked.ok()) return locked.status().WithContext("locking the name in the default place");
+    // One byte (no memory: nothing is written): not empty, so if this process dies the next
+    // start-up's stale cleanup removes it at once (empty files get a grace period), and an older
+    // client's attach fails on its size.
+    SHMKV_RETURN_IF_ERROR(sys::Call([&] { return ::ftruncate(placeholder.get(), 1); })
+                              .ToStatus(fmt::format("sizing the name '{}' held in the default place", name)));
+  }
+
   auto opened = platform::CreateExclusive(dir, name, options.mode);
   if (!opened.ok()) {
     if (opened.status().sys_errno() == EEXIST) return ExistsError(dir, name);
@@ -281,7 +304,9 @@ Result<SharedSegment> SharedSegment::Create(const SegmentCreateOptions& options)
   seg.owner_ = true;
   seg.fd_ = fd.release();
   seg.lock_fd_ = lock->release();
+  seg.placeholder_fd_ = placeholder.release();
   unlink_on_error.dismiss();
+  if (unlink_placeholder_on_error) unlink_placeholder_on_error->dismiss();
   return seg;
 }
 
@@ -352,6 +377,7 @@ SharedSegment::SharedSegment(SharedSegment&& other) noexcept
       size_(std::exchange(other.size_, 0)),
       fd_(std::exchange(other.fd_, -1)),
       lock_fd_(std::exchange(other.lock_fd_, -1)),
+      placeholder_fd_(std::exchange(other.placeholder_fd_, -1)),
       owner_(std::exchange(other.owner_, false)),
       pinned_(std::exchange(other.pinned_, false)) {}
 
@@ -367,6 +393,7 @@ SharedSegment& SharedSegment::operator=(SharedSegment&& other) noexcept {
     size_ = std::exchange(other.size_, 0);
     fd_ = std::exchange(other.fd_, -1);
     lock_fd_ = std::exchange(other.lock_fd_, -1);
+    placeholder_fd_ = std::exchange(other.placeholder_fd_, -1);
     owner_ = std::exchange(other.owner_, false);
     pinned_ = std::exchange(other.pinned_, false);
   }
@@ -384,11 +411,13 @@ void SharedSegment::Reset() noexcept {
   }
   // Unlink while still holding the liveness lock, so no cleanup can race on a half-dead name.
   if (owner_) (void)platform::UnlinkSegment(dir_, name_);
+  if (owner_ && placeholder_fd_ >= 0) (void)platform::UnlinkSegment("", name_);
+  if (placeholder_fd_ >= 0) ::close(placeholder_fd_);
   if (lock_fd_ >= 0) ::close(lock_fd_);
   if (fd_ >= 0) ::close(fd_);
   data_ = nullptr;
   size_ = 0;
-  fd_ = lock_fd_ = -1;
+  fd_ = lock_fd_ = placeholder_fd_ = -1;
   owner_ = pinned_ = false;
 }
 

@@ -147,7 +147,10 @@ def test_pool_on_a_huge_tmpfs_gets_huge_pages_and_serves_a_python_client(server_
         path = str(huge_tmpfs / segment_name)
         assert ready.segment == segment_name  # the name keeps its prefix in the directory
         assert ready.huge_page_size == 2 * MIB and ready.huge_pages
-        assert os.path.exists(path) and not os.path.exists(f"/dev/shm/{segment_name}")
+        assert os.path.exists(path)
+        # In /dev/shm the name is only held (a locked 1-byte file), so a client that ignores
+        # shm_path fails there instead of mapping another pool of that name.
+        assert os.stat(f"/dev/shm/{segment_name}").st_size == 1
         assert os.stat(path).st_mode & 0o777 == 0o600
         # The kernel agrees: the server's whole mapping is PMD-mapped shmem.
         server_map = _smaps_entry(proc.pid, path)
@@ -160,6 +163,7 @@ def test_pool_on_a_huge_tmpfs_gets_huge_pages_and_serves_a_python_client(server_
         err = _stop(proc)
     assert "in 2048 KiB huge pages" in err, err
     assert not os.path.exists(path), "a clean stop unlinks the segment in its directory"
+    assert not os.path.exists(f"/dev/shm/{segment_name}"), "and the name it held in /dev/shm"
 
 
 def test_auto_on_a_mount_without_huge_pages_falls_back_with_a_log_line(server_bin, tmp_path, plain_tmpfs,
@@ -270,6 +274,10 @@ def test_gc_removes_a_killed_servers_segment_from_its_shm_dir(server_bin, shmkv_
     for p in paths:
         assert f"removed\t{p}\t{8 * MIB}" in real.stdout.splitlines(), real.stdout
         assert not os.path.exists(p)
+        # and the name each held in /dev/shm (a 1-byte file, stale once its server died; the
+        # first one's went at the second server's start, which removes stale segments)
+        assert not os.path.exists(f"/dev/shm/{os.path.basename(p)}")
+    assert f"removed\t{os.path.basename(paths[1])}\t1" in real.stdout.splitlines(), real.stdout
 
 
 def test_a_server_removes_stale_segments_of_its_shm_dir_at_start(server_bin, tmp_path, plain_tmpfs, segment_name):

@@ -371,7 +371,11 @@ TEST_F(SegmentDir, CreateAttachAndUnlinkInTheDirectory) {
   struct stat st {};
   ASSERT_EQ(::stat(seg->path().c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0600u);
-  EXPECT_FALSE(SegmentExists(name)) << "the segment must not be in /dev/shm itself";
+  // In /dev/shm the name is only held: a locked 1-byte file, so no other pool can take the name
+  // there and a client that attaches by name alone (older ones: no shm_path) fails on its size.
+  struct stat held {};
+  ASSERT_EQ(::stat(("/dev/shm/" + name).c_str(), &held), 0);
+  EXPECT_EQ(held.st_size, 1);
   std::memcpy(seg->data() + 4096, "in a dir", 8);
 
   SegmentAttachOptions ao;
@@ -381,20 +385,34 @@ TEST_F(SegmentDir, CreateAttachAndUnlinkInTheDirectory) {
   ASSERT_TRUE(att.ok()) << att.status().ToString();
   EXPECT_EQ(std::memcmp(att->data() + 4096, "in a dir", 8), 0);
   EXPECT_EQ(att->path(), seg->path());
-  auto missing = SharedSegment::Attach(name);  // not in /dev/shm
-  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
+  SegmentAttachOptions by_name_only;  // what an older client does
+  by_name_only.size = seg->size();
+  auto old_client = SharedSegment::Attach(name, by_name_only);
+  EXPECT_EQ(old_client.status().code(), StatusCode::kInvalidArgument) << old_client.status().ToString();
+  EXPECT_NE(old_client.status().message().find("holds 1 bytes"), std::string::npos) << old_client.status().ToString();
+  auto same_name = SharedSegment::Create(Options(name));  // in /dev/shm or in the directory: taken
+  EXPECT_EQ(same_name.status().code(), StatusCode::kAlreadyExists);
+  SegmentCreateOptions in_default = Options(name);
+  in_default.dir.clear();
+  EXPECT_NE(SharedSegment::Create(in_default).status().message().find("a live process owns it"), std::string::npos);
 
   // Listed and kept while live; unlinked with its owner.
   const std::string dirs[] = {dir_};
   auto listed = ListSegments(dirs);
   ASSERT_TRUE(listed.ok());
-  auto it = std::find_if(listed->begin(), listed->end(), [&](const SegmentInfo& s) { return s.name == name; });
+  auto it = std::find_if(listed->begin(), listed->end(),
+                         [&](const SegmentInfo& s) { return s.name == name && s.dir == dir_; });
   ASSERT_NE(it, listed->end());
-  EXPECT_EQ(it->dir, dir_);
   EXPECT_TRUE(it->live);
+  EXPECT_EQ(it->size, kMiB);
+  auto held_name = std::find_if(listed->begin(), listed->end(),
+                                [&](const SegmentInfo& s) { return s.name == name && s.dir.empty(); });
+  ASSERT_NE(held_name, listed->end());
+  EXPECT_TRUE(held_name->live) << "the name held in /dev/shm is locked: no gc removes it";
   const std::string path = seg->path();
   *seg = SharedSegment::Create(Options(UniqueSegmentName("dir2"))).value();  // releases the first
   EXPECT_NE(::access(path.c_str(), F_OK), 0) << "the owner's destruction must unlink " << path;
+  EXPECT_FALSE(SegmentExists(name)) << "and the name it held in /dev/shm";
 }
 
 TEST_F(SegmentDir, StaleSegmentsInTheDirectoryAreRemovedOnlyWhenAsked) {
