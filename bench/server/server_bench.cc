@@ -177,8 +177,8 @@ class ServerProcess {
       if (::getppid() != parent) ::_exit(1);
       PinTo(g_config.server_cpu);
       ::dup2(out[1], STDOUT_FILENO);
-      std::vector<std::string> args = {bin,      "--pool-size", g_config.pool_size, "--socket", socket_,
-                                       "--shm-name", shm_name,         "--log-level", "warn"};
+      std::vector<std::string> args = {bin,          "--pool-size", g_config.pool_size, "--socket", socket_,
+                                       "--shm-name", shm_name,      "--log-level",      "warn"};
       args.insert(args.end(), g_config.server_args.begin(), g_config.server_args.end());
       std::vector<char*> argv;
       for (std::string& a : args) argv.push_back(a.data());

@@ -72,7 +72,8 @@ struct SegmentCreateOptions {
   // Linux: before creating, fail when /dev/shm has less free space than `size`.
   bool check_capacity = true;
   // Fault every page in at create (MADV_POPULATE_WRITE, or touching pages where the kernel lacks
-  // it), so the data path never takes a first-touch fault.
+  // it), so the data path never takes a first-touch fault. Without it only the first 2 MiB are
+  // faulted in, for the huge-page check.
   bool prefault = true;
   // Permission bits of the segment: 0600 (only this uid) or 0660 (this group too).
   mode_t mode = 0600;

@@ -14,6 +14,7 @@
 #include "client/peer_check.h"
 #include "common/log.h"
 #include "common/syscall.h"
+#include "platform/shm.h"
 #include "protocol/messages.h"
 #include "protocol/wire.h"
 #include "shmkv/version.h"
@@ -223,7 +224,10 @@ Result<std::string> SegmentDirOf(const RegistrationInfo& info) {
     return Status::Protocol(fmt::format("register reply: shm_path '{}' is not an absolute path ending in shm_name '{}'",
                                         path, info.shm_name));
   }
-  return std::string(slash == 0 ? "/" : path.substr(0, slash));
+  const std::string_view dir = slash == 0 ? std::string_view("/") : path.substr(0, slash);
+  // shm_open's own directory: attached as a default segment (the portable build has no other).
+  if (dir == platform::DefaultSegmentDir()) return std::string();
+  return std::string(dir);
 }
 
 }  // namespace
@@ -285,8 +289,8 @@ struct Client::Impl {
       return Status::Protocol(fmt::format("server speaks protocol {}, this client {}..{}", r.protocol,
                                           wire::kMinProtocolVersion, wire::kProtocolVersion));
     }
-    next = {r.session,   std::string(r.shm_name), r.pool_size,           r.alignment, std::string(r.server_version),
-            r.protocol, r.generation,             std::string(r.shm_path)};
+    next = {r.session,    std::string(r.shm_name), r.pool_size, r.alignment, std::string(r.server_version), r.protocol,
+            r.generation, std::string(r.shm_path)};
     auto dir = SegmentDirOf(next);
     if (!dir.ok()) return dir.status();
     if (!mapping || next.generation != info.generation || next.shm_name != info.shm_name ||

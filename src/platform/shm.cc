@@ -159,6 +159,14 @@ std::string ShmOpenName(std::string_view name) {
   return path;
 }
 
+std::string_view DefaultSegmentDir() {
+#if defined(__linux__)
+  return "/dev/shm";  // selected by the operating system: glibc's shm_open uses it in both builds
+#else
+  return {};
+#endif
+}
+
 std::string SegmentPath([[maybe_unused]] std::string_view dir, [[maybe_unused]] std::string_view name) {
 #if SHMKV_LINUX_PLATFORM
   return fmt::format("{}/{}", DirOrDefault(dir), name);
@@ -313,6 +321,13 @@ void AdviseHugePages(std::byte* data, uint64_t size) {
 #endif
 }
 
+bool CollapseHugePages(std::byte* data, uint64_t size) {
+#if !defined(MADV_COLLAPSE)
+  constexpr int MADV_COLLAPSE = 25;  // linux/mman.h of 6.1; older headers lack it
+#endif
+  return ::madvise(data, size, MADV_COLLAPSE) == 0;
+}
+
 void AdviseNoHugePages(std::byte* data, uint64_t size) {
 #if defined(MADV_NOHUGEPAGE)
   (void)::madvise(data, size, MADV_NOHUGEPAGE);
@@ -387,7 +402,9 @@ Result<MappingPages> InspectMapping(const std::byte* data) {
       hugetlb_kib += kib;
     }
   }
-  if (!found) return Status::NotFound(fmt::format("no mapping at {} in /proc/self/smaps", static_cast<const void*>(data)));
+  if (!found) {
+    return Status::NotFound(fmt::format("no mapping at {} in /proc/self/smaps", static_cast<const void*>(data)));
+  }
   pages.huge_bytes += hugetlb_kib * 1024;
   return pages;
 }
@@ -401,8 +418,7 @@ std::string HugePageAdvice(const ShmDirInfo& info, uint64_t size) {
   const uint64_t available = free_pages > reserved ? free_pages - reserved : 0;
   const uint64_t need = (size + page - 1) / page;
   const uint64_t nr_needed = nr + (need > available ? need - available : 0);
-  const std::string sysctl =
-      page == PmdPageSize() ? std::string("/proc/sys/vm/nr_hugepages") : sys + "/nr_hugepages";
+  const std::string sysctl = page == PmdPageSize() ? std::string("/proc/sys/vm/nr_hugepages") : sys + "/nr_hugepages";
   if (info.hugetlbfs()) {
     return fmt::format(
         "{} is a hugetlbfs mount ({} pages) with {} of its {} pages free and unreserved; the pool needs {}: raise "
@@ -414,8 +430,9 @@ std::string HugePageAdvice(const ShmDirInfo& info, uint64_t size) {
       "{}{} is a {} mount{} and /sys/kernel/mm/transparent_hugepage/shmem_enabled is [{}]: mount a tmpfs "
       "with huge=always (mount -t tmpfs -o huge=always,size={}G,mode=1777 tmpfs DIR) and pass --shm-dir DIR, or "
       "mount a hugetlbfs and raise nr_hugepages to at least {} ({} pages of {}; echo {} > {})",
-      info.mount_point, info.dir == info.mount_point ? std::string() : " (holding " + info.dir + ")", info.fs_type, info.fs_type == "tmpfs" ? " with huge=" + info.huge_option : "",
-      ShmemThpSetting(), gib + 1, nr_needed, need, PageSizeText(page), nr_needed, sysctl);
+      info.mount_point, info.dir == info.mount_point ? std::string() : " (holding " + info.dir + ")", info.fs_type,
+      info.fs_type == "tmpfs" ? " with huge=" + info.huge_option : "", ShmemThpSetting(), gib + 1, nr_needed, need,
+      PageSizeText(page), nr_needed, sysctl);
 }
 
 Status CheckHugetlbPages(const ShmDirInfo& info, uint64_t size) {
@@ -518,6 +535,9 @@ Status ReserveSize(int fd, std::string_view /*dir*/, std::string_view name, uint
 
 void AdviseHugePages(std::byte* /*data*/, uint64_t /*size*/) {}
 void AdviseNoHugePages(std::byte* /*data*/, uint64_t /*size*/) {}
+bool CollapseHugePages(std::byte* /*data*/, uint64_t /*size*/) {
+  return false;
+}
 
 Result<ShmDirInfo> InspectShmDir(std::string_view dir) {
   return Status::Unavailable(fmt::format("inspecting segment directory '{}': huge pages need Linux", dir));

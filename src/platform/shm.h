@@ -53,6 +53,11 @@ inline constexpr bool kShortShmNames = false;
 // shm_open wants one leading '/'.
 std::string ShmOpenName(std::string_view name);
 
+// The directory whose files are shm_open's segments: /dev/shm on Linux (either build: the portable
+// one's shm_open puts them there too); empty where there is none (macOS). A segment reported in it
+// is attached as a default one.
+std::string_view DefaultSegmentDir();
+
 // Linux: the file of segment `name` in `dir` (default /dev/shm), e.g. /dev/shm/lmcache_l1_pool_7.
 // Portable: empty (shared memory has no path there).
 std::string SegmentPath(std::string_view dir, std::string_view name);
@@ -108,6 +113,11 @@ void AdviseHugePages(std::byte* data, uint64_t size);
 void AdviseNoHugePages(std::byte* data, uint64_t size);
 
 // ---- huge pages (docs/huge-pages.md) -------------------------------------------------------------
+
+// Collapses the small pages of a mapping into transparent huge pages now, compacting memory as
+// needed (MADV_COLLAPSE, Linux 6.1+): for a pool that got only part of its huge pages because free
+// memory was fragmented when it was allocated. False where the kernel refused or lacks it.
+bool CollapseHugePages(std::byte* data, uint64_t size);
 
 // What backs a segment directory: the mount that holds it.
 struct ShmDirInfo {

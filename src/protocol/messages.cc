@@ -387,7 +387,7 @@ Status Unpack(const wire::MapReader& m, RegisterReply& out) {
     if (!p.ok()) return p.status().WithContext("register reply");
     path = *p;
   }
-  out = {*session, *shm,  *pool, *align, *ver, static_cast<uint32_t>(std::min<uint64_t>(*proto, UINT32_MAX)),
+  out = {*session, *shm, *pool, *align, *ver, static_cast<uint32_t>(std::min<uint64_t>(*proto, UINT32_MAX)),
          *gen,     path};
   return Status::Ok();
 }

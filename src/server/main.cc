@@ -23,7 +23,7 @@ int main(int argc, char** argv) {
   std::optional<uint64_t> huge;  // unknown when the start-up check could not read the page sizes
   if (page != 0) huge = page > 4096 ? page : 0;
   fmt::print("{}\n", shmkv::FormatReadyLine({(*server)->segment_name(), (*server)->pool_size(), o.socket_path,
-                                              (*server)->generation(), huge}));
+                                             (*server)->generation(), huge}));
   std::fflush(stdout);
   (*server)->Run();
   shmkv::Log().info("stopped; segment {} and socket {} removed", (*server)->segment_name(), o.socket_path);

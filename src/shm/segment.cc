@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <utility>
 
 #include <fmt/format.h>
@@ -121,6 +122,14 @@ Result<Placement> Place(const std::string& name, const SegmentCreateOptions& opt
   p.granule = PageSize();
   if (!p.dir.empty()) SHMKV_RETURN_IF_ERROR(platform::CheckSegmentDir(p.dir));
   if (!platform::kLinux) return p;  // no other directory, no huge pages to check
+  // --shm-dir /dev/shm (or a path to it) is the default place.
+  struct stat given {};
+  struct stat default_st {};
+  const std::string default_dir(platform::DefaultSegmentDir());
+  if (!p.dir.empty() && ::stat(p.dir.c_str(), &given) == 0 && ::stat(default_dir.c_str(), &default_st) == 0 &&
+      given.st_ino == default_st.st_ino && given.st_dev == default_st.st_dev) {
+    p.dir.clear();
+  }
   auto info = platform::InspectShmDir(p.dir);
   if (!info.ok()) return info.status().WithContext(fmt::format("segment '{}'", name));
   if (!p.dir.empty() && !info->memory()) {
@@ -161,13 +170,31 @@ Result<Placement> Place(const std::string& name, const SegmentCreateOptions& opt
 Status VerifyHugePages(const std::string& name, const Placement& place, const SegmentCreateOptions& options,
                        std::byte* data, uint64_t size, uint64_t* page_size, uint64_t* huge_bytes) {
   auto pages = platform::InspectMapping(data);
+  const uint64_t pmd = platform::PmdPageSize();
+  // What a fully huge-paged mapping shows: all of it after a prefault, else the first page touched.
+  const uint64_t expected = options.prefault ? size / pmd * pmd : std::min(size / pmd * pmd, pmd);
+  const bool hugetlb = place.info && place.info->hugetlbfs();
+  if (pages.ok() && !hugetlb && options.huge_pages != HugePages::kOff && pages->huge_bytes < expected && place.info &&
+      (place.info->huge_tmpfs() || pages->huge_bytes > 0)) {
+    // Part of the pool got small pages (free memory was fragmented when tmpfs allocated it):
+    // collapse them into huge pages now, compacting as needed (what the fault path does not try).
+    const auto start = std::chrono::steady_clock::now();
+    const bool collapsed = platform::CollapseHugePages(data, options.prefault ? size : expected);
+    auto again = platform::InspectMapping(data);
+    if (again.ok()) {
+      Log().info(
+          "segment '{}': {} of {} in huge pages after the prefault, {} after MADV_COLLAPSE{} ({} ms)", name,
+          FormatSize(pages->huge_bytes), FormatSize(expected), FormatSize(again->huge_bytes),
+          collapsed ? "" : " (refused)",
+          std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count());
+      pages = again;
+    }
+  }
   if (!pages.ok()) {
     if (options.huge_pages == HugePages::kOn) return pages.status().WithContext("--huge-pages on: checking the pages");
     Log().debug("segment '{}': page sizes unknown: {}", name, pages.status().message());
     return Status::Ok();
   }
-  const bool hugetlb = place.info && place.info->hugetlbfs();
-  const uint64_t pmd = platform::PmdPageSize();
   *huge_bytes = pages->huge_bytes;
   if (hugetlb && pages->kernel_page_size > PageSize()) {
     *page_size = pages->kernel_page_size;
@@ -175,15 +202,24 @@ Status VerifyHugePages(const std::string& name, const Placement& place, const Se
   } else {
     *page_size = pages->huge_bytes > 0 ? pmd : std::max<uint64_t>(pages->kernel_page_size, PageSize());
   }
-  // What a fully huge-paged mapping shows: all of it after a prefault, else the first page touched.
-  const uint64_t expected = options.prefault ? size / pmd * pmd : std::min(size / pmd * pmd, pmd);
   const bool complete = *huge_bytes >= expected && *huge_bytes > 0;
   if (options.huge_pages == HugePages::kOff) return Status::Ok();
-  const std::string advice = place.info ? platform::HugePageAdvice(*place.info, size) : std::string();
+  // A mount that gives huge pages but too few of them: memory is too fragmented; elsewhere, the
+  // mount and the settings are why.
+  std::string advice;
+  if (place.info && (*huge_bytes > 0 || place.info->huge_tmpfs())) {
+    advice = fmt::format(
+        "free memory is too fragmented for 2 MiB pages even after compaction (see the order-9+ columns of "
+        "/proc/buddyinfo; echo 1 > /proc/sys/vm/compact_memory, or dropping caches, may help), or use a hugetlbfs "
+        "with pages reserved early: {}",
+        platform::HugePageAdvice(*place.info, size));
+  } else if (place.info) {
+    advice = platform::HugePageAdvice(*place.info, size);
+  }
   if (options.huge_pages == HugePages::kOn && !complete) {
-    return Status::Unavailable(fmt::format(
-        "--huge-pages on: segment '{}' got {} of its {} in huge pages (/proc/self/smaps): {}", name,
-        FormatSize(*huge_bytes), FormatSize(size), advice));
+    return Status::Unavailable(
+        fmt::format("--huge-pages on: segment '{}' got {} of its {} in huge pages (/proc/self/smaps): {}", name,
+                    FormatSize(*huge_bytes), FormatSize(size), advice));
   }
   if (*huge_bytes == 0) {
     Log().info("segment '{}': no huge pages, using {} KiB pages: {}", name, *page_size / 1024, advice);
@@ -251,8 +287,9 @@ Result<SharedSegment> SharedSegment::Create(const SegmentCreateOptions& options)
     // One byte (no memory: nothing is written): not empty, so if this process dies the next
     // start-up's stale cleanup removes it at once (empty files get a grace period), and an older
     // client's attach fails on its size.
-    SHMKV_RETURN_IF_ERROR(sys::Call([&] { return ::ftruncate(placeholder.get(), 1); })
-                              .ToStatus(fmt::format("sizing the name '{}' held in the default place", name)));
+    SHMKV_RETURN_IF_ERROR(sys::Call([&] {
+                            return ::ftruncate(placeholder.get(), 1);
+                          }).ToStatus(fmt::format("sizing the name '{}' held in the default place", name)));
   }
 
   auto opened = platform::CreateExclusive(dir, name, options.mode);
@@ -325,11 +362,11 @@ Result<SharedSegment> SharedSegment::Attach(std::string_view requested, const Se
   if (!fd.ok()) {
     if (fd.status().code() == StatusCode::kNotFound) {
       // Only a shmkv pool has a server to blame; an exact name may be anyone's.
-      return Status(StatusCode::kNotFound,
-                    fmt::format("segment '{}'{} does not exist{}", name,
-                                options.dir.empty() ? "" : " in " + options.dir,
-                                options.exact_name ? "" : " (is the server running?)"),
-                    ENOENT);
+      return Status(
+          StatusCode::kNotFound,
+          fmt::format("segment '{}'{} does not exist{}", name, options.dir.empty() ? "" : " in " + options.dir,
+                      options.exact_name ? "" : " (is the server running?)"),
+          ENOENT);
     }
     return fd.status();
   }

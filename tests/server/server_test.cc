@@ -137,7 +137,8 @@ TEST(ReadyLine, HugePagesFieldAndLinesOfOlderServers) {
   EXPECT_EQ(old->socket, "/x y");
   EXPECT_FALSE(old->huge_page_size.has_value());
   // Fields a later version may add are skipped.
-  auto newer = ParseReadyLine("shmkv-server ready: segment=s pool_size=1 socket=/x generation=3 later=1 huge_pages=2MiB");
+  auto newer =
+      ParseReadyLine("shmkv-server ready: segment=s pool_size=1 socket=/x generation=3 later=1 huge_pages=2MiB");
   ASSERT_TRUE(newer.ok()) << newer.status().ToString();
   EXPECT_EQ(newer->huge_page_size, std::optional<uint64_t>(2u << 20));
   auto bad = ParseReadyLine("shmkv-server ready: segment=s pool_size=1 socket=/x generation=3 huge_pages=big");

@@ -415,13 +415,22 @@ TEST_F(SegmentDir, CreateAttachAndUnlinkInTheDirectory) {
   EXPECT_FALSE(SegmentExists(name)) << "and the name it held in /dev/shm";
 }
 
+TEST_F(SegmentDir, DevShmGivenAsTheDirectoryIsTheDefaultPlace) {
+  const std::string name = UniqueSegmentName("devshm");
+  auto o = Options(name);
+  o.dir = "/dev/shm";
+  auto seg = SharedSegment::Create(o);
+  ASSERT_TRUE(seg.ok()) << seg.status().ToString();
+  EXPECT_EQ(seg->dir(), "");
+  EXPECT_EQ(seg->path(), "/dev/shm/" + name);
+  EXPECT_TRUE(SharedSegment::Attach(name).ok());
+}
+
 TEST_F(SegmentDir, StaleSegmentsInTheDirectoryAreRemovedOnlyWhenAsked) {
   const std::string name = UniqueSegmentName("dirstale");
   const std::string path = dir_ + "/" + name;
   // A dead owner's segment: a prefixed file nobody holds locked, older than the creation grace.
-  {
-    std::ofstream(path) << std::string(4096, 'x');
-  }
+  { std::ofstream(path) << std::string(4096, 'x'); }
   ASSERT_EQ(::chmod(path.c_str(), 0600), 0);
   auto in_default = RemoveStaleSegments(false);
   ASSERT_TRUE(in_default.ok());
@@ -429,7 +438,8 @@ TEST_F(SegmentDir, StaleSegmentsInTheDirectoryAreRemovedOnlyWhenAsked) {
   const std::string dirs[] = {dir_};
   auto dry = RemoveStaleSegments(true, nullptr, dirs);
   ASSERT_TRUE(dry.ok());
-  EXPECT_TRUE(std::any_of(dry->begin(), dry->end(), [&](const SegmentInfo& s) { return s.name == name && s.dir == dir_; }));
+  EXPECT_TRUE(
+      std::any_of(dry->begin(), dry->end(), [&](const SegmentInfo& s) { return s.name == name && s.dir == dir_; }));
   EXPECT_EQ(::access(path.c_str(), F_OK), 0);
   auto removed = RemoveStaleSegments(false, nullptr, dirs);
   ASSERT_TRUE(removed.ok());
