@@ -507,8 +507,10 @@ bool StillNamed(int /*fd*/, std::string_view /*dir*/, std::string_view /*name*/)
   return true;
 }
 
-Result<std::vector<std::string>> ListSegmentNames(std::string_view dir, std::string_view prefix) {
-  if (!dir.empty()) return Status::Unavailable(fmt::format("listing segments in {} needs Linux", dir));
+Result<std::vector<std::string>> ListSegmentNames(std::string_view segment_dir, std::string_view prefix) {
+  if (!segment_dir.empty()) {
+    return Status::Unavailable(fmt::format("listing segments in {} needs Linux", segment_dir));
+  }
   const std::string lock_dir = LockDir();
   std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(lock_dir.c_str()), &::closedir);
   if (!dir) return Status::FromErrno(fmt::format("listing {}", lock_dir), errno);
