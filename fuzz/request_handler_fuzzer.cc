@@ -54,7 +54,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   options.reserve_ttl = options.pin_ttl = std::chrono::seconds(1);
   auto store = shmkv::Store::Create(options);
   Check(store.ok(), "store");
-  shmkv::KvService service(std::move(store).value(), {"lmcache_l1_pool_fuzz", options.pool_size, 1});
+  shmkv::KvService service(std::move(store).value(), {"lmcache_l1_pool_fuzz", options.pool_size, 1, ""});
   shmkv::Store* l1 = &service.l1();
   std::array<std::unique_ptr<RequestHandler>, 2> handlers;
   std::array<shmkv::SessionId, 2> sessions{1, 2};

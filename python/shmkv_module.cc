@@ -137,6 +137,7 @@ class PyClient {
     py::dict d;
     d["session"] = i.session;
     d["shm_name"] = i.shm_name;
+    d["shm_path"] = i.shm_path;
     d["pool_size"] = i.pool_size;
     d["alignment"] = i.alignment;
     d["server_version"] = i.server_version;

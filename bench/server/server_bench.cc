@@ -30,7 +30,14 @@
 //   PairedData/mib:M/batch:B/post:P  memcpy vs a shmkv cycle with the remove timed
 //
 //   build/bench/server/server_bench [--shmkv_server_bin=PATH] [--redis_socket=PATH]
-//                                   [--client_cpu=N] [--server_cpu=N] [benchmark flags]
+//                                   [--client_cpu=N] [--server_cpu=N] [--pool_size=SIZE]
+//                                   [--server_arg=ARG]... [benchmark flags]
+//
+// --server_arg appends ARG to the server's command line (e.g. --server_arg=--shm-dir=/mnt/huge
+// --server_arg=--huge-pages=on: bench/huge_pages_bench.sh); the context `pool_huge_pages` records
+// what the pool got (the ready line's huge_pages=). --pool_size: the pool (default 4GiB).
+// --private_huge_pages=1 puts the private buffers (the memcpy baseline's, and the source and
+// destination of every shmkv copy) on transparent huge pages (MADV_HUGEPAGE, 2 MiB aligned).
 //
 // SHMKV_SERVER_BIN and SHMKV_BENCH_REDIS_SOCKET stand in for the first two flags. The server
 // binary defaults to ../../src/shmkv-server next to this binary (the build tree). Without a Redis
@@ -44,6 +51,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -81,6 +89,10 @@ struct Config {
   std::string socket;   // the server's, set once it is ready
   int client_cpu = -1;  // CPU of this process and its client threads (-1: the scheduler's choice)
   int server_cpu = -1;  // CPU of the server and of the ping-pong echo process
+  std::string pool_size = "4GiB";
+  std::vector<std::string> server_args;  // appended to the server's command line (--server_arg=...)
+  std::string huge_pages;                // the ready line's huge_pages= (what the pool got)
+  bool private_huge_pages = false;       // MADV_HUGEPAGE on the private buffers (--private_huge_pages=1)
 };
 Config g_config;
 std::atomic<uint64_t> g_next_key{1};
@@ -127,6 +139,21 @@ void PinTo(int cpu) {
   }
 }
 
+// MiB of this process's private memory on transparent huge pages (AnonHugePages of
+// /proc/self/smaps_rollup): shows whether --private_huge_pages took effect. -1: unknown.
+double AnonHugeMib() {
+  FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
+  if (f == nullptr) return -1;
+  char line[256];
+  double mib = -1;
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    long long kb = 0;
+    if (std::sscanf(line, "AnonHugePages: %lld kB", &kb) == 1) mib = static_cast<double>(kb) / 1024.0;
+  }
+  std::fclose(f);
+  return mib;
+}
+
 // ---- the server child process ------------------------------------------------------------------
 
 class ServerProcess {
@@ -150,18 +177,9 @@ class ServerProcess {
       if (::getppid() != parent) ::_exit(1);
       PinTo(g_config.server_cpu);
       ::dup2(out[1], STDOUT_FILENO);
-      // SHMKV_BENCH_SERVER_ARGS: extra server options, split at spaces (e.g. the metrics' cost:
-      // "--metrics-address 127.0.0.1:0").
-      std::vector<std::string> args = {bin,          "--pool-size", "4GiB",        "--socket", socket_,
-                                       "--shm-name", shm_name,      "--log-level", "warn"};
-      if (const char* extra = std::getenv("SHMKV_BENCH_SERVER_ARGS"); extra != nullptr) {
-        std::string_view rest(extra);
-        while (!rest.empty()) {
-          const size_t space = rest.find(' ');
-          if (space != 0) args.emplace_back(rest.substr(0, space));
-          rest = space == std::string_view::npos ? std::string_view() : rest.substr(space + 1);
-        }
-      }
+      std::vector<std::string> args = {bin,          "--pool-size", g_config.pool_size, "--socket", socket_,
+                                       "--shm-name", shm_name,      "--log-level",      "warn"};
+      args.insert(args.end(), g_config.server_args.begin(), g_config.server_args.end());
       std::vector<char*> argv;
       for (std::string& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
@@ -188,10 +206,14 @@ class ServerProcess {
       }
       line.append(buf, static_cast<size_t>(n));
     }
-    if (auto ready = ParseReadyLine(line); !ready.ok()) {
+    auto ready = ParseReadyLine(line);
+    if (!ready.ok()) {
       ::close(out[0]);
       return Status::Protocol(fmt::format("{}: {}", bin, ready.status().message()));
     }
+    g_config.huge_pages = !ready->huge_page_size        ? "unknown"
+                          : *ready->huge_page_size == 0 ? "no"
+                                                        : HugePagesField(*ready->huge_page_size);
     // Pass anything the server prints later on to stderr, so a full pipe never blocks it.
     drain_ = std::thread([fd = out[0]] {
       char buf[4096];
@@ -297,7 +319,12 @@ using Buffer = std::unique_ptr<std::byte[], FreeDeleter>;
 
 // Page-aligned, faulted in, and filled with a pattern.
 Buffer MakeBuffer(size_t bytes, uint8_t seed) {
-  Buffer b(static_cast<std::byte*>(std::aligned_alloc(4096, bytes)));
+  // --private_huge_pages: the private buffers on transparent huge pages, as every large buffer is
+  // where /sys/kernel/mm/transparent_hugepage/enabled is `always` (with `madvise`, only memory
+  // that asks for it, which glibc's malloc does not).
+  const size_t align = g_config.private_huge_pages ? size_t{2} << 20 : 4096;
+  Buffer b(static_cast<std::byte*>(std::aligned_alloc(align, (bytes + align - 1) / align * align)));
+  if (g_config.private_huge_pages) (void)::madvise(b.get(), bytes, MADV_HUGEPAGE);
   for (size_t i = 0; i < bytes; ++i) b[i] = static_cast<std::byte>((i * 131 + seed) & 0xFF);
   return b;
 }
@@ -975,6 +1002,7 @@ void PairedData(benchmark::State& state) {
   state.counters["shmkv_gbps"] = bytes / shm_s / 1e9;
   state.counters["memcpy_gbps"] = bytes / cpy_s / 1e9;
   state.counters["ratio"] = cpy_s / shm_s;
+  state.counters["anon_huge_mib"] = AnonHugeMib();
 }
 BENCHMARK(PairedData)
     ->ArgNames({"mib", "batch", "post"})
@@ -1020,6 +1048,12 @@ int Main(int argc, char** argv) {
       g_config.client_cpu = std::atoi(argv[i] + a.find('=') + 1);
     } else if (a.starts_with("--server_cpu=")) {
       g_config.server_cpu = std::atoi(argv[i] + a.find('=') + 1);
+    } else if (a.starts_with("--private_huge_pages=")) {
+      g_config.private_huge_pages = a.substr(a.find('=') + 1) == "1";
+    } else if (a.starts_with("--pool_size=")) {
+      g_config.pool_size = a.substr(a.find('=') + 1);
+    } else if (a.starts_with("--server_arg=")) {
+      g_config.server_args.emplace_back(a.substr(a.find('=') + 1));
     } else {
       argv[kept++] = argv[i];
     }
@@ -1044,6 +1078,11 @@ int Main(int argc, char** argv) {
   benchmark::AddCustomContext("shmkv_server_bin", g_config.server_bin);
   benchmark::AddCustomContext("client_cpu", std::to_string(g_config.client_cpu));
   benchmark::AddCustomContext("server_cpu", std::to_string(g_config.server_cpu));
+  std::string server_args;
+  for (const std::string& a : g_config.server_args) server_args += (server_args.empty() ? "" : " ") + a;
+  benchmark::AddCustomContext("server_args", server_args.empty() ? "(none)" : server_args);
+  benchmark::AddCustomContext("pool_huge_pages", g_config.huge_pages);
+  benchmark::AddCustomContext("private_huge_pages", g_config.private_huge_pages ? "1" : "0");
   benchmark::AddCustomContext("redis_socket", g_config.redis_socket.empty() ? "(none)" : g_config.redis_socket);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

@@ -86,6 +86,9 @@ struct RegistrationInfo {
   std::string server_version;
   uint32_t protocol = 0;
   uint64_t generation = 0;  // changes when the server restarts
+  // The segment's file as the server reported it (e.g. /mnt/huge/lmcache_l1_pool_7 with
+  // --shm-dir); empty from a server that does not report it (its segment is in /dev/shm).
+  std::string shm_path;
 };
 
 struct Slot {

@@ -53,6 +53,17 @@ SHMKV_EXPORT Result<std::string> NormalizeSegmentName(
     std::optional<std::string_view> requested, int pid,
     const SegmentNameRules& rules = SegmentNameRules::ForThisPlatform());
 
+// Whether the pool asks for huge pages and what happens without them (docs/huge-pages.md).
+enum class HugePages {
+  kOff,   // 4 KiB pages (MADV_NOHUGEPAGE, also on a huge=always tmpfs); refused on a hugetlbfs
+  kAuto,  // ask for them (MADV_HUGEPAGE; a huge tmpfs or hugetlbfs directory); without them, or with
+          // too few free hugetlbfs pages, use 4 KiB pages (in /dev/shm) and log why
+  kOn,    // Create fails, naming the mount and the nr_hugepages needed, unless the whole pool got them
+};
+SHMKV_EXPORT std::string_view HugePagesName(HugePages mode);
+// "off", "auto", "on"; kInvalidArgument otherwise.
+SHMKV_EXPORT Result<HugePages> ParseHugePages(std::string_view text);
+
 struct SegmentCreateOptions {
   // Requested name, normalised with NormalizeSegmentName (nullopt: derived from this pid).
   std::optional<std::string> name;
@@ -61,12 +72,20 @@ struct SegmentCreateOptions {
   // Linux: before creating, fail when /dev/shm has less free space than `size`.
   bool check_capacity = true;
   // Fault every page in at create (MADV_POPULATE_WRITE, or touching pages where the kernel lacks
-  // it), so the data path never takes a first-touch fault.
+  // it), so the data path never takes a first-touch fault. Without it only the first 2 MiB are
+  // faulted in, for the huge-page check.
   bool prefault = true;
   // Permission bits of the segment: 0600 (only this uid) or 0660 (this group too).
   mode_t mode = 0600;
   // Register the mapping with cudaHostRegister when a CUDA runtime and a device are present.
   bool pin_with_cuda = true;
+  // Directory to create the segment file in (Linux); empty: /dev/shm. A hugetlbfs mount or a
+  // tmpfs mounted huge=always|within_size gives the pool huge pages; it must be owned by this user
+  // or root and not writable by others unless sticky. The name keeps its lmcache_l1_pool_ prefix.
+  std::string dir;
+  // Huge pages for the mapping (docs/huge-pages.md). Checked in /proc/self/smaps after the
+  // prefault (or after touching the first huge page when not prefaulting).
+  HugePages huge_pages = HugePages::kAuto;
 };
 
 struct SegmentAttachOptions {
@@ -83,6 +102,8 @@ struct SegmentAttachOptions {
   // normalisation: the file worker attaches segments other programs named (LMCache's own). The
   // caller has validated the name.
   bool exact_name = false;
+  // Directory of the segment file (Linux; what the server reported as its path); empty: /dev/shm.
+  std::string dir;
 };
 
 // A mapped shared-memory segment: move-only RAII over the descriptor, the mapping, the liveness
@@ -113,36 +134,56 @@ class SHMKV_EXPORT SharedSegment {
   bool is_owner() const { return owner_; }
   // True when the mapping is registered with CUDA (page-locked for DMA).
   bool pinned() const { return pinned_; }
+  // The directory given at create/attach (empty: the platform's default) and the segment's file
+  // (Linux: e.g. /dev/shm/lmcache_l1_pool_7; empty on the portable platform).
+  const std::string& dir() const { return dir_; }
+  const std::string& path() const { return path_; }
+  // Owner only: the largest page size backing the mapping as found in /proc/self/smaps at create
+  // (4096 without huge pages; 0 where unknown), and how many bytes huge pages backed then.
+  uint64_t page_size() const { return page_size_; }
+  uint64_t huge_page_bytes() const { return huge_bytes_; }
 
  private:
   SharedSegment() = default;
   void Reset() noexcept;
 
   std::string name_;
+  std::string dir_;
+  std::string path_;
+  uint64_t page_size_ = 0;
+  uint64_t huge_bytes_ = 0;
   std::byte* data_ = nullptr;
   uint64_t size_ = 0;
   int fd_ = -1;       // owner: held open for the liveness lock; attacher: -1
   int lock_fd_ = -1;  // macOS only: the lock file
+  // Owner with a segment directory: the locked 1-byte file of the same name in /dev/shm that keeps
+  // the name taken there, so that a client too old to read shm_path fails on its size instead of
+  // mapping another pool of that name; -1 otherwise.
+  int placeholder_fd_ = -1;
   bool owner_ = false;
   bool pinned_ = false;
 };
 
 struct SegmentInfo {
   std::string name;  // full name, no leading slash
+  std::string dir;   // the directory scanned (empty: the platform's default, /dev/shm)
   uint64_t size = 0;
   bool live = false;  // some process holds its liveness lock (not probed for other users' segments)
   uid_t owner = 0;    // the uid that owns the segment file
 };
 
-// Every segment whose name carries the prefix, live or stale, sorted by name.
-SHMKV_EXPORT Result<std::vector<SegmentInfo>> ListSegments();
+// Every segment whose name carries the prefix, live or stale, sorted by name: those of the
+// platform's default place, then those of each of `dirs` (segment directories, Linux).
+SHMKV_EXPORT Result<std::vector<SegmentInfo>> ListSegments(std::span<const std::string> dirs = {});
 
 // Removes every stale prefixed segment owned by this process's effective uid (dry_run: removes
 // nothing). Returns the segments removed, or that would be removed. A live segment and a name
 // without the prefix are never touched, and neither is a segment of another user, also when the
 // caller is root (a root server's start-up must not delete other users' pools): those are not
 // even probed, and are appended to *foreign when given (their `live` is not known).
+// `dirs`: segment directories (--shm-dir) scanned after the default place.
 SHMKV_EXPORT Result<std::vector<SegmentInfo>> RemoveStaleSegments(bool dry_run,
-                                                                  std::vector<SegmentInfo>* foreign = nullptr);
+                                                                  std::vector<SegmentInfo>* foreign = nullptr,
+                                                                  std::span<const std::string> dirs = {});
 
 }  // namespace shmkv

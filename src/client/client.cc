@@ -15,6 +15,7 @@
 #include "client/peer_check.h"
 #include "common/log.h"
 #include "common/syscall.h"
+#include "platform/shm.h"
 #include "protocol/messages.h"
 #include "protocol/wire.h"
 #include "shmkv/version.h"
@@ -230,6 +231,23 @@ constexpr size_t kMaxPosted = 64;
 // Whether a call may be sent again after its connection was found lost (see Impl::Call).
 enum class Retry : uint8_t { kNo, kOnce };
 
+// The directory to attach the segment from: the reported path's, whose last component must be
+// the reported name (an absolute path); empty when the server reported none (older servers: the
+// segment is shm_name in /dev/shm). The segment's owner and mode are checked at attach as always.
+Result<std::string> SegmentDirOf(const RegistrationInfo& info) {
+  if (info.shm_path.empty()) return std::string();
+  const std::string_view path = info.shm_path;
+  const size_t slash = path.rfind('/');
+  if (!path.starts_with('/') || slash == std::string_view::npos || path.substr(slash + 1) != info.shm_name) {
+    return Status::Protocol(fmt::format("register reply: shm_path '{}' is not an absolute path ending in shm_name '{}'",
+                                        path, info.shm_name));
+  }
+  const std::string_view dir = slash == 0 ? std::string_view("/") : path.substr(0, slash);
+  // shm_open's own directory: attached as a default segment (the portable build has no other).
+  if (dir == platform::DefaultSegmentDir()) return std::string();
+  return std::string(dir);
+}
+
 }  // namespace
 
 struct Client::Impl {
@@ -289,9 +307,12 @@ struct Client::Impl {
       return Status::Protocol(fmt::format("server speaks protocol {}, this client {}..{}", r.protocol,
                                           wire::kMinProtocolVersion, wire::kProtocolVersion));
     }
-    next = {r.session,   std::string(r.shm_name), r.pool_size, r.alignment, std::string(r.server_version), r.protocol,
-            r.generation};
-    if (!mapping || next.generation != info.generation || next.shm_name != info.shm_name) {
+    next = {r.session,    std::string(r.shm_name), r.pool_size, r.alignment, std::string(r.server_version), r.protocol,
+            r.generation, std::string(r.shm_path)};
+    auto dir = SegmentDirOf(next);
+    if (!dir.ok()) return dir.status();
+    if (!mapping || next.generation != info.generation || next.shm_name != info.shm_name ||
+        next.shm_path != info.shm_path) {
       if (mapping) {
         Log().warn("instance '{}': server restarted (generation {} -> {}); mapping segment '{}'", options.instance_id,
                    info.generation, next.generation, next.shm_name);
@@ -300,6 +321,7 @@ struct Client::Impl {
       ao.size = next.pool_size;
       ao.pin_with_cuda = options.pin_with_cuda;
       ao.expected_owner = ch->server_uid();  // and not world-accessible: see SegmentAttachOptions
+      ao.dir = *std::move(dir);
       auto seg = SharedSegment::Attach(next.shm_name, ao);
       if (!seg.ok()) return seg.status();
       // Old batches keep the previous mapping alive through their own shared_ptr.

@@ -155,7 +155,9 @@ uint32_t Pack(wire::Packer& pk, const RegisterReply& m) {
   PackString(pk, "server_version", m.server_version);
   PackU64(pk, "protocol", m.protocol);
   PackU64(pk, "generation", m.generation);
-  return 7;
+  if (m.shm_path.empty()) return 7;
+  PackString(pk, "shm_path", m.shm_path);
+  return 8;
 }
 uint32_t Pack(wire::Packer& pk, const StatsReply& m) {
   wire::PackStr(pk, "stats");
@@ -379,7 +381,14 @@ Status Unpack(const wire::MapReader& m, RegisterReply& out) {
        {session.status(), shm.status(), pool.status(), align.status(), gen.status(), proto.status(), ver.status()}) {
     if (!s.ok()) return s.WithContext("register reply");
   }
-  out = {*session, *shm, *pool, *align, *ver, static_cast<uint32_t>(std::min<uint64_t>(*proto, UINT32_MAX)), *gen};
+  std::string_view path;
+  if (m.Has("shm_path")) {  // optional: older servers do not send it
+    auto p = m.Str("shm_path");
+    if (!p.ok()) return p.status().WithContext("register reply");
+    path = *p;
+  }
+  out = {*session, *shm, *pool, *align, *ver, static_cast<uint32_t>(std::min<uint64_t>(*proto, UINT32_MAX)),
+         *gen,     path};
   return Status::Ok();
 }
 

@@ -129,6 +129,10 @@ struct RegisterReply {
   std::string_view server_version;
   uint32_t protocol = 1;  // the version both sides speak from here on
   uint64_t generation = 0;
+  // The segment's file, absolute (e.g. /mnt/huge/lmcache_l1_pool_7 with --shm-dir); its last
+  // component is shm_name. Optional: sent when non-empty; absent from older servers, whose
+  // segment is shm_name in /dev/shm. Older clients ignore it.
+  std::string_view shm_path;
 };
 struct StatsReply {
   std::span<const std::pair<std::string_view, uint64_t>> counters;

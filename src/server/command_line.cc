@@ -41,6 +41,7 @@ std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* co
   const DiskTierOptions disk_defaults;
   auto seconds = [](std::chrono::milliseconds ms) { return static_cast<double>(ms.count()) / 1000.0; };
   std::string pool_size_text, shm_name;
+  std::string huge_pages_text(HugePagesName(o.huge_pages));
   std::string& log_level = result.log_level;
   o.socket_path = DefaultSocketPath();
   double reserve_ttl_s = seconds(o.reserve_ttl), pin_ttl_s = seconds(o.pin_ttl);
@@ -66,6 +67,12 @@ std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* co
   // ones, so a misspelt --pool-sise would be reported as "--pool-size is required".
   app.add_option("--pool-size", pool_size_text, "Pool size: 512MiB, 4GiB or a byte count (required)");
   app.add_option("--shm-name", shm_name, "Segment name (prefixed with lmcache_l1_pool_; default: the pid)");
+  app.add_option("--shm-dir", o.shm_dir,
+                 "Create the segment in DIR instead of /dev/shm: a hugetlbfs mount or a tmpfs mounted "
+                 "huge=always|within_size gives the pool huge pages (docs/huge-pages.md)");
+  app.add_option("--huge-pages", huge_pages_text,
+                 "Huge pages for the pool: off, auto (ask; else 4 KiB pages and a log line) or on (fail without them)")
+      ->capture_default_str();
   app.add_option("--socket", o.socket_path, "Control socket path")->capture_default_str();
   app.add_option("--socket-mode", mode_text, "Socket and segment permissions: 600 or 660")->capture_default_str();
   app.add_option("--reserve-ttl", reserve_ttl_s, "Seconds before an uncommitted reservation is freed")
@@ -142,6 +149,11 @@ std::optional<ServerCommandLine> ParseServerCommandLine(int argc, const char* co
   if (*buffered < o.max_frame_bytes) return fail("--max-buffered must be at least --max-frame");
   o.max_buffered_bytes = *buffered;
   if (!shm_name.empty()) o.shm_name = shm_name;
+  auto huge_pages = ParseHugePages(huge_pages_text);
+  if (!huge_pages.ok()) return fail("--huge-pages: " + huge_pages.status().message());
+  o.huge_pages = *huge_pages;
+  while (o.shm_dir.size() > 1 && o.shm_dir.back() == '/') o.shm_dir.pop_back();
+  if (!o.shm_dir.empty() && !o.shm_dir.starts_with('/')) return fail("--shm-dir must be an absolute path");
   if (mode_text == "600" || mode_text == "0600") {
     o.socket_mode = 0600;
   } else if (mode_text == "660" || mode_text == "0660") {

@@ -41,6 +41,7 @@ struct ServiceIdentity {
   std::string shm_name;     // the segment, exactly as created
   uint64_t pool_size = 0;   // its bytes
   uint64_t generation = 0;  // random per start, never 0
+  std::string shm_path;     // the segment's file (Linux), reported at registration; empty: none
 };
 
 // How an operation whose answer waits for a tier is answered later. The handler of the request

@@ -1,5 +1,6 @@
 // shmkv-server: the node-local KV-cache server (see README and docs/protocol.md).
 #include <cstdio>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -18,8 +19,11 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "shmkv-server: {}\n", server.status().ToString());
     return 1;
   }
-  fmt::print("{}\n", shmkv::FormatReadyLine(
-                         {(*server)->segment_name(), (*server)->pool_size(), o.socket_path, (*server)->generation()}));
+  const uint64_t page = (*server)->page_size();
+  std::optional<uint64_t> huge;  // unknown when the start-up check could not read the page sizes
+  if (page != 0) huge = page > 4096 ? page : 0;
+  fmt::print("{}\n", shmkv::FormatReadyLine({(*server)->segment_name(), (*server)->pool_size(), o.socket_path,
+                                             (*server)->generation(), huge}));
   std::fflush(stdout);
   (*server)->Run();
   shmkv::Log().info("stopped; segment {} and socket {} removed", (*server)->segment_name(), o.socket_path);

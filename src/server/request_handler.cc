@@ -172,7 +172,7 @@ Status RequestHandler::Register(const wire::MapReader& request) {
              Printable(instance_), shown, ns.salt.size(), HexEncode(prefix_));
   const ServiceIdentity& id = service_.identity();
   Answer(protocol::RegisterReply{session_, id.shm_name, id.pool_size, kSlotAlignment, kVersionString, protocol_,
-                                 id.generation});
+                                 id.generation, id.shm_path});
   return Status::Ok();
 }
 

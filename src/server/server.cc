@@ -437,8 +437,13 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
     return Status::InvalidArgument(fmt::format("socket mode {:o} must be 600 or 660", options.socket_mode));
   }
   if (options.socket_path.empty()) return Status::InvalidArgument("a socket path is required");
+  if (options.disk && !options.shm_dir.empty()) {
+    return Status::InvalidArgument(
+        "--disk-dir cannot be combined with --shm-dir yet: the file worker attaches the pool by its name in /dev/shm");
+  }
   if (options.clean_stale) {
-    auto removed = RemoveStaleSegments(false);
+    const std::string dirs[] = {options.shm_dir};
+    auto removed = RemoveStaleSegments(false, nullptr, dirs);
     if (!removed.ok()) Log().warn("stale segment cleanup failed: {}", removed.status().ToString());
   }
   // Everything cheap is checked before the pool is created: prefaulting gigabytes takes seconds.
@@ -453,6 +458,8 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
   seg_opts.size = options.pool_size;
   seg_opts.prefault = options.prefault;
   seg_opts.mode = options.socket_mode;
+  seg_opts.dir = options.shm_dir;
+  seg_opts.huge_pages = options.huge_pages;
   auto segment = SharedSegment::Create(seg_opts);
   if (!segment.ok()) return segment.status();
   if (options.prefault) {
@@ -471,7 +478,8 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
 
   std::random_device rd;
   ServiceIdentity identity{segment->name(), segment->size(),
-                           (uint64_t{rd()} << 32 | rd()) | 1};  // never 0: 0 means "unknown" to clients
+                           (uint64_t{rd()} << 32 | rd()) | 1,  // never 0: 0 means "unknown" to clients
+                           segment->path()};
   auto impl = std::make_unique<Impl>(options, std::move(segment).value(), std::move(store).value(), identity);
   if (options.disk) {
     auto disk = DiskTier::Start(impl->io, impl->service.l1(), impl->segment.name(), impl->segment.size(), *options.disk,
@@ -540,6 +548,12 @@ void Server::Stop() {
 
 const std::string& Server::segment_name() const {
   return impl_->segment.name();
+}
+const std::string& Server::segment_path() const {
+  return impl_->segment.path();
+}
+uint64_t Server::page_size() const {
+  return impl_->segment.page_size();
 }
 uint64_t Server::pool_size() const {
   return impl_->segment.size();

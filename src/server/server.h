@@ -17,6 +17,7 @@
 #include "server/eviction_policy.h"
 #include "server/redis_tier_options.h"
 #include "server/store.h"
+#include "shmkv/segment.h"
 #include "shmkv/status.h"
 
 namespace shmkv {
@@ -26,6 +27,13 @@ struct ServerOptions {
   uint64_t pool_size = 0;
   // Segment name, normalised with the lmcache_l1_pool_ prefix; unset: derived from the pid.
   std::optional<std::string> shm_name;
+  // Directory the segment file is created in (Linux): a hugetlbfs mount or a tmpfs mounted
+  // huge=always|within_size for huge pages (docs/huge-pages.md); empty: /dev/shm. Clients attach
+  // by the path the registration reports; stale segments there are removed at start too.
+  std::string shm_dir = SegmentCreateOptions{}.dir;
+  // Huge pages for the pool: off, auto (ask, else 4 KiB pages and a log line) or on (fail unless
+  // the whole pool got them, naming the mount and the nr_hugepages needed).
+  HugePages huge_pages = SegmentCreateOptions{}.huge_pages;
   // Path of the control socket.
   std::string socket_path;
   // Permission bits of the socket and the segment: 0600 (this uid) or 0660 (also this group).
@@ -68,6 +76,10 @@ class Server {
   void Stop();
 
   const std::string& segment_name() const;
+  // The segment's file (Linux), e.g. /dev/shm/lmcache_l1_pool_7.
+  const std::string& segment_path() const;
+  // The largest page size backing the pool as checked at start (4096: no huge pages; 0: unknown).
+  uint64_t page_size() const;
   uint64_t pool_size() const;
   uint64_t generation() const;
 

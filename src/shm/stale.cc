@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <ctime>
 
 #include <fmt/format.h>
@@ -31,8 +32,8 @@ struct Probed {
 
 // Probes one segment; in kRemoveStale mode, unlinks it when stale, while holding its lock.
 // Returns nullopt when the segment vanished meanwhile.
-Result<std::optional<Probed>> Probe(const std::string& name, ScanMode mode) {
-  auto fd = platform::OpenExisting(name);
+Result<std::optional<Probed>> Probe(const std::string& dir, const std::string& name, ScanMode mode) {
+  auto fd = platform::OpenExisting(dir, name);
   if (!fd.ok()) {
     if (fd.status().code() == StatusCode::kNotFound) return std::optional<Probed>();
     if (fd.status().sys_errno() == EACCES) {  // another user's segment: not ours to judge
@@ -41,7 +42,7 @@ Result<std::optional<Probed>> Probe(const std::string& name, ScanMode mode) {
     }
     return fd.status();
   }
-  Probed p{{name, 0, false, 0}, false};
+  Probed p{{name, dir, 0, false, 0}, false};
   SegmentInfo& info = p.info;
   struct stat st {};
   SHMKV_RETURN_IF_ERROR(
@@ -67,21 +68,21 @@ Result<std::optional<Probed>> Probe(const std::string& name, ScanMode mode) {
   }
   // We hold the lock, so no owner can be alive. Unlink only if the name still designates the
   // file we locked (another cleaner may have replaced it).
-  if (mode == ScanMode::kRemoveStale && platform::StillNamed(fd->get(), name)) {
-    SHMKV_RETURN_IF_ERROR(platform::UnlinkSegment(name));
-    Log().info("removed stale segment '{}' ({} bytes)", name, info.size);
+  if (mode == ScanMode::kRemoveStale && platform::StillNamed(fd->get(), dir, name)) {
+    SHMKV_RETURN_IF_ERROR(platform::UnlinkSegment(dir, name));
+    Log().info("removed stale segment '{}'{} ({} bytes)", name, dir.empty() ? "" : " in " + dir, info.size);
   }
   return std::optional<Probed>(p);
 }
 
 // Lists the segments: all of them (kList), or the stale ones of this euid, with other users'
 // segments appended to *foreign when given.
-Result<std::vector<SegmentInfo>> Scan(ScanMode mode, std::vector<SegmentInfo>* foreign) {
-  auto names = platform::ListSegmentNames(kSegmentPrefix);
+Status ScanDir(const std::string& dir, ScanMode mode, std::vector<SegmentInfo>* foreign,
+               std::vector<SegmentInfo>& out) {
+  auto names = platform::ListSegmentNames(dir, kSegmentPrefix);
   if (!names.ok()) return names.status();
-  std::vector<SegmentInfo> out;
   for (const std::string& name : *names) {
-    auto probed = Probe(name, mode);
+    auto probed = Probe(dir, name, mode);
     if (!probed.ok()) return probed.status();
     if (!probed->has_value()) continue;
     Probed& p = **probed;
@@ -94,17 +95,35 @@ Result<std::vector<SegmentInfo>> Scan(ScanMode mode, std::vector<SegmentInfo>* f
     if (mode != ScanMode::kList && p.info.live) continue;
     out.push_back(std::move(p.info));
   }
+  return Status::Ok();
+}
+
+// The default place, then each of `dirs` once (a directory given twice, or the default named
+// explicitly, is scanned once).
+Result<std::vector<SegmentInfo>> Scan(ScanMode mode, std::vector<SegmentInfo>* foreign,
+                                      std::span<const std::string> dirs) {
+  std::vector<SegmentInfo> out;
+  SHMKV_RETURN_IF_ERROR(ScanDir("", mode, foreign, out));
+  std::vector<std::string> seen = {platform::SegmentPath("", "")};
+  for (const std::string& dir : dirs) {
+    if (dir.empty()) continue;
+    const std::string key = platform::SegmentPath(dir, "");
+    if (std::find(seen.begin(), seen.end(), key) != seen.end()) continue;
+    seen.push_back(key);
+    SHMKV_RETURN_IF_ERROR(ScanDir(dir, mode, foreign, out).WithContext(fmt::format("segment directory {}", dir)));
+  }
   return out;
 }
 
 }  // namespace
 
-Result<std::vector<SegmentInfo>> ListSegments() {
-  return Scan(ScanMode::kList, nullptr);
+Result<std::vector<SegmentInfo>> ListSegments(std::span<const std::string> dirs) {
+  return Scan(ScanMode::kList, nullptr, dirs);
 }
 
-Result<std::vector<SegmentInfo>> RemoveStaleSegments(bool dry_run, std::vector<SegmentInfo>* foreign) {
-  return Scan(dry_run ? ScanMode::kFindStale : ScanMode::kRemoveStale, foreign);
+Result<std::vector<SegmentInfo>> RemoveStaleSegments(bool dry_run, std::vector<SegmentInfo>* foreign,
+                                                     std::span<const std::string> dirs) {
+  return Scan(dry_run ? ScanMode::kFindStale : ScanMode::kRemoveStale, foreign, dirs);
 }
 
 }  // namespace shmkv

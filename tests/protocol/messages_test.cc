@@ -476,7 +476,7 @@ TEST(RequestKeys, AKeyOfZeroOr65BytesIsInvalidArgumentForPrepareStoreAndLookup) 
 TEST(ReplyRoundTrip, Register) {
   wire::FrameBuffer frame;
   Decoded d;
-  const RegisterReply in{42, "lmcache_l1_pool_x", 1ull << 40, 4096, "0.9.1", 2, 0xfeedfacecafebeefull};
+  const RegisterReply in{42, "lmcache_l1_pool_x", 1ull << 40, 4096, "0.9.1", 2, 0xfeedfacecafebeefull, ""};
   EncodeAndDecodeReply(frame, 1, in, d);
   RegisterReply out;
   ASSERT_TRUE(Unpack(d.map, out).ok());
@@ -487,6 +487,30 @@ TEST(ReplyRoundTrip, Register) {
   EXPECT_EQ(out.server_version, "0.9.1");
   EXPECT_EQ(out.protocol, 2u);
   EXPECT_EQ(out.generation, 0xfeedfacecafebeefull);
+}
+
+// shm_path is optional: sent only when set, so the reply of a server in /dev/shm without it is
+// the 7 fields older clients know; an older server's reply (no shm_path) decodes to an empty path.
+TEST(ReplyRoundTrip, RegisterWithAndWithoutTheSegmentPath) {
+  wire::FrameBuffer frame;
+  Decoded d;
+  const RegisterReply with{7, "lmcache_l1_pool_h", 64u << 20, 4096, "0.9.2", 2, 5, "/mnt/huge/lmcache_l1_pool_h"};
+  EncodeAndDecodeReply(frame, 1, with, d);
+  EXPECT_EQ(d.obj.via.map.size, 2u + 8u);
+  RegisterReply out;
+  ASSERT_TRUE(Unpack(d.map, out).ok());
+  EXPECT_EQ(out.shm_path, "/mnt/huge/lmcache_l1_pool_h");
+  EXPECT_EQ(out.shm_name, "lmcache_l1_pool_h");
+
+  Decoded old;
+  const RegisterReply without{7, "lmcache_l1_pool_h", 64u << 20, 4096, "0.9.1", 2, 5, ""};
+  EncodeAndDecodeReply(frame, 1, without, old);
+  EXPECT_EQ(old.obj.via.map.size, 2u + 7u);  // what older clients were pinned to
+  EXPECT_FALSE(old.map.Has("shm_path"));
+  RegisterReply out_old;
+  out_old.shm_path = "stale";
+  ASSERT_TRUE(Unpack(old.map, out_old).ok());
+  EXPECT_EQ(out_old.shm_path, "");
 }
 
 TEST(ReplyRoundTrip, StatsCountersAndTheSegmentName) {

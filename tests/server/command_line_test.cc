@@ -121,5 +121,28 @@ TEST(ServerCommandLine, RedisOptions) {
   EXPECT_EQ(code, 2);
 }
 
+TEST(ServerCommandLine, HugePagesAndShmDir) {
+  int code = -1;
+  auto defaults = Parse({"--pool-size", "1MiB"}, &code);
+  ASSERT_TRUE(defaults.has_value());
+  EXPECT_EQ(defaults->options.huge_pages, ServerOptions{}.huge_pages);  // the struct holds the default
+  EXPECT_EQ(defaults->options.huge_pages, HugePages::kAuto);
+  EXPECT_EQ(defaults->options.shm_dir, "");
+  auto set = Parse({"--pool-size", "1MiB", "--huge-pages", "on", "--shm-dir", "/mnt/huge//"}, &code);
+  ASSERT_TRUE(set.has_value());
+  EXPECT_EQ(set->options.huge_pages, HugePages::kOn);
+  EXPECT_EQ(set->options.shm_dir, "/mnt/huge");  // trailing slashes dropped
+  EXPECT_EQ(Parse({"--pool-size", "1MiB", "--huge-pages", "off"}, &code)->options.huge_pages, HugePages::kOff);
+  ::testing::internal::CaptureStderr();
+  EXPECT_FALSE(Parse({"--pool-size", "1MiB", "--huge-pages", "yes"}, &code).has_value());
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(::testing::internal::GetCapturedStderr().find("--huge-pages: 'yes' is not off, auto or on"),
+            std::string::npos);
+  ::testing::internal::CaptureStderr();
+  EXPECT_FALSE(Parse({"--pool-size", "1MiB", "--shm-dir", "relative/dir"}, &code).has_value());
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(::testing::internal::GetCapturedStderr().find("--shm-dir must be an absolute path"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace shmkv

@@ -147,7 +147,7 @@ struct RecordingDeferral final : Deferral {
 
 class KvServiceTest : public ::testing::Test {
  protected:
-  KvServiceTest() : service_(MakeStore(), {"lmcache_l1_pool_test", 64 * kObject, 7}) {
+  KvServiceTest() : service_(MakeStore(), {"lmcache_l1_pool_test", 64 * kObject, 7, ""}) {
     service_.OpenSession(kWriter);
     service_.OpenSession(kReader);
   }

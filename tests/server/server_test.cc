@@ -89,7 +89,7 @@ TEST(InProcessServer, ABadOptionIsAnErrorNamingIt) {
 }
 
 TEST(ReadyLine, RoundTripsAndNamesWhatIsWrong) {
-  const ReadyLine ready{"lmcache_l1_pool_x", 1u << 30, "/tmp/a dir/shmkv.sock", 12345};
+  const ReadyLine ready{"lmcache_l1_pool_x", 1u << 30, "/tmp/a dir/shmkv.sock", 12345, std::nullopt};
   const std::string line = FormatReadyLine(ready);
   EXPECT_TRUE(line.starts_with(kReadyPrefix)) << line;
   auto parsed = ParseReadyLine(line + "\n");
@@ -107,6 +107,44 @@ TEST(ReadyLine, RoundTripsAndNamesWhatIsWrong) {
   auto bad_number = ParseReadyLine("shmkv-server ready: segment=s pool_size=12x socket=/x generation=1");
   EXPECT_NE(bad_number.status().message().find("'12x' is not a number"), std::string::npos)
       << bad_number.status().ToString();
+}
+
+TEST(ReadyLine, HugePagesFieldAndLinesOfOlderServers) {
+  ReadyLine ready{"lmcache_l1_pool_h", 64u << 20, "/tmp/s p/shmkv.sock", 9, uint64_t{2} << 20};
+  std::string line = FormatReadyLine(ready);
+  EXPECT_TRUE(line.ends_with(" generation=9 huge_pages=2MiB")) << line;
+  auto parsed = ParseReadyLine(line);
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  EXPECT_EQ(parsed->huge_page_size, std::optional<uint64_t>(2u << 20));
+  EXPECT_EQ(parsed->socket, ready.socket);
+  EXPECT_EQ(parsed->generation, 9u);
+
+  ready.huge_page_size = 0;  // 4 KiB pages
+  line = FormatReadyLine(ready);
+  EXPECT_TRUE(line.ends_with(" huge_pages=no")) << line;
+  EXPECT_EQ(ParseReadyLine(line)->huge_page_size, std::optional<uint64_t>(0));
+  ready.huge_page_size = uint64_t{1} << 30;
+  EXPECT_EQ(ParseReadyLine(FormatReadyLine(ready))->huge_page_size, std::optional<uint64_t>(1u << 30));
+  ready.huge_page_size.reset();
+  line = FormatReadyLine(ready);
+  EXPECT_TRUE(line.ends_with(" huge_pages=unknown")) << line;
+  EXPECT_FALSE(ParseReadyLine(line)->huge_page_size.has_value());
+
+  // A server from before the field ended the line at generation=.
+  auto old = ParseReadyLine("shmkv-server ready: segment=s pool_size=4096 socket=/x y generation=77\n");
+  ASSERT_TRUE(old.ok()) << old.status().ToString();
+  EXPECT_EQ(old->generation, 77u);
+  EXPECT_EQ(old->socket, "/x y");
+  EXPECT_FALSE(old->huge_page_size.has_value());
+  // Fields a later version may add are skipped.
+  auto newer =
+      ParseReadyLine("shmkv-server ready: segment=s pool_size=1 socket=/x generation=3 later=1 huge_pages=2MiB");
+  ASSERT_TRUE(newer.ok()) << newer.status().ToString();
+  EXPECT_EQ(newer->huge_page_size, std::optional<uint64_t>(2u << 20));
+  auto bad = ParseReadyLine("shmkv-server ready: segment=s pool_size=1 socket=/x generation=3 huge_pages=big");
+  EXPECT_NE(bad.status().message().find("huge_pages='big'"), std::string::npos) << bad.status().ToString();
+  auto bad_gen = ParseReadyLine("shmkv-server ready: segment=s pool_size=1 socket=/x generation=3x huge_pages=no");
+  EXPECT_NE(bad_gen.status().message().find("generation='3x'"), std::string::npos) << bad_gen.status().ToString();
 }
 
 }  // namespace

@@ -1,13 +1,18 @@
 #include "shmkv/segment.h"
 
 #include <dirent.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 
 #include "platform/platform.h"
+#include "platform/shm.h"
 #include "test_util.h"
 
 namespace shmkv {
@@ -328,6 +333,162 @@ TEST(SharedSegment, MovedFromSegmentReleasesNothing) {
   EXPECT_FALSE(SegmentExists(c_name));
   EXPECT_TRUE(SegmentExists(name));
   EXPECT_EQ(c.name(), name);
+}
+
+// A segment directory (--shm-dir): a private directory under /dev/shm, a tmpfs without huge pages,
+// so these run on every Linux host; the huge tmpfs and hugetlbfs cases are in
+// tests/python/test_huge_pages.py (they mount file systems).
+class SegmentDir : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!platform::kLinux) GTEST_SKIP() << "segment directories are Linux only";
+    char tmpl[] = "/dev/shm/shmkv-dir-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr) << std::strerror(errno);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    if (!dir_.empty()) ::rmdir(dir_.c_str());
+  }
+  SegmentCreateOptions Options(const std::string& name, HugePages huge = HugePages::kOff) const {
+    SegmentCreateOptions o;
+    o.name = name;
+    o.size = kMiB;
+    o.dir = dir_;
+    o.huge_pages = huge;
+    o.pin_with_cuda = false;
+    return o;
+  }
+  std::string dir_;
+};
+
+TEST_F(SegmentDir, CreateAttachAndUnlinkInTheDirectory) {
+  const std::string name = UniqueSegmentName("dir");
+  auto seg = SharedSegment::Create(Options(name));
+  ASSERT_TRUE(seg.ok()) << seg.status().ToString();
+  EXPECT_EQ(seg->path(), dir_ + "/" + name);
+  EXPECT_EQ(seg->dir(), dir_);
+  EXPECT_EQ(seg->page_size(), 4096u);  // --huge-pages off: no huge pages, checked in smaps
+  struct stat st {};
+  ASSERT_EQ(::stat(seg->path().c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  // In /dev/shm the name is only held: a locked 1-byte file, so no other pool can take the name
+  // there and a client that attaches by name alone (older ones: no shm_path) fails on its size.
+  struct stat held {};
+  ASSERT_EQ(::stat(("/dev/shm/" + name).c_str(), &held), 0);
+  EXPECT_EQ(held.st_size, 1);
+  std::memcpy(seg->data() + 4096, "in a dir", 8);
+
+  SegmentAttachOptions ao;
+  ao.dir = dir_;
+  ao.expected_owner = ::geteuid();
+  auto att = SharedSegment::Attach(name, ao);
+  ASSERT_TRUE(att.ok()) << att.status().ToString();
+  EXPECT_EQ(std::memcmp(att->data() + 4096, "in a dir", 8), 0);
+  EXPECT_EQ(att->path(), seg->path());
+  SegmentAttachOptions by_name_only;  // what an older client does
+  by_name_only.size = seg->size();
+  auto old_client = SharedSegment::Attach(name, by_name_only);
+  EXPECT_EQ(old_client.status().code(), StatusCode::kInvalidArgument) << old_client.status().ToString();
+  EXPECT_NE(old_client.status().message().find("holds 1 bytes"), std::string::npos) << old_client.status().ToString();
+  auto same_name = SharedSegment::Create(Options(name));  // in /dev/shm or in the directory: taken
+  EXPECT_EQ(same_name.status().code(), StatusCode::kAlreadyExists);
+  SegmentCreateOptions in_default = Options(name);
+  in_default.dir.clear();
+  EXPECT_NE(SharedSegment::Create(in_default).status().message().find("a live process owns it"), std::string::npos);
+
+  // Listed and kept while live; unlinked with its owner.
+  const std::string dirs[] = {dir_};
+  auto listed = ListSegments(dirs);
+  ASSERT_TRUE(listed.ok());
+  auto it = std::find_if(listed->begin(), listed->end(),
+                         [&](const SegmentInfo& s) { return s.name == name && s.dir == dir_; });
+  ASSERT_NE(it, listed->end());
+  EXPECT_TRUE(it->live);
+  EXPECT_EQ(it->size, kMiB);
+  auto held_name = std::find_if(listed->begin(), listed->end(),
+                                [&](const SegmentInfo& s) { return s.name == name && s.dir.empty(); });
+  ASSERT_NE(held_name, listed->end());
+  EXPECT_TRUE(held_name->live) << "the name held in /dev/shm is locked: no gc removes it";
+  const std::string path = seg->path();
+  *seg = SharedSegment::Create(Options(UniqueSegmentName("dir2"))).value();  // releases the first
+  EXPECT_NE(::access(path.c_str(), F_OK), 0) << "the owner's destruction must unlink " << path;
+  EXPECT_FALSE(SegmentExists(name)) << "and the name it held in /dev/shm";
+}
+
+TEST_F(SegmentDir, DevShmGivenAsTheDirectoryIsTheDefaultPlace) {
+  const std::string name = UniqueSegmentName("devshm");
+  auto o = Options(name);
+  o.dir = "/dev/shm";
+  auto seg = SharedSegment::Create(o);
+  ASSERT_TRUE(seg.ok()) << seg.status().ToString();
+  EXPECT_EQ(seg->dir(), "");
+  EXPECT_EQ(seg->path(), "/dev/shm/" + name);
+  EXPECT_TRUE(SharedSegment::Attach(name).ok());
+}
+
+TEST_F(SegmentDir, StaleSegmentsInTheDirectoryAreRemovedOnlyWhenAsked) {
+  const std::string name = UniqueSegmentName("dirstale");
+  const std::string path = dir_ + "/" + name;
+  // A dead owner's segment: a prefixed file nobody holds locked, older than the creation grace.
+  { std::ofstream(path) << std::string(4096, 'x'); }
+  ASSERT_EQ(::chmod(path.c_str(), 0600), 0);
+  auto in_default = RemoveStaleSegments(false);
+  ASSERT_TRUE(in_default.ok());
+  EXPECT_EQ(::access(path.c_str(), F_OK), 0) << "a scan of /dev/shm alone must not reach into the directory";
+  const std::string dirs[] = {dir_};
+  auto dry = RemoveStaleSegments(true, nullptr, dirs);
+  ASSERT_TRUE(dry.ok());
+  EXPECT_TRUE(
+      std::any_of(dry->begin(), dry->end(), [&](const SegmentInfo& s) { return s.name == name && s.dir == dir_; }));
+  EXPECT_EQ(::access(path.c_str(), F_OK), 0);
+  auto removed = RemoveStaleSegments(false, nullptr, dirs);
+  ASSERT_TRUE(removed.ok());
+  EXPECT_NE(::access(path.c_str(), F_OK), 0);
+}
+
+TEST_F(SegmentDir, RefusesDirectoriesOthersCanWriteOrThatAreNotMemory) {
+  ASSERT_EQ(::chmod(dir_.c_str(), 0777), 0);
+  auto open_dir = SharedSegment::Create(Options(UniqueSegmentName("dir777")));
+  EXPECT_EQ(open_dir.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(open_dir.status().message().find("lets other users remove or rename files"), std::string::npos)
+      << open_dir.status().ToString();
+  ASSERT_EQ(::chmod(dir_.c_str(), 01777), 0);  // sticky, as /dev/shm: fine
+  EXPECT_TRUE(SharedSegment::Create(Options(UniqueSegmentName("dir1777"))).ok());
+  ASSERT_EQ(::chmod(dir_.c_str(), 0700), 0);
+
+  auto relative = Options(UniqueSegmentName("rel"));
+  relative.dir = "shm";
+  EXPECT_NE(SharedSegment::Create(relative).status().message().find("must be an absolute path"), std::string::npos);
+
+  // /proc is no memory file system for a pool.
+  auto proc = Options(UniqueSegmentName("proc"));
+  proc.dir = "/proc";
+  const Status s = SharedSegment::Create(proc).status();
+  EXPECT_NE(s.message().find("not in memory"), std::string::npos) << s.ToString();
+}
+
+TEST_F(SegmentDir, HugePagesOnFailsWhereTheMountGivesNoneAndNamesIt) {
+  auto info = platform::InspectShmDir(dir_);
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  if (info->huge_tmpfs()) GTEST_SKIP() << "/dev/shm is mounted with huge=" << info->huge_option;
+  std::ifstream thp("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+  std::string setting((std::istreambuf_iterator<char>(thp)), {});
+  if (setting.find("[always]") != std::string::npos || setting.find("[force]") != std::string::npos ||
+      setting.find("[advise]") != std::string::npos || setting.find("[within_size]") != std::string::npos) {
+    GTEST_SKIP() << "shmem THP is enabled on this host: " << setting;
+  }
+  const std::string name = UniqueSegmentName("hugeon");
+  const Status s = SharedSegment::Create(Options(name, HugePages::kOn)).status();
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("--huge-pages on"), std::string::npos) << s.ToString();
+  EXPECT_NE(s.message().find(info->mount_point), std::string::npos) << s.ToString();
+  EXPECT_NE(s.message().find("nr_hugepages"), std::string::npos) << s.ToString();
+  EXPECT_NE(::access((dir_ + "/" + name).c_str(), F_OK), 0) << "a failed create must leave no file";
+  // auto: the same pool with 4 KiB pages.
+  auto fallback = SharedSegment::Create(Options(name, HugePages::kAuto));
+  ASSERT_TRUE(fallback.ok()) << fallback.status().ToString();
+  EXPECT_EQ(fallback->page_size(), 4096u);
+  EXPECT_EQ(fallback->huge_page_bytes(), 0u);
 }
 
 }  // namespace
