@@ -85,7 +85,7 @@ Snapshot ServiceSnapshot() {
   o.pool_size = 1 << 20;
   auto store = Store::Create(o);
   EXPECT_TRUE(store.ok());
-  KvService service(std::move(store).value(), ServiceIdentity{"lmcache_l1_pool_t", 1 << 20, 42});
+  KvService service(std::move(store).value(), ServiceIdentity{"lmcache_l1_pool_t", 1 << 20, 42, ""});
   service.OpenSession(1);
   std::vector<TierCounter> counters;
   service.Stats(counters);

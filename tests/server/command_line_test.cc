@@ -135,12 +135,12 @@ TEST(ServerCommandLine, HugePagesAndShmDir) {
   EXPECT_EQ(Parse({"--pool-size", "1MiB", "--huge-pages", "off"}, &code)->options.huge_pages, HugePages::kOff);
   ::testing::internal::CaptureStderr();
   EXPECT_FALSE(Parse({"--pool-size", "1MiB", "--huge-pages", "yes"}, &code).has_value());
-  EXPECT_EQ(code, 1);
+  EXPECT_EQ(code, 2);  // a usage error
   EXPECT_NE(::testing::internal::GetCapturedStderr().find("--huge-pages: 'yes' is not off, auto or on"),
             std::string::npos);
   ::testing::internal::CaptureStderr();
   EXPECT_FALSE(Parse({"--pool-size", "1MiB", "--shm-dir", "relative/dir"}, &code).has_value());
-  EXPECT_EQ(code, 1);
+  EXPECT_EQ(code, 2);
   EXPECT_NE(::testing::internal::GetCapturedStderr().find("--shm-dir must be an absolute path"), std::string::npos);
 }
 

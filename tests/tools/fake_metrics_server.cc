@@ -58,7 +58,7 @@ int main(int argc, char** argv) {
     o.pool_size = 64 << 20;
     auto store = shmkv::Store::Create(o);
     if (!store.ok()) return 1;
-    shmkv::KvService service(std::move(store).value(), {"lmcache_l1_pool_fake", 64 << 20, 7});
+    shmkv::KvService service(std::move(store).value(), {"lmcache_l1_pool_fake", 64 << 20, 7, ""});
     std::vector<shmkv::TierCounter> counters;
     service.Stats(counters);
     shmkv::metrics::AppendCounters(counters, state.counters);
