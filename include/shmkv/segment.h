@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -75,6 +76,9 @@ struct SegmentCreateOptions {
   // it), so the data path never takes a first-touch fault. Without it only the first 2 MiB are
   // faulted in, for the huge-page check.
   bool prefault = true;
+  // Called during the prefault after each gigabyte (and at the end) with the bytes faulted in so
+  // far and the total, on the creating thread: a large pool takes seconds. May be empty.
+  std::function<void(uint64_t done, uint64_t total)> prefault_progress;
   // Permission bits of the segment: 0600 (only this uid) or 0660 (this group too).
   mode_t mode = 0600;
   // Register the mapping with cudaHostRegister when a CUDA runtime and a device are present.

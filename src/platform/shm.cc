@@ -570,14 +570,24 @@ Status CheckSegmentDir(std::string_view dir) {
 }
 #endif  // SHMKV_LINUX_PLATFORM
 
-void Prefault(std::byte* data, uint64_t size) {
-#if SHMKV_LINUX_PLATFORM && defined(MADV_POPULATE_WRITE)
-  if (::madvise(data, size, MADV_POPULATE_WRITE) == 0) return;
-    // EINVAL: a kernel older than 5.14; fall through to touching pages.
-#endif
+void Prefault(std::byte* data, uint64_t size, const std::function<void(uint64_t done)>& progress) {
+  // A gigabyte at a time, so that a caller can say how far a large pool got.
+  constexpr uint64_t kStep = uint64_t{1} << 30;
   static const auto page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  volatile auto* bytes = reinterpret_cast<volatile unsigned char*>(data);
-  for (uint64_t off = 0; off < size; off += page) bytes[off] = bytes[off];
+  for (uint64_t at = 0; at < size; at += kStep) {
+    std::byte* part = data + at;
+    const uint64_t len = std::min(kStep, size - at);
+    bool done = false;
+#if SHMKV_LINUX_PLATFORM && defined(MADV_POPULATE_WRITE)
+    // EINVAL: a kernel older than 5.14; falls through to touching pages.
+    done = ::madvise(part, len, MADV_POPULATE_WRITE) == 0;
+#endif
+    if (!done) {
+      volatile auto* bytes = reinterpret_cast<volatile unsigned char*>(part);
+      for (uint64_t off = 0; off < len; off += page) bytes[off] = bytes[off];
+    }
+    if (progress) progress(at + len);
+  }
 }
 
 }  // namespace shmkv::platform

@@ -30,6 +30,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -163,7 +164,8 @@ std::vector<std::string> HugePageMounts();
 // files in: owned by this euid or root, and not writable by others unless sticky (as /dev/shm).
 Status CheckSegmentDir(std::string_view dir);
 
-// Faults every page of a fresh mapping in, writable.
-void Prefault(std::byte* data, uint64_t size);
+// Faults every page of a fresh mapping in, writable; `progress` (may be empty) hears the bytes
+// done after each gigabyte.
+void Prefault(std::byte* data, uint64_t size, const std::function<void(uint64_t done)>& progress = {});
 
 }  // namespace shmkv::platform

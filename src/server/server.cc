@@ -449,14 +449,23 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
   // Everything cheap is checked before the pool is created: prefaulting gigabytes takes seconds.
   SHMKV_RETURN_IF_ERROR(PrepareSocketDirectory(options.socket_path, options.socket_mode));
   if (options.prefault) {
-    Log().info("creating the {} pool and faulting it in (--no-prefault skips this; about a second per few GiB)",
-               FormatSize(options.pool_size));
+    Log().info("creating the {} pool and faulting it in (--no-prefault skips this)", FormatSize(options.pool_size));
   }
   const auto created_at = std::chrono::steady_clock::now();
+  auto last_said = created_at;
+  // How far the prefault got, every few seconds for a pool that takes that long.
+  auto say_progress = [&last_said](uint64_t done, uint64_t total) {
+    const auto now = std::chrono::steady_clock::now();
+    if (done == total || now - last_said < std::chrono::seconds(2)) return;
+    last_said = now;
+    Log().info("prefaulting the pool: {} of {} ({:.0f}%)", FormatSize(done), FormatSize(total),
+               100.0 * static_cast<double>(done) / static_cast<double>(total));
+  };
   SegmentCreateOptions seg_opts;
   seg_opts.name = options.shm_name;
   seg_opts.size = options.pool_size;
   seg_opts.prefault = options.prefault;
+  seg_opts.prefault_progress = say_progress;
   seg_opts.mode = options.socket_mode;
   seg_opts.dir = options.shm_dir;
   seg_opts.huge_pages = options.huge_pages;

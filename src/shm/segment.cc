@@ -328,7 +328,11 @@ Result<SharedSegment> SharedSegment::Create(const SegmentCreateOptions& options)
   }
   // Without a prefault, the first huge page is faulted in so that the check below sees whether
   // the kernel hands out huge pages here at all.
-  platform::Prefault(data, options.prefault ? size : std::min(size, platform::PmdPageSize()));
+  std::function<void(uint64_t)> progress;
+  if (options.prefault && options.prefault_progress) {
+    progress = [&options, size](uint64_t done) { options.prefault_progress(done, size); };
+  }
+  platform::Prefault(data, options.prefault ? size : std::min(size, platform::PmdPageSize()), progress);
 
   SharedSegment seg;
   SHMKV_RETURN_IF_ERROR(VerifyHugePages(name, place, options, data, size, &seg.page_size_, &seg.huge_bytes_));
