@@ -507,8 +507,15 @@ def run_nodes(args, shmkv, out_dir, workdir, cluster):
     hit_sum = prompt_sum = 0
     last_sample = 0.0
     try:  # from the workers' start: a Ctrl-C at any point stops everything in order, once
-        for w in workers:
-            w.start()
+        # Started with SIGINT ignored: a spawned interpreter keeps an inherited SIG_IGN instead of
+        # installing its KeyboardInterrupt handler, so a Ctrl-C while a worker boots prints no
+        # traceback from it (the demo itself handles Ctrl-C again right after).
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for w in workers:
+                w.start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
         for c in range(args.conversations):  # first turns: every conversation is ready
             tasks.put((c, 0, convs.next_request(c)))
         while len(records) < total:

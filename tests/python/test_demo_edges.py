@@ -74,3 +74,24 @@ def test_ctrl_c_stops_everything_once_without_tracebacks(build_dir, tmp_path):
     segment = re.search(r"segment=(\S+)", line).group(1)
     assert f"segment {segment} removed" in err
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0])
+def test_ctrl_c_while_the_workers_boot_prints_no_traceback(build_dir, tmp_path, delay):
+    pytest.importorskip("torch")
+    proc = subprocess.Popen(["/usr/bin/python3", DEMO, "--quick", "--no-progress", "--build-dir", str(build_dir),
+                             "--output-dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    line = proc.stdout.readline()
+    assert line.startswith("shmkv demo: shmkv-server ready:"), line
+    time.sleep(delay)  # the workers are being spawned or are importing torch
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the demo did not stop after one Ctrl-C")
+    assert "Traceback" not in err, err
+    # Interrupted (130), or finished before the signal came (0): never a crash.
+    assert proc.returncode in (0, 130), out + err
