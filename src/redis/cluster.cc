@@ -390,6 +390,17 @@ void Cluster::Execute(std::span<Command> commands, std::vector<Outcome>& out) {
     std::optional<Endpoint> ask;  // an ASK target for the next try
   };
   std::vector<Route> routes(commands.size());
+  // A command whose node failed is tried once more after a slot-map refresh: another thread may
+  // have seen a failover this one has not (every command here is idempotent: reads, SET NX, UNLINK).
+  std::vector<bool> retried(commands.size(), false);
+  std::vector<size_t> retry;
+  auto retry_once = [&](size_t i) {
+    if (retried[i]) return false;
+    retried[i] = true;
+    map_stale_ = true;
+    retry.push_back(i);
+    return true;
+  };
   std::vector<size_t> pending(commands.size());
   for (size_t i = 0; i < pending.size(); ++i) pending[i] = i;
   constexpr int kMaxTries = 5;
@@ -412,11 +423,13 @@ void Cluster::Execute(std::span<Command> commands, std::vector<Outcome>& out) {
       Node* n = Connected(*target);
       if (n == nullptr) {
         out[i].status = Status::Unavailable(fmt::format("redis {} is down: {}", target->ToString(), last_error_));
+        if (!routes[i].ask) retry_once(i);
         continue;
       }
       by_node[n].push_back(i);
     }
-    pending.clear();
+    pending = std::move(retry);
+    retry.clear();
     // Write every node's pipeline, then read them: the nodes work in parallel.
     for (auto it = by_node.begin(); it != by_node.end();) {
       std::vector<iovec> iov;
@@ -429,7 +442,11 @@ void Cluster::Execute(std::span<Command> commands, std::vector<Outcome>& out) {
       }
       Status s = WriteAll(it->first->context->fd, iov);
       if (!s.ok()) {
-        for (size_t i : it->second) out[i].status = Status::Unavailable(s.ToString());
+        for (size_t i : it->second) {
+          out[i].status = Status::Unavailable(s.ToString());
+          if (retry_once(i)) pending.push_back(i);
+        }
+        retry.clear();
         NodeFailed(*it->first, fmt::format("write failed: {}", s.ToString()));
         it = by_node.erase(it);
         continue;
@@ -452,7 +469,11 @@ void Cluster::Execute(std::span<Command> commands, std::vector<Outcome>& out) {
         routes[i].ask.reset();
         if (failed) {
           const std::string why = fmt::format("read failed: {}", node->context->errstr);
-          for (size_t rest = k; rest < indices.size(); ++rest) out[indices[rest]].status = Status::Unavailable(why);
+          for (size_t rest = k; rest < indices.size(); ++rest) {
+            out[indices[rest]].status = Status::Unavailable(why);
+            if (retry_once(indices[rest])) pending.push_back(indices[rest]);
+          }
+          retry.clear();
           NodeFailed(*node, why);
           break;
         }
@@ -483,7 +504,9 @@ void Cluster::Execute(std::span<Command> commands, std::vector<Outcome>& out) {
     }
     std::sort(pending.begin(), pending.end());
   }
-  for (size_t i : pending) out[i].status = Status::Unavailable("too many MOVED/ASK redirections");
+  for (size_t i : pending) {
+    if (out[i].status.ok()) out[i].status = Status::Unavailable("too many MOVED/ASK redirections");
+  }
 }
 
 Outcome Cluster::ExecuteOn(const Endpoint& node, Command& command) {

@@ -201,7 +201,10 @@ void DiskTier::LookupLeading(std::span<const std::string_view> keys, const Cover
   for (std::string_view k : keys) {
     if (!covered(k)) {  // a hit of L1 or another tier is not an L2 hit
       const std::string dk = available() ? DiskKey(k) : std::string();
-      if (dk.empty() || !index_.Contains(dk)) break;
+      if (dk.empty() || !index_.Contains(dk)) {
+        c_.misses++;  // the key that ends the run
+        break;
+      }
       index_.Touch(dk);
       c_.hits++;
     }
@@ -617,6 +620,7 @@ void DiskTier::AppendStats(std::vector<TierCounter>& out) const {
                             {"l2_bytes", index_.bytes()},
                             {"l2_capacity", index_.capacity()},
                             {"l2_hits", c_.hits},
+                            {"l2_misses", c_.misses},
                             {"l2_loads", c_.loads},
                             {"l2_load_bytes", c_.load_bytes},
                             {"l2_load_full", c_.load_full},

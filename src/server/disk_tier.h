@@ -93,8 +93,8 @@ class DiskTier final : public Tier {
 
  private:
   struct Counters {
-    uint64_t hits = 0, loads = 0, load_bytes = 0, writes = 0, write_bytes = 0, write_errors = 0, read_errors = 0,
-             deletes = 0, skipped_too_large = 0, load_full = 0, worker_deaths = 0, worker_restarts = 0,
+    uint64_t hits = 0, misses = 0, loads = 0, load_bytes = 0, writes = 0, write_bytes = 0, write_errors = 0,
+             read_errors = 0, deletes = 0, skipped_too_large = 0, load_full = 0, worker_deaths = 0, worker_restarts = 0,
              write_gave_up = 0, ignored_too_large = 0;
   };
   struct LoadWaiter;

@@ -243,6 +243,7 @@ void RedisTier::LookupLeading(std::span<const std::string_view> keys, const Cove
           continue;
         }
         known_.erase(k);
+        if (len == 0) c_.misses++;  // the key that ends the run: not in Redis
         if (len < 0) c_.miss_unavailable++;
         if (len > 0) {  // too short to hold a header: never loadable
           c_.miss_corrupt++;
@@ -629,6 +630,7 @@ void RedisTier::AppendStats(std::vector<TierCounter>& out) const {
   out.insert(out.end(), {
                             {"l3_available", available_ ? 1 : 0},
                             {"l3_hits", c_.hits},
+                            {"l3_misses", c_.misses},
                             {"l3_loads", c_.loads},
                             {"l3_load_bytes", c_.load_bytes},
                             {"l3_load_full", c_.load_full},

@@ -80,8 +80,9 @@ class RedisTier final : public Tier {
   enum class LoadResult : uint8_t { kOk, kAbsent, kCorrupt, kUnavailable };
   enum class WriteResult : uint8_t { kWritten, kExisted, kError, kUnavailable };
   struct Counters {
-    uint64_t hits = 0, loads = 0, load_bytes = 0, load_full = 0, writes = 0, write_bytes = 0, write_skipped_exists = 0,
-             write_dropped = 0, write_errors = 0, miss_unavailable = 0, miss_corrupt = 0, miss_absent = 0, deletes = 0;
+    uint64_t hits = 0, misses = 0, loads = 0, load_bytes = 0, load_full = 0, writes = 0, write_bytes = 0,
+             write_skipped_exists = 0, write_dropped = 0, write_errors = 0, miss_unavailable = 0, miss_corrupt = 0,
+             miss_absent = 0, deletes = 0;
   };
   struct LoadItem {
     std::string key;

@@ -341,6 +341,9 @@ def test_leading_run_mixes_l1_l2_and_l3(nodes, shmkv_module, cluster, tmp_path):
     after = stats_now(cb)
     assert delta(after, before, "l2_hits") == 2, after
     assert delta(after, before, "l3_hits") == 2, after
+    # The key found nowhere ended the last tier's run: one L3 miss (L2's run may have ended earlier
+    # too, at a key L2 lacked).
+    assert delta(after, before, "l3_misses") == 1 and delta(after, before, "l2_misses") >= 1, after
     views = cb.prepare_retrieve(keys[:6])
     assert cb.last_statuses == ["ok"] * 6, cb.last_statuses
     for i, v in enumerate(views):
