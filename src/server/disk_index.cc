@@ -72,7 +72,12 @@ std::optional<std::string> ParseDiskPath(std::string_view relative_path) {
 
 std::string DiskPath(const DiskFile& f) {
   std::string path = DiskPath(f.disk_key);
-  if (f.padded()) path += "." + std::to_string(f.length);
+  if (f.padded()) {
+    // Appended piece by piece: `"." + std::to_string(...)` trips GCC 12's -Wrestrict false
+    // positive at -O3 (docs/reliability.md).
+    path += '.';
+    path += std::to_string(f.length);
+  }
   return path;
 }
 
