@@ -1,4 +1,4 @@
-// RedisTier: the L3 tier of shmkv-server, on a Redis Cluster shared by the nodes (DESIGN §7,
+// RedisTier: the L3 tier of shmkv-server, on a Redis Cluster shared by the nodes (docs/design.md §7,
 // docs/l3-redis.md). A chunk stored through one node's server is found and loaded by another's.
 //
 // Redis I/O is blocking hiredis on the tier's own threads (redis::Cluster, one per thread); the
