@@ -269,22 +269,24 @@ void FileWorkerLink::WriteMore() {
 }
 
 void FileWorkerLink::ReadReplies() {
-  asio::async_read_until(from_worker_, in_, '\n', [this, token = token_](const asio::error_code& ec, size_t n) {
-    if (!*token) return;
-    if (ec) return Die(ec == asio::error::eof ? "its stdout closed" : "reading its stdout failed: " + ec.message());
-    std::string line(asio::buffers_begin(in_.data()), asio::buffers_begin(in_.data()) + static_cast<ptrdiff_t>(n) - 1);
-    in_.consume(n);
-    if (pending_.empty()) return Die(fmt::format("it sent a reply nobody asked for: '{}'", line.substr(0, 80)));
-    Callback done = std::move(pending_.front());
-    pending_.pop_front();
-    if (pending_.empty()) {
-      watchdog_.cancel();
-    } else {
-      ArmWatchdog();
-    }
-    done(ParseReply(line));
-    if (*token && alive_) ReadReplies();
-  });
+  asio::async_read_until(
+      from_worker_, *in_, '\n', [this, token = token_, in = in_](const asio::error_code& ec, size_t n) {
+        if (!*token) return;
+        if (ec) return Die(ec == asio::error::eof ? "its stdout closed" : "reading its stdout failed: " + ec.message());
+        std::string line(asio::buffers_begin(in->data()),
+                         asio::buffers_begin(in->data()) + static_cast<ptrdiff_t>(n) - 1);
+        in->consume(n);
+        if (pending_.empty()) return Die(fmt::format("it sent a reply nobody asked for: '{}'", line.substr(0, 80)));
+        Callback done = std::move(pending_.front());
+        pending_.pop_front();
+        if (pending_.empty()) {
+          watchdog_.cancel();
+        } else {
+          ArmWatchdog();
+        }
+        done(ParseReply(line));
+        if (*token && alive_) ReadReplies();
+      });
 }
 
 void FileWorkerLink::Die(const std::string& why) {

@@ -99,7 +99,9 @@ class FileWorkerLink {
   bool reaped_ = false;
   std::deque<Callback> pending_;
   std::string out_pending_, out_flight_;
-  asio::streambuf in_;
+  // Shared with the pending read: asio commits into it before the handler can see that the link
+  // is gone, so it must outlive the link while a read is in flight.
+  std::shared_ptr<asio::streambuf> in_ = std::make_shared<asio::streambuf>();
   bool writing_ = false;
   bool alive_ = true;
   // Guards callbacks that outlive the link (asio handlers run after destruction otherwise).
